@@ -1,0 +1,151 @@
+"""The `imgclf` command: serve, classify, and (with the train extra) train/export/evaluate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import logging
+import sys
+from pathlib import Path
+
+TRAIN_EXTRA_HINT = (
+    "this command needs the training extra (PyTorch): pip install 'imgclf[train]' "
+    "(or, in a checkout, `make install-all`)"
+)
+TRAINING_COMMANDS = {
+    "train": ("training.train", "train a CNN on a folder of images or a built-in dataset"),
+    "export": ("training.export", "export a checkpoint to ONNX into the model repository"),
+    "evaluate": ("training.evaluate", "evaluate an exported ONNX model on labelled images"),
+}
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from service.server import serve
+    from service.settings import settings_from_args
+
+    settings = settings_from_args(args)
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        asyncio.run(serve(settings))
+    except RuntimeError as exc:
+        logging.getLogger("imgclf").error("%s", exc)
+        return 1
+    return 0
+
+
+def _classify(args: argparse.Namespace) -> int:
+    import grpc
+
+    from service.client import Client
+
+    try:
+        with Client(args.server, timeout=args.timeout) as client:
+            reply = client.classify_files(args.images, model=args.model, top_k=args.top_k)
+    except grpc.RpcError as exc:
+        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        out = {
+            "model": reply.model,
+            "version": reply.version,
+            "results": [
+                {
+                    "image": str(path),
+                    "top": [
+                        {"index": s.index, "label": s.label, "probability": s.probability}
+                        for s in result.top
+                    ],
+                }
+                for path, result in zip(args.images, reply.results, strict=True)
+            ],
+        }
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"model {reply.model} version {reply.version}")
+    for path, result in zip(args.images, reply.results, strict=True):
+        print(f"\n{path}")
+        width = max((len(s.label) for s in result.top), default=5)
+        for rank, score in enumerate(result.top, 1):
+            bar = "#" * round(score.probability * 30)
+            print(f"  {rank:>2}. {score.label:<{width}}  {score.probability:7.2%}  {bar}")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    import grpc
+
+    from service.client import Client
+
+    try:
+        with Client(args.server, timeout=args.timeout) as client:
+            reply = client.list_models()
+    except grpc.RpcError as exc:
+        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    for m in reply.models:
+        shape = "x".join(str(d) for d in m.input_shape)
+        print(
+            f"{m.name}  versions={list(m.versions)}  classes={len(m.labels)}  input={shape}  "
+            f"provider={m.provider}  max_batch={m.max_batch_size}"
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from service.settings import add_settings_arguments
+
+    parser = argparse.ArgumentParser(prog="imgclf", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve the model repository over gRPC")
+    add_settings_arguments(serve)
+    serve.set_defaults(func=_serve)
+
+    classify = sub.add_parser("classify", help="classify image files through a running server")
+    classify.add_argument("images", nargs="+", type=Path, help="image files")
+    classify.add_argument("--server", default="127.0.0.1:8001", help="HOST:PORT of the server")
+    classify.add_argument("--model", default="", help="model name (default: the server's)")
+    classify.add_argument("--top-k", type=int, default=5, help="classes per image")
+    classify.add_argument("--timeout", type=float, default=30.0, help="seconds")
+    classify.add_argument("--json", action="store_true", help="print JSON")
+    classify.set_defaults(func=_classify)
+
+    served = sub.add_parser("served-models", help="list the models a running server serves")
+    served.add_argument("--server", default="127.0.0.1:8001", help="HOST:PORT of the server")
+    served.add_argument("--timeout", type=float, default=30.0, help="seconds")
+    served.set_defaults(func=_models)
+
+    for name, (_module, help_text) in TRAINING_COMMANDS.items():
+        p = sub.add_parser(name, help=f"{help_text} (train extra)", add_help=False)
+        p.set_defaults(func=None, training=name)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if argv and argv[0] in TRAINING_COMMANDS:
+        module_name = TRAINING_COMMANDS[argv[0]][0]
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.split(".")[0] in {"torch", "torchvision", "timm", "onnx"}:
+                print(f"imgclf {argv[0]}: {TRAIN_EXTRA_HINT} (missing: {exc.name})",
+                      file=sys.stderr)  # fmt: skip
+                return 2
+            raise
+        return int(module.main(argv[1:]) or 0)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

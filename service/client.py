@@ -1,0 +1,75 @@
+"""A small Python client for imgclf.v1.ImageClassifier."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from service._generated.imgclf.v1 import image_classifier_pb2 as pb
+from service._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
+
+DEFAULT_TARGET = "127.0.0.1:8001"
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+def encoded_image(data: bytes) -> pb.Image:
+    """An image message from encoded bytes (JPEG, PNG, WebP, BMP, GIF)."""
+    return pb.Image(encoded=data)
+
+
+def tensor_image(tensor: np.ndarray) -> pb.Image:
+    """An image message from a float32 tensor already preprocessed to the model input (CHW)."""
+    arr = np.ascontiguousarray(tensor, dtype="<f4")
+    return pb.Image(tensor=pb.Tensor(shape=arr.shape, dtype=pb.FLOAT32, data=arr.tobytes()))
+
+
+class Client:
+    """Blocking client. Use as a context manager, or call close()."""
+
+    def __init__(self, target: str = DEFAULT_TARGET, timeout: float | None = 30.0) -> None:
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
+        self._stub = pb_grpc.ImageClassifierStub(self._channel)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def classify(
+        self,
+        images: Sequence[bytes | np.ndarray | pb.Image],
+        model: str = "",
+        top_k: int = 0,
+        version: int = 0,
+    ) -> pb.ClassifyResponse:
+        """Classify encoded images (bytes) and/or preprocessed tensors (numpy arrays)."""
+        msgs = [
+            img if isinstance(img, pb.Image)
+            else encoded_image(img) if isinstance(img, bytes)
+            else tensor_image(img)
+            for img in images
+        ]  # fmt: skip
+        request = pb.ClassifyRequest(model=model, version=version, images=msgs, top_k=top_k)
+        return self._stub.Classify(request, timeout=self.timeout)
+
+    def classify_files(
+        self, paths: Sequence[str | Path], model: str = "", top_k: int = 0
+    ) -> pb.ClassifyResponse:
+        return self.classify([Path(p).read_bytes() for p in paths], model=model, top_k=top_k)
+
+    def list_models(self) -> pb.ListModelsResponse:
+        return self._stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout)

@@ -1,0 +1,103 @@
+"""The imgclf.v1.ImageClassifier servicer: protobuf <-> core objects, nothing else."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import numpy as np
+
+from service._generated.imgclf.v1 import image_classifier_pb2 as pb
+from service._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
+from service.core import ClassifyResult, Core, ImageInput
+from service.errors import InvalidInput
+from service.grpc.errors import maps_errors
+
+DTYPES = {pb.FLOAT32: np.float32}
+
+
+def tensor_from_pb(tensor: pb.Tensor, index: int) -> np.ndarray:
+    """A Tensor message -> a read-only float32 array (zero-copy over the message bytes)."""
+    dtype = DTYPES.get(tensor.dtype)
+    if dtype is None:
+        name = pb.DataType.Name(tensor.dtype) if tensor.dtype in pb.DataType.values() else "?"
+        raise InvalidInput(f"image {index}: tensor dtype {name} is not supported; send FLOAT32")
+    shape = tuple(tensor.shape)
+    if any(d <= 0 for d in shape):
+        raise InvalidInput(f"image {index}: tensor shape {list(shape)} has a non-positive dim")
+    expected = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if len(tensor.data) != expected:
+        raise InvalidInput(
+            f"image {index}: tensor shape {list(shape)} needs {expected} bytes of "
+            f"{np.dtype(dtype).name}, got {len(tensor.data)}"
+        )
+    return np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
+
+
+def image_from_pb(image: pb.Image, index: int) -> ImageInput:
+    kind = image.WhichOneof("data")
+    if kind == "encoded":
+        return ImageInput(encoded=image.encoded)
+    if kind == "tensor":
+        return ImageInput(tensor=tensor_from_pb(image.tensor, index))
+    raise InvalidInput(f"image {index} has neither encoded bytes nor a tensor")
+
+
+def response_to_pb(result: ClassifyResult) -> pb.ClassifyResponse:
+    return pb.ClassifyResponse(
+        model=result.model,
+        version=result.version,
+        results=[
+            pb.Classification(
+                probabilities=r.probabilities.tolist(),
+                top=[pb.ClassScore(index=s.index, label=s.label, probability=s.probability)
+                     for s in r.top],
+            )
+            for r in result.results
+        ],
+    )  # fmt: skip
+
+
+def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
+    """The client's gRPC deadline as a time.monotonic() instant, if it set one."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+class ImageClassifierServicer(pb_grpc.ImageClassifierServicer):
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    @maps_errors
+    async def Classify(
+        self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ClassifyResponse:
+        images = [image_from_pb(img, i) for i, img in enumerate(request.images)]
+        result = await self.core.classify(
+            request.model,
+            images,
+            top=request.top_k,
+            version=request.version,
+            deadline=deadline_of(context),
+        )
+        return response_to_pb(result)
+
+    @maps_errors
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
+        infos = []
+        for model in sorted(self.core.models.values(), key=lambda m: m.name):
+            meta = model.metadata
+            infos.append(
+                pb.ModelInfo(
+                    name=model.name,
+                    versions=[model.version],
+                    labels=meta.labels,
+                    input_shape=list(model.sample_shape),
+                    provider=model.engine.info.provider,
+                    max_batch_size=model.max_batch_size,
+                    metadata={k: str(v) for k, v in meta.provenance.items()},
+                )
+            )
+        return pb.ListModelsResponse(models=infos)

@@ -1,0 +1,138 @@
+"""Image decoding and the eval preprocessing, exactly as training's eval preset does it.
+
+This module is the single definition of "how an image becomes a model input": the training
+package's eval preset calls these functions, so what the server computes for a photo is
+bit-for-bit what the model was validated on.
+
+The steps follow torchvision's classification eval preset on PIL images:
+``Resize(resize_size)`` (shorter side, the longer side truncated like torchvision),
+``CenterCrop(input_size)`` (rounded offsets), ``ToTensor`` (/255) and ``Normalize(mean, std)``.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from service.errors import InvalidInput
+
+INTERPOLATIONS: dict[str, Image.Resampling] = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+DEFAULT_MAX_PIXELS = 40_000_000
+"""Refuse images that declare more pixels than this, before decoding them."""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a model wants its input: the eval preset, in numbers."""
+
+    input_size: tuple[int, int]
+    """(height, width) of the tensor the model takes."""
+    resize_size: int
+    """The shorter side is resized to this before the center crop."""
+    interpolation: str = "bilinear"
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(
+                f"interpolation must be one of {sorted(INTERPOLATIONS)}, got {self.interpolation!r}"
+            )
+        if self.resize_size < min(self.input_size):
+            raise ValueError(
+                f"resize_size {self.resize_size} is smaller than input_size {self.input_size}"
+            )
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode encoded image bytes (JPEG, PNG, WebP, BMP, GIF, ...) to an upright RGB image.
+
+    Raises InvalidInput for anything that is not a complete, decodable image within the pixel
+    limit. The pixel limit is checked from the header, before the pixels are decoded.
+    """
+    if not data:
+        raise InvalidInput("image is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            width, height = img.size
+            if width * height > max_pixels:
+                raise InvalidInput(
+                    f"image is {width}x{height} = {width * height} pixels, "
+                    f"over the limit of {max_pixels}"
+                )
+            img.load()
+    except InvalidInput:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InvalidInput("bytes are not a decodable image (JPEG, PNG, WebP, BMP, GIF)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InvalidInput(f"image could not be decoded: {exc}") from None
+    img = ImageOps.exif_transpose(img)
+    return to_rgb(img)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode (L, LA, P, RGBA, CMYK, I;16, ...) to RGB; alpha is dropped."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    elif img.mode in ("P", "PA"):
+        img = img.convert("RGBA")
+    return img.convert("RGB")
+
+
+def resized_size(width: int, height: int, shorter: int) -> tuple[int, int]:
+    """The (width, height) after resizing the shorter side to `shorter`, as torchvision does."""
+    if width <= height:
+        return shorter, int(shorter * height / width)
+    return int(shorter * width / height), shorter
+
+
+def resize_and_crop(img: Image.Image, spec: Preprocessing) -> Image.Image:
+    """Resize the shorter side to spec.resize_size, then center-crop to spec.input_size."""
+    crop_h, crop_w = spec.input_size
+    new_w, new_h = resized_size(img.width, img.height, spec.resize_size)
+    if (new_w, new_h) != img.size:
+        img = img.resize((new_w, new_h), INTERPOLATIONS[spec.interpolation])
+    top = round((new_h - crop_h) / 2.0)
+    left = round((new_w - crop_w) / 2.0)
+    if (left, top, crop_w, crop_h) != (0, 0, new_w, new_h):
+        img = img.crop((left, top, left + crop_w, top + crop_h))
+    return img
+
+
+def normalize(pixels: np.ndarray, spec: Preprocessing) -> np.ndarray:
+    """uint8 HWC RGB pixels -> float32 CHW, scaled to [0, 1] and normalised by mean/std."""
+    scale = np.float32(1.0 / 255.0)
+    mean = np.asarray(spec.mean, dtype=np.float32).reshape(3, 1, 1)
+    inv_std = (1.0 / np.asarray(spec.std, dtype=np.float32)).reshape(3, 1, 1)
+    chw = pixels.transpose(2, 0, 1).astype(np.float32) * scale
+    return np.ascontiguousarray((chw - mean) * inv_std, dtype=np.float32)
+
+
+def preprocess_image(img: Image.Image, spec: Preprocessing) -> np.ndarray:
+    """A decoded image -> the float32 CHW tensor the model takes (the eval preset)."""
+    img = resize_and_crop(to_rgb(img), spec)
+    return normalize(np.asarray(img, dtype=np.uint8), spec)
+
+
+def preprocess_bytes(
+    data: bytes, spec: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """Encoded image bytes -> the float32 CHW tensor the model takes."""
+    return preprocess_image(decode_image(data, max_pixels=max_pixels), spec)

@@ -1,0 +1,83 @@
+"""Every Prometheus metric of the server, defined once, with few labels.
+
+Labels: `model` and `version` (bounded by the repository), `code` (canonical status names).
+A request for a model that does not exist is counted under model="" so that clients cannot
+grow the label set.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
+
+# `*_created` series double the exposition for no use on a long-running server.
+disable_created_metrics()
+
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075,
+    0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
+MV = ("model", "version")
+
+
+class Metrics:
+    """The server's metrics on their own registry (one per server, so tests can run many)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        self.requests = Counter(
+            "imgclf_requests", "Requests by outcome (canonical status code).", (*MV, "code"),
+            registry=r,
+        )  # fmt: skip
+        self.images = Counter("imgclf_images", "Images classified.", MV, registry=r)
+        self.request_duration = Histogram(
+            "imgclf_request_duration_seconds",
+            "End-to-end time of a request inside the server (decode, queue, inference, reply).",
+            MV, buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.preprocess_duration = Histogram(
+            "imgclf_preprocess_duration_seconds",
+            "Time to decode and preprocess one image.",
+            MV, buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.queue_duration = Histogram(
+            "imgclf_queue_duration_seconds",
+            "Time an image waited in the batcher's queue.",
+            MV, buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.inference_duration = Histogram(
+            "imgclf_inference_duration_seconds",
+            "Time of one ONNX Runtime run over a batch.",
+            MV, buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.batch_size = Histogram(
+            "imgclf_batch_size", "Images per inference batch.", MV,
+            buckets=BATCH_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.queue_depth = Gauge(
+            "imgclf_queue_depth", "Images waiting in the batcher's queue.", MV, registry=r
+        )
+        self.inflight = Gauge(
+            "imgclf_inflight_requests", "Requests being served right now.", registry=r
+        )
+        self.model_info = Gauge(
+            "imgclf_model_info",
+            "1 for each loaded model version, labelled with the provider that runs it.",
+            (*MV, "provider"), registry=r,
+        )  # fmt: skip
+        self.model_load_duration = Gauge(
+            "imgclf_model_load_duration_seconds",
+            "Time to load and warm up a model version.",
+            MV, registry=r,
+        )  # fmt: skip

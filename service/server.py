@@ -1,0 +1,113 @@
+"""Server lifecycle: load and warm up, serve gRPC + health + reflection + metrics, drain.
+
+Start: models load and warm up first; only then does health report SERVING.
+Stop (SIGTERM/SIGINT): health NOT_SERVING, new requests refused with UNAVAILABLE, in-flight
+requests finish within the grace period, queues drain, the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from service._generated.imgclf.v1 import image_classifier_pb2 as pb
+from service._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
+from service.core import Core
+from service.grpc.classifier import ImageClassifierServicer
+from service.metrics import Metrics
+from service.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (pb.DESCRIPTOR.services_by_name["ImageClassifier"].full_name,)
+
+
+class Server:
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.core = Core(settings, self.metrics)
+        self.health = health.aio.HealthServicer()
+        self.grpc_port = 0
+        self.metrics_port = 0
+        self._grpc: grpc.aio.Server | None = None
+        self._http = None
+        self._stopping = asyncio.Event()
+
+    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, status)
+
+    async def start(self) -> None:
+        s = self.settings
+        http, _thread = start_http_server(
+            s.metrics_port, addr=s.metrics_bind, registry=self.metrics.registry
+        )
+        self._http = http
+        self.metrics_port = http.server_port
+        options = [
+            ("grpc.max_receive_message_length", s.max_message_bytes),
+            ("grpc.max_send_message_length", s.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        self._grpc = grpc.aio.server(options=options)
+        pb_grpc.add_ImageClassifierServicer_to_server(
+            ImageClassifierServicer(self.core), self._grpc
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc
+        )
+        self.grpc_port = self._grpc.add_insecure_port(f"{s.host}:{s.grpc_port}")
+        if not self.grpc_port:
+            raise RuntimeError(f"could not bind gRPC on {s.host}:{s.grpc_port}")
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._grpc.start()
+        log.info(
+            "listening: gRPC %s:%d, metrics http://%s:%d/metrics; loading models from %s",
+            s.host, self.grpc_port, s.metrics_bind, self.metrics_port, s.model_repository,
+        )  # fmt: skip
+        await asyncio.get_running_loop().run_in_executor(None, self.core.load_all)
+        self.core.start()
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info("ready: serving %s", ", ".join(sorted(self.core.models)))
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def wait_and_stop(self) -> None:
+        await self._stopping.wait()
+        await self.stop()
+
+    async def stop(self) -> None:
+        log.info(
+            "shutting down: NOT_SERVING, draining for up to %.0fs", self.settings.grace_period_s
+        )
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        # gRPC refuses new calls from here on; every call already received runs to its end.
+        if self._grpc is not None:
+            await self._grpc.stop(self.settings.grace_period_s)
+        await self.core.close()
+        if self._http is not None:
+            self._http.shutdown()
+        log.info("stopped")
+
+
+async def serve(settings: ServerSettings) -> None:
+    """Run the server until SIGTERM or SIGINT, then drain and return."""
+    server = Server(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, server.request_stop)
+    try:
+        await server.start()
+    except BaseException:
+        await server.stop()
+        raise
+    await server.wait_and_stop()

@@ -1,0 +1,110 @@
+"""Typed server settings: environment (`IMGCLF_*`), then CLI flags on top.
+
+Each field's docstring is its documentation: `imgclf serve --help` and the README's
+configuration table both come from here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServerSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="IMGCLF_", use_attribute_docstrings=True, extra="ignore"
+    )
+
+    model_repository: Path = Path("models")
+    """Model repository: models/<name>/<version>/model.onnx."""
+    host: str = "127.0.0.1"
+    """Address the gRPC server binds (0.0.0.0 for every interface)."""
+    grpc_port: int = Field(8001, ge=0, le=65535)
+    """gRPC port (0 picks a free one; the chosen port is logged)."""
+    metrics_host: str | None = None
+    """Address the metrics endpoint binds; defaults to --host."""
+    metrics_port: int = Field(8002, ge=0, le=65535)
+    """Port of the Prometheus /metrics endpoint (0 picks a free one)."""
+    default_model: str = ""
+    """Model used when a request names none (default: the only model, if one is loaded)."""
+    providers: Literal["auto", "cpu", "cuda"] = "auto"
+    """Execution provider: auto (CUDA when really available, else CPU), cpu, or cuda."""
+    gpu_id: int = Field(0, ge=0)
+    """CUDA device id."""
+    intra_op_threads: int = Field(0, ge=0)
+    """ONNX Runtime intra-op threads per model (0: ONNX Runtime's default, one per core)."""
+    preprocess_threads: int = Field(0, ge=0)
+    """Threads decoding and preprocessing images (0: one per core)."""
+    max_batch_size: int = Field(8, ge=1)
+    """Largest batch the dynamic batcher forms (a model's config.json may override)."""
+    max_queue_delay_ms: float = Field(2.0, ge=0)
+    """How long the batcher waits for more requests once it has one."""
+    max_queue_size: int = Field(256, ge=1)
+    """Images waiting per model beyond which requests get RESOURCE_EXHAUSTED."""
+    default_top_k: int = Field(5, ge=1)
+    """Classes returned per image when a request sets no top_k."""
+    max_top_k: int = Field(1000, ge=1)
+    """Largest top_k a request may ask for."""
+    max_images_per_request: int = Field(64, ge=1)
+    """Most images one Classify request may carry."""
+    max_pixels: int = Field(40_000_000, ge=1)
+    """Largest image (width x height) accepted, checked before decoding."""
+    max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    """Largest gRPC message received or sent."""
+    grace_period_s: float = Field(30.0, ge=0)
+    """On SIGTERM/SIGINT: how long in-flight requests may take to finish."""
+    warmup: bool = True
+    """Run each model once per batch size before reporting SERVING."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Log level."""
+
+    @property
+    def preprocess_workers(self) -> int:
+        return self.preprocess_threads or os.cpu_count() or 1
+
+    @property
+    def metrics_bind(self) -> str:
+        return self.metrics_host or self.host
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _arg_type(annotation: Any) -> tuple[Any, list[str] | None]:
+    if get_origin(annotation) is Literal:
+        return str, [str(a) for a in get_args(annotation)]
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    base = args[0] if args else annotation
+    return base, None
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    """One CLI flag per settings field, documented by the field's docstring."""
+    group = parser.add_argument_group("server settings (also env IMGCLF_<NAME>)")
+    for name, info in ServerSettings.model_fields.items():
+        kind, choices = _arg_type(info.annotation)
+        help_text = f"{info.description or ''} (default: {info.default})"
+        if kind is bool:
+            group.add_argument(
+                _flag(name), dest=name, action=argparse.BooleanOptionalAction, help=help_text
+            )
+        else:
+            group.add_argument(
+                _flag(name), dest=name, type=kind, choices=choices, help=help_text, default=None
+            )
+
+
+def settings_from_args(args: argparse.Namespace) -> ServerSettings:
+    """Environment first, then every flag given on the command line."""
+    given = {
+        name: getattr(args, name)
+        for name in ServerSettings.model_fields
+        if getattr(args, name, None) is not None
+    }
+    return ServerSettings(**given)
