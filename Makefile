@@ -7,6 +7,7 @@ PIP := $(PY) -m pip
 HOST ?= 127.0.0.1
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
+DEFAULT_MODEL ?= efficientnet_lite0
 GEN := service/_generated
 PROTOS := $(shell find proto -name '*.proto' | sort)
 
@@ -36,7 +37,7 @@ install-all: $(VENV)/.all-installed
 
 serve: install
 	$(VENV)/bin/imgclf serve --model-repository models --host $(HOST) \
-		--grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+		--grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) --default-model $(DEFAULT_MODEL)
 
 lint: install-all
 	$(VENV)/bin/ruff check .

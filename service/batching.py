@@ -147,10 +147,12 @@ class Batcher:
             live.append(item)
         if not live:
             return
-        batch = np.stack([item.tensor for item in live])
         started = time.monotonic()
         try:
+            batch = np.stack([item.tensor for item in live])
             out = await loop.run_in_executor(self._executor, self._run_batch, batch)
+            if len(out) != len(live):
+                raise RuntimeError(f"model returned {len(out)} rows for a batch of {len(live)}")
         except Exception as exc:
             log.error("inference failed on a batch of %d: %r", len(live), exc, exc_info=exc)
             for item in live:

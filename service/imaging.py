@@ -12,7 +12,6 @@ The steps follow torchvision's classification eval preset on PIL images:
 from __future__ import annotations
 
 import io
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +28,10 @@ INTERPOLATIONS: dict[str, Image.Resampling] = {
 
 DEFAULT_MAX_PIXELS = 40_000_000
 """Refuse images that declare more pixels than this, before decoding them."""
+
+# Our own limit (max_pixels) is checked from the header before any pixel is decoded; Pillow's
+# global bomb check would pre-empt it with a vaguer error and cap max_pixels at its value.
+Image.MAX_IMAGE_PIXELS = None
 
 
 @dataclass(frozen=True)
@@ -63,19 +66,17 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
     if not data:
         raise InvalidInput("image is empty (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            width, height = img.size
-            if width * height > max_pixels:
-                raise InvalidInput(
-                    f"image is {width}x{height} = {width * height} pixels, "
-                    f"over the limit of {max_pixels}"
-                )
-            img.load()
+        img = Image.open(io.BytesIO(data))
+        width, height = img.size
+        if width * height > max_pixels:
+            raise InvalidInput(
+                f"image is {width}x{height} = {width * height} pixels, "
+                f"over the limit of {max_pixels}"
+            )
+        img.load()
     except InvalidInput:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except UnidentifiedImageError:
         raise InvalidInput("bytes are not a decodable image (JPEG, PNG, WebP, BMP, GIF)") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise InvalidInput(f"image could not be decoded: {exc}") from None

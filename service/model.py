@@ -50,7 +50,7 @@ def load_model(entry: ModelEntry, settings: ServerSettings, metrics: Metrics) ->
     """Open the ONNX file, read its metadata, check it, warm it up. Call from the event loop
     thread only for the final `batcher.start()` (done by the caller)."""
     started = time.monotonic()
-    cfg = entry.config
+    cfg = entry.read_config()
     providers = cfg.providers or settings.providers
     engine = Engine(
         entry.path,
@@ -58,7 +58,7 @@ def load_model(entry: ModelEntry, settings: ServerSettings, metrics: Metrics) ->
         gpu_id=settings.gpu_id,
         intra_op_threads=settings.intra_op_threads,
     )
-    metadata = ModelMetadata.from_props(engine.metadata_props, overrides=entry.sidecar)
+    metadata = ModelMetadata.from_props(engine.metadata_props, overrides=entry.read_sidecar())
     h, w = metadata.input_size
     engine.check_sample_shape((3, h, w))
     max_batch = cfg.max_batch_size or settings.max_batch_size

@@ -44,6 +44,9 @@ class ModelMetadata:
             raise ValueError(f"input_layout must be one of {LAYOUTS}, got {self.input_layout!r}")
         if not self.labels:
             raise ValueError("labels must not be empty")
+        if len(self.mean) != 3 or len(self.std) != 3 or not all(self.std):
+            raise ValueError(f"mean and std need 3 values, std non-zero: {self.mean}, {self.std}")
+        self.preprocessing  # noqa: B018 - validates sizes and interpolation at load time
 
     @property
     def preprocessing(self) -> Preprocessing:

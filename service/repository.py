@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -31,29 +31,42 @@ class ModelConfig(BaseModel):
     """How long the batcher waits for more requests once it has one."""
     max_queue_size: int | None = Field(None, ge=1)
     """Images waiting beyond which requests are refused."""
-    providers: str | None = None
+    providers: Literal["auto", "cpu", "cuda"] | None = None
     """auto, cpu or cuda for this model."""
 
 
 @dataclass(frozen=True)
 class ModelEntry:
+    """One model version found on disk. Its config files are read when it is loaded, so a bad
+    file fails that model's load only."""
+
     name: str
     version: int
     path: Path
     """The model.onnx file."""
-    config: ModelConfig
-    sidecar: dict[str, Any]
-    """Metadata overrides from the version's config.json (foreign models)."""
+
+    def read_config(self) -> ModelConfig:
+        """Serving knobs from models/<name>/config.json (defaults when absent)."""
+        return ModelConfig(**_read_json(self.path.parent.parent / CONFIG_FILE))
+
+    def read_sidecar(self) -> dict[str, Any]:
+        """Metadata overrides from the version's config.json (foreign models)."""
+        return _read_json(self.path.parent / CONFIG_FILE)
+
+
+def version_dirs(model_dir: Path) -> list[tuple[int, Path]]:
+    """(version, folder) of the numeric version folders that hold a model file, newest first."""
+    found = [
+        (int(p.name), p)
+        for p in model_dir.iterdir()
+        if p.is_dir() and p.name.isdigit() and (p / MODEL_FILE).is_file()
+    ]
+    return sorted(found, key=lambda vp: vp[0], reverse=True)
 
 
 def versions_of(model_dir: Path) -> list[int]:
     """Numeric version folders that hold a model file, newest first."""
-    found = [
-        int(p.name)
-        for p in model_dir.iterdir()
-        if p.is_dir() and p.name.isdigit() and (p / MODEL_FILE).is_file()
-    ]
-    return sorted(found, reverse=True)
+    return [v for v, _ in version_dirs(model_dir)]
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -71,17 +84,8 @@ def scan(root: Path) -> list[ModelEntry]:
         raise FileNotFoundError(f"model repository {root} does not exist")
     entries = []
     for model_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        versions = versions_of(model_dir)
-        if not versions:
-            continue
-        version_dir = model_dir / str(versions[0])
-        entries.append(
-            ModelEntry(
-                name=model_dir.name,
-                version=versions[0],
-                path=version_dir / MODEL_FILE,
-                config=ModelConfig(**_read_json(model_dir / CONFIG_FILE)),
-                sidecar=_read_json(version_dir / CONFIG_FILE),
-            )
-        )
+        versions = version_dirs(model_dir)
+        if versions:
+            version, version_dir = versions[0]
+            entries.append(ModelEntry(model_dir.name, version, version_dir / MODEL_FILE))
     return entries

@@ -108,3 +108,18 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         if getattr(args, name, None) is not None
     }
     return ServerSettings(**given)
+
+
+def settings_table() -> str:
+    """The configuration reference as a Markdown table (the README embeds it verbatim)."""
+    rows = ["| flag | environment | default | meaning |", "|---|---|---|---|"]
+    for name, info in ServerSettings.model_fields.items():
+        default = f"`{info.default}`" if info.default not in (None, "") else "(unset)"
+        rows.append(
+            f"| `{_flag(name)}` | `IMGCLF_{name.upper()}` | {default} | {info.description} |"
+        )
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(settings_table())

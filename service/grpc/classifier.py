@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import grpc
@@ -25,7 +26,7 @@ def tensor_from_pb(tensor: pb.Tensor, index: int) -> np.ndarray:
     shape = tuple(tensor.shape)
     if any(d <= 0 for d in shape):
         raise InvalidInput(f"image {index}: tensor shape {list(shape)} has a non-positive dim")
-    expected = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    expected = math.prod(shape) * np.dtype(dtype).itemsize
     if len(tensor.data) != expected:
         raise InvalidInput(
             f"image {index}: tensor shape {list(shape)} needs {expected} bytes of "

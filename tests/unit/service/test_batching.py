@@ -1,0 +1,323 @@
+"""service.batching: the dynamic batcher, driven by a fake run_batch in a real thread pool.
+
+The fake returns each row's sum, so every caller can check it got its own row back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from service.batching import Batcher, BatchStats
+from service.errors import (
+    DeadlineExceeded,
+    ImgclfError,
+    InferenceFailed,
+    ModelNotReady,
+    QueueFull,
+)
+
+HANG = 5.0
+"""Generous bound on any wait in these tests; only reached when something is broken."""
+PENDING = 1.0
+"""Seconds after which a waiter still unanswered counts as left pending forever."""
+
+
+class FakeModel:
+    """A run_batch that records each batch, can be held on an Event, and can fail."""
+
+    def __init__(self) -> None:
+        self.batches: list[np.ndarray] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.started = threading.Event()
+        self.fail_next = False
+        self.lock = threading.Lock()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        with self.lock:
+            self.batches.append(batch.copy())
+        self.started.set()
+        assert self.gate.wait(HANG), "test never released the gate"
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("secret engine detail")
+        return batch.reshape(len(batch), -1).sum(axis=1, keepdims=True)
+
+    @property
+    def sizes(self) -> list[int]:
+        return [len(b) for b in self.batches]
+
+    @property
+    def sums(self) -> list[list[float]]:
+        return [sorted(b.reshape(len(b), -1).sum(axis=1).tolist()) for b in self.batches]
+
+    async def wait_started(self) -> None:
+        started = await asyncio.get_running_loop().run_in_executor(None, self.started.wait, HANG)
+        assert started, "run_batch was never called"
+
+
+@pytest.fixture
+def executor() -> Iterator[ThreadPoolExecutor]:
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fake-ort")
+    yield pool
+    pool.shutdown(wait=True)
+
+
+@pytest.fixture
+def model() -> Iterator[FakeModel]:
+    fake = FakeModel()
+    yield fake
+    fake.gate.set()  # never leave a worker thread blocked
+
+
+def row(value: float) -> np.ndarray:
+    """A tensor whose row sum is 2 * value."""
+    return np.full((2,), value, dtype=np.float32)
+
+
+async def let_run() -> None:
+    """Give every ready task a chance to run (submits enqueue, cancellations land)."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def test_concurrent_submits_are_batched_and_answered_in_order(model, executor):
+    stats: list[BatchStats] = []
+
+    async def main() -> list[np.ndarray]:
+        b = Batcher(model, executor, max_batch_size=8, max_delay_s=0.05, on_batch=stats.append)
+        b.start()
+        results = await asyncio.gather(*(b.submit(row(i)) for i in range(5)))
+        await b.close()
+        return results
+
+    results = asyncio.run(main())
+
+    assert [float(r[0]) for r in results] == [0.0, 2.0, 4.0, 6.0, 8.0]
+    assert max(model.sizes) > 1
+    assert sum(model.sizes) == 5
+    assert [s.size for s in stats] == model.sizes
+    assert all(s.expired == 0 for s in stats)
+    assert all(len(s.queue_seconds) == s.size for s in stats)
+    assert all(q >= 0 for s in stats for q in s.queue_seconds)
+    assert all(s.inference_seconds >= 0 for s in stats)
+
+
+def test_max_batch_size_respected(model, executor):
+    async def main() -> list[np.ndarray]:
+        b = Batcher(model, executor, max_batch_size=3, max_delay_s=0.05)
+        b.start()
+        results = await asyncio.gather(*(b.submit(row(i)) for i in range(8)))
+        await b.close()
+        return results
+
+    results = asyncio.run(main())
+
+    assert [float(r[0]) for r in results] == [2.0 * i for i in range(8)]
+    assert sum(model.sizes) == 8
+    assert max(model.sizes) == 3
+    assert all(n <= 3 for n in model.sizes)
+
+
+def test_queue_full_raised_at_once(model, executor):
+    depths: list[int] = []
+
+    async def main() -> None:
+        b = Batcher(model, executor, max_batch_size=1, max_queue_size=2, on_depth=depths.append)
+        b.start()
+        model.gate.clear()
+        first = asyncio.ensure_future(b.submit(row(1)))
+        await model.wait_started()  # the worker holds item 1; the queue is empty again
+        queued = [asyncio.ensure_future(b.submit(row(v))) for v in (2, 3)]
+        await let_run()
+        assert b.depth == 2
+
+        # Refused at once: were it queued behind the held batch, wait_for would time out.
+        with pytest.raises(QueueFull, match="queue is full"):
+            await asyncio.wait_for(b.submit(row(4)), HANG)
+
+        model.gate.set()
+        got = await asyncio.wait_for(asyncio.gather(first, *queued), HANG)
+        assert [float(r[0]) for r in got] == [2.0, 4.0, 6.0]
+        await b.close()
+
+    asyncio.run(main())
+    assert model.sums == [[2.0], [4.0], [6.0]]  # the refused tensor never ran
+    assert 2 in depths
+
+
+def test_expired_deadline_not_run(model, executor):
+    stats: list[BatchStats] = []
+
+    async def main() -> None:
+        b = Batcher(model, executor, on_batch=stats.append)
+        b.start()
+        with pytest.raises(DeadlineExceeded):
+            await asyncio.wait_for(b.submit(row(1), deadline=time.monotonic() - 1.0), HANG)
+        await b.close()
+
+    asyncio.run(main())
+    assert model.batches == []
+    assert stats == []
+
+
+def test_expired_item_dropped_from_a_live_batch(model, executor):
+    stats: list[BatchStats] = []
+
+    async def main() -> list:
+        b = Batcher(model, executor, max_delay_s=0.05, on_batch=stats.append)
+        b.start()
+        results = await asyncio.gather(
+            b.submit(row(1), deadline=time.monotonic() - 1.0),
+            b.submit(row(2), deadline=time.monotonic() + 60.0),
+            b.submit(row(3)),
+            return_exceptions=True,
+        )
+        await b.close()
+        return results
+
+    expired, later, none = asyncio.run(main())
+    assert isinstance(expired, DeadlineExceeded)
+    assert float(later[0]) == 4.0
+    assert float(none[0]) == 6.0
+    assert model.sums == [[4.0, 6.0]]
+    assert [(s.size, s.expired) for s in stats] == [(2, 1)]
+
+
+def test_cancelled_caller_skipped(model, executor):
+    async def main() -> None:
+        b = Batcher(model, executor, max_batch_size=8, max_delay_s=0.01)
+        b.start()
+        model.gate.clear()
+        first = asyncio.ensure_future(b.submit(row(1)))
+        await model.wait_started()
+        gone = asyncio.ensure_future(b.submit(row(2)))
+        stays = asyncio.ensure_future(b.submit(row(3)))
+        await let_run()
+        gone.cancel()
+        await let_run()
+        model.gate.set()
+        assert float((await asyncio.wait_for(first, HANG))[0]) == 2.0
+        assert float((await asyncio.wait_for(stays, HANG))[0]) == 6.0
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        await b.close()
+
+    asyncio.run(main())
+    assert model.sums == [[2.0], [6.0]]  # the cancelled caller's tensor (sum 4) never ran
+
+
+def test_failed_batch_fails_every_waiter_and_serving_goes_on(model, executor):
+    async def main() -> None:
+        b = Batcher(model, executor, max_batch_size=8, max_delay_s=0.05)
+        b.start()
+        model.fail_next = True
+        failed = await asyncio.wait_for(
+            asyncio.gather(b.submit(row(1)), b.submit(row(2)), return_exceptions=True), HANG
+        )
+        assert len(model.batches) == 1
+        assert len(model.batches[0]) == 2  # both were in the failing batch
+        for exc in failed:
+            assert isinstance(exc, InferenceFailed)
+            assert "secret" not in str(exc)
+        after = await asyncio.wait_for(b.submit(row(5)), HANG)
+        assert float(after[0]) == 10.0
+        await b.close()
+
+    asyncio.run(main())
+
+
+def test_close_finishes_queued_items(model, executor):
+    async def main() -> None:
+        b = Batcher(model, executor, max_batch_size=1, max_delay_s=0.0)
+        b.start()
+        model.gate.clear()
+        items = [asyncio.ensure_future(b.submit(row(1)))]
+        await model.wait_started()
+        items += [asyncio.ensure_future(b.submit(row(v))) for v in (2, 3)]
+        await let_run()
+        closing = asyncio.ensure_future(b.close())
+        await let_run()
+        assert not closing.done()  # waits for the held batch and the queue
+        with pytest.raises(ModelNotReady):
+            await b.submit(row(9))  # no new work while closing
+        model.gate.set()
+        await asyncio.wait_for(closing, HANG)
+        assert all(t.done() for t in items)
+        assert [float(t.result()[0]) for t in items] == [2.0, 4.0, 6.0]
+        with pytest.raises(ModelNotReady):
+            await b.submit(row(9))
+
+    asyncio.run(main())
+    assert model.sums == [[2.0], [4.0], [6.0]]
+
+
+def test_submit_before_start_refused(model, executor):
+    async def main() -> None:
+        b = Batcher(model, executor)
+        with pytest.raises(ModelNotReady):
+            await b.submit(row(1))
+        await b.close()  # closing a batcher that never started is harmless
+
+    asyncio.run(main())
+
+
+def test_wrong_row_count_fails_every_waiter_instead_of_hanging(executor):
+    """A run_batch that returns fewer rows than it was given (a broken model) must fail the
+    batch; no waiter may be left pending forever."""
+
+    def one_row(batch: np.ndarray) -> np.ndarray:
+        return np.zeros((1, 1), dtype=np.float32)
+
+    async def main() -> list:
+        b = Batcher(one_row, executor, max_batch_size=8, max_delay_s=0.05)
+        b.start()
+        try:
+            return await asyncio.wait_for(
+                asyncio.gather(*(b.submit(row(i)) for i in range(3)), return_exceptions=True),
+                PENDING,
+            )
+        finally:
+            await b.close()
+
+    try:
+        outcomes = asyncio.run(main())
+    except asyncio.TimeoutError:
+        pytest.fail(f"waiters still pending after {PENDING}s: the batch was never failed")
+    assert all(isinstance(o, InferenceFailed) for o in outcomes), outcomes
+
+
+def test_unstackable_tensors_fail_instead_of_hanging(model, executor):
+    """Tensors of different shapes in one batch (possible for a model with dynamic H/W) must
+    fail their waiters, not leave them pending forever; the batcher keeps serving."""
+
+    async def main() -> tuple[list, np.ndarray]:
+        b = Batcher(model, executor, max_batch_size=8, max_delay_s=0.05)
+        b.start()
+        try:
+            outcomes = await asyncio.wait_for(
+                asyncio.gather(
+                    b.submit(np.ones((3, 4, 4), np.float32)),
+                    b.submit(np.ones((3, 5, 5), np.float32)),
+                    return_exceptions=True,
+                ),
+                PENDING,
+            )
+            after = await asyncio.wait_for(b.submit(row(5)), HANG)
+            return outcomes, after
+        finally:
+            await b.close()
+
+    try:
+        outcomes, after = asyncio.run(main())
+    except asyncio.TimeoutError:
+        pytest.fail(f"waiters still pending after {PENDING}s: the batch was never failed")
+    assert all(isinstance(o, ImgclfError) for o in outcomes), outcomes
+    assert float(after[0]) == 10.0
