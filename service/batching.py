@@ -1,9 +1,11 @@
-"""Dynamic batching: a bounded queue per model, batches formed by size or delay.
+"""Dynamic batching: a bounded priority queue per model version, batches formed by size or delay.
 
 Producers never block: when the queue holds `max_queue_size` items, `submit` raises QueueFull
-at once. The worker takes the first item, waits at most `max_delay_s` for more (up to
-`max_batch_size`), drops items whose caller gave up or whose deadline passed, runs the batch off
-the event loop, and fans the result (or the failure) out to every waiter of that batch.
+at once. One worker per model instance takes the most urgent item (lowest priority level
+first, then arrival order), waits at most `max_delay_s` for more (up to `max_batch_size`, or
+until a preferred batch size is reached and nothing else is waiting), drops items whose caller
+gave up or whose deadline passed, runs the batch off the event loop on its own instance, and
+fans the result (or the failure) out to every waiter of that batch.
 All asyncio objects are created inside the running loop (in `start`).
 """
 
@@ -11,10 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
-from collections.abc import Callable
-from concurrent.futures import Executor
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,75 +31,116 @@ RunBatch = Callable[[np.ndarray], np.ndarray]
 
 @dataclass
 class BatchStats:
-    """What one batch observed; handed to the `on_batch` hook (metrics)."""
+    """What one batch observed; handed to the `on_batch` hook (metrics, statistics)."""
 
     size: int
     queue_seconds: list[float]
+    input_seconds: float
+    """Assembling the batch tensor."""
     inference_seconds: float
+    """The engine run."""
     expired: int
+    """Items dropped because their deadline passed in the queue."""
 
 
-@dataclass
+@dataclass(order=True)
 class _Item:
-    tensor: np.ndarray
-    future: asyncio.Future[np.ndarray]
-    enqueued: float
-    deadline: float | None = None
-    done: bool = field(default=False)
+    level: int
+    seq: int
+    tensor: np.ndarray = field(compare=False)
+    future: asyncio.Future[np.ndarray] = field(compare=False)
+    enqueued: float = field(compare=False)
+    deadline: float | None = field(default=None, compare=False)
 
 
 class Batcher:
-    """Batches single-image tensors for one model version onto `run_batch`."""
+    """Batches single-image tensors for one model version onto its instances."""
 
     def __init__(
         self,
-        run_batch: RunBatch,
-        executor: Executor,
+        runners: Sequence[RunBatch],
         max_batch_size: int = 8,
         max_delay_s: float = 0.002,
         max_queue_size: int = 256,
+        preferred_batch_sizes: Sequence[int] = (),
+        priority_levels: int = 1,
+        default_priority_level: int = 1,
         on_batch: Callable[[BatchStats], None] | None = None,
         on_depth: Callable[[int], None] | None = None,
+        name: str = "model",
     ) -> None:
-        self._run_batch = run_batch
-        self._executor = executor
+        if not runners:
+            raise ValueError("a batcher needs at least one runner")
+        if not 1 <= default_priority_level <= priority_levels:
+            raise ValueError("default_priority_level must be within 1..priority_levels")
+        self._runners = list(runners)
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
         self.max_queue_size = max_queue_size
+        self.preferred_batch_sizes = frozenset(preferred_batch_sizes)
+        self.priority_levels = priority_levels
+        self.default_priority_level = default_priority_level
         self._on_batch = on_batch
         self._on_depth = on_depth
-        self._queue: asyncio.Queue[_Item] | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._executor = ThreadPoolExecutor(
+            max_workers=len(self._runners), thread_name_prefix=f"infer-{name}"
+        )
+        self._seq = itertools.count()
+        self._queue: asyncio.PriorityQueue[_Item] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
 
     @property
     def depth(self) -> int:
         return self._queue.qsize() if self._queue else 0
 
-    def start(self) -> None:
-        self._queue = asyncio.Queue()
-        self._task = asyncio.get_running_loop().create_task(self._work())
+    @property
+    def instances(self) -> int:
+        return len(self._runners)
 
-    async def submit(self, tensor: np.ndarray, deadline: float | None = None) -> np.ndarray:
+    def start(self) -> None:
+        self._queue = asyncio.PriorityQueue()
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._work(run)) for run in self._runners]
+
+    def level_of(self, priority: int) -> int:
+        """Priority 0 means the default level; 1 is the most urgent."""
+        if priority < 0 or priority > self.priority_levels:
+            raise ValueError(f"priority must be 0..{self.priority_levels}, got {priority}")
+        return priority or self.default_priority_level
+
+    async def submit(
+        self, tensor: np.ndarray, deadline: float | None = None, priority: int = 0
+    ) -> np.ndarray:
         """Queue one image tensor; returns its output row. Raises QueueFull when full."""
         if self._queue is None or self._closing:
             raise ModelNotReady("model is not accepting requests")
         if self._queue.qsize() >= self.max_queue_size:
             raise QueueFull(f"queue is full ({self.max_queue_size} images waiting); retry later")
         loop = asyncio.get_running_loop()
-        item = _Item(tensor, loop.create_future(), time.monotonic(), deadline)
+        item = _Item(
+            self.level_of(priority),
+            next(self._seq),
+            tensor,
+            loop.create_future(),
+            time.monotonic(),
+            deadline,
+        )
         self._queue.put_nowait(item)
         self._report_depth()
         return await item.future
 
     async def close(self) -> None:
-        """Stop taking items, finish every queued one, then stop the worker."""
+        """Stop taking items, finish every queued one, then stop the workers."""
         self._closing = True
-        if self._queue is not None and self._task is not None:
+        if self._queue is not None:
             await self._queue.join()
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
+        self._executor.shutdown(wait=True)
 
     def _report_depth(self) -> None:
         if self._on_depth is not None and self._queue is not None:
@@ -110,6 +154,8 @@ class Batcher:
             if not self._queue.empty():
                 items.append(self._queue.get_nowait())
                 continue
+            if len(items) in self.preferred_batch_sizes:
+                break
             remaining = until - time.monotonic()
             if remaining <= 0:
                 break
@@ -120,20 +166,22 @@ class Batcher:
         self._report_depth()
         return items
 
-    async def _work(self) -> None:
+    async def _work(self, run: RunBatch) -> None:
         assert self._queue is not None
         loop = asyncio.get_running_loop()
         while True:
             items = await self._collect()
             try:
-                await self._run(items, loop)
-            except Exception:  # never let the worker die: the batch was already failed
+                await self._run(items, run, loop)
+            except Exception:  # never let the worker die; _run already failed its waiters
                 log.exception("batch worker error")
             finally:
                 for _ in items:
                     self._queue.task_done()
 
-    async def _run(self, items: list[_Item], loop: asyncio.AbstractEventLoop) -> None:
+    async def _run(
+        self, items: list[_Item], run: RunBatch, loop: asyncio.AbstractEventLoop
+    ) -> None:
         now = time.monotonic()
         live: list[_Item] = []
         expired = 0
@@ -150,7 +198,8 @@ class Batcher:
         started = time.monotonic()
         try:
             batch = np.stack([item.tensor for item in live])
-            out = await loop.run_in_executor(self._executor, self._run_batch, batch)
+            assembled = time.monotonic()
+            out = await loop.run_in_executor(self._executor, run, batch)
             if len(out) != len(live):
                 raise RuntimeError(f"model returned {len(out)} rows for a batch of {len(live)}")
         except Exception as exc:
@@ -159,7 +208,7 @@ class Batcher:
                 if not item.future.done():
                     item.future.set_exception(InferenceFailed("inference failed"))
             return
-        elapsed = time.monotonic() - started
+        finished = time.monotonic()
         for item, row in zip(live, out, strict=True):
             if not item.future.done():
                 item.future.set_result(row)
@@ -168,7 +217,8 @@ class Batcher:
                 BatchStats(
                     size=len(live),
                     queue_seconds=[started - item.enqueued for item in live],
-                    inference_seconds=elapsed,
+                    input_seconds=assembled - started,
+                    inference_seconds=finished - assembled,
                     expired=expired,
                 )
             )

@@ -1,4 +1,4 @@
-"""The data plane: validate, look up the model, preprocess, batch, postprocess.
+"""The data plane: look up the model, validate, preprocess, batch, postprocess, account.
 
 Transport-free: the gRPC servicers convert messages to these calls and map the domain errors
 (service.errors) to status codes. Nothing here imports grpc.
@@ -9,16 +9,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
-from service.errors import ImgclfError, InvalidInput, ModelNotFound, ModelNotReady
-from service.imaging import preprocess_bytes
+from service.errors import ImgclfError, InvalidInput, ModelNotReady
+from service.imaging import normalize, preprocess_bytes
+from service.manager import ModelManager
 from service.metrics import Metrics
-from service.model import ServedModel, load_model
-from service.repository import scan
+from service.model import ServedModel
 from service.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -26,10 +28,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ImageInput:
-    """One image of a request: encoded bytes, or a float32 tensor shaped like the model input."""
+    """One image of a request, in one of three forms."""
 
     encoded: bytes | None = None
+    """Encoded bytes (JPEG, PNG, ...): decoded and preprocessed by the model's eval preset."""
     tensor: np.ndarray | None = None
+    """float32 CHW, already preprocessed to the model input."""
+    pixels: np.ndarray | None = None
+    """uint8 CHW pixels at the model's input size: normalised by the server (mean/std)."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,18 @@ class ClassifyResult:
     results: list[Classification]
 
 
+@dataclass(frozen=True)
+class InferResult:
+    model: ServedModel
+    outputs: np.ndarray
+    """The model's raw output rows (N, classes)."""
+    probabilities: np.ndarray
+    """Softmax of logits, or the outputs themselves for probability models."""
+
+
+T = TypeVar("T")
+
+
 def top_k(probabilities: np.ndarray, k: int, labels: list[str]) -> list[ClassScore]:
     """The k most probable classes, most probable first (ties: lower index first)."""
     k = min(k, probabilities.shape[0])
@@ -60,67 +78,36 @@ def top_k(probabilities: np.ndarray, k: int, labels: list[str]) -> list[ClassSco
 
 
 class Core:
-    """Owns the loaded models and serves classification requests."""
+    """Serves classification and inference requests over the manager's loaded models."""
 
-    def __init__(self, settings: ServerSettings, metrics: Metrics) -> None:
+    def __init__(self, settings: ServerSettings, metrics: Metrics, manager: ModelManager) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.models: dict[str, ServedModel] = {}
+        self.manager = manager
         self._preprocess_pool = ThreadPoolExecutor(
             max_workers=settings.preprocess_workers, thread_name_prefix="preprocess"
         )
+        self._started = False
         self._draining = False
-        self._ready = False
+        self._closed = False
 
     @property
     def ready(self) -> bool:
-        return self._ready and not self._draining
+        """Started, not draining, and every model that should serve has a ready version."""
+        return self._started and not self._draining and self.manager.all_ready()
 
-    def load_all(self) -> None:
-        """Load and warm up every model of the repository (blocking; run it off the loop).
-
-        A model that fails to load is logged and skipped; the rest serve.
-        """
-        for entry in scan(self.settings.model_repository):
-            try:
-                self.models[entry.name] = load_model(entry, self.settings, self.metrics)
-            except Exception as exc:
-                log.error("model %s version %s failed to load: %s", entry.name, entry.version, exc)
-        if not self.models:
-            raise RuntimeError(f"no model could be loaded from {self.settings.model_repository}")
-
-    def start(self) -> None:
-        """Start the batchers (inside the running loop) and report ready."""
-        for model in self.models.values():
-            model.batcher.start()
-        self._ready = True
+    def mark_started(self) -> None:
+        self._started = True
 
     def begin_drain(self) -> None:
-        """Refuse new requests with UNAVAILABLE; accepted ones go on."""
+        """Readiness off: load balancers stop routing here. Requests are still served."""
         self._draining = True
 
     async def close(self) -> None:
         """Finish every queued image, then stop the workers."""
-        self._draining = True
-        for model in self.models.values():
-            await model.close()
+        self._draining = self._closed = True
+        await self.manager.close()
         self._preprocess_pool.shutdown(wait=True)
-
-    def get_model(self, name: str, version: int = 0) -> ServedModel:
-        if not name:
-            name = self.settings.default_model
-        if not name:
-            if len(self.models) == 1:
-                return next(iter(self.models.values()))
-            raise InvalidInput(f"name a model; loaded models: {', '.join(sorted(self.models))}")
-        model = self.models.get(name)
-        if model is None:
-            raise ModelNotFound(
-                f"model {name!r} is not loaded; loaded models: {', '.join(sorted(self.models))}"
-            )
-        if version and version != model.version:
-            raise ModelNotFound(f"model {name!r} has no loaded version {version}")
-        return model
 
     async def classify(
         self,
@@ -129,66 +116,134 @@ class Core:
         top: int = 0,
         version: int = 0,
         deadline: float | None = None,
+        priority: int = 0,
     ) -> ClassifyResult:
-        """Classify images with one model. `deadline` is a time.monotonic() instant."""
-        started = time.monotonic()
-        labels = {"model": "", "version": ""}
-        self.metrics.inflight.inc()
-        try:
-            if not self.ready:
-                raise ModelNotReady("server is not ready (starting up or shutting down)")
-            model = self.get_model(model_name, version)
-            labels = {"model": model.name, "version": str(model.version)}
-            k = self._check_request(model, images, top)
-            rows = await self._run_all(model, images, deadline)
-            probs = model.postprocess(np.stack(rows))
+        """Classify images with one model: probabilities and the top-k labels per image."""
+        if top < 0 or top > self.settings.max_top_k:
+            raise InvalidInput(f"top_k must be between 0 and {self.settings.max_top_k}, got {top}")
+        k = top or self.settings.default_top_k
+
+        def finish(model: ServedModel, outputs: np.ndarray) -> ClassifyResult:
+            probs = model.probabilities(outputs)
             names = model.metadata.labels
-            result = ClassifyResult(
+            return ClassifyResult(
                 model=model.name,
                 version=model.version,
                 results=[Classification(p, top_k(p, k, names)) for p in probs],
             )
+
+        return await self._serve(model_name, version, images, deadline, priority, finish)
+
+    async def infer(
+        self,
+        model_name: str,
+        images: list[ImageInput],
+        version: int = 0,
+        deadline: float | None = None,
+        priority: int = 0,
+    ) -> InferResult:
+        """Run images through one model: raw outputs and probabilities (Open Inference)."""
+
+        def finish(model: ServedModel, outputs: np.ndarray) -> InferResult:
+            return InferResult(model, outputs, model.probabilities(outputs))
+
+        return await self._serve(model_name, version, images, deadline, priority, finish)
+
+    async def _serve(
+        self,
+        model_name: str,
+        version: int,
+        images: list[ImageInput],
+        deadline: float | None,
+        priority: int,
+        finish: Callable[[ServedModel, np.ndarray], T],
+    ) -> T:
+        """Look up, validate, run and account for one request."""
+        started = time.monotonic()
+        labels = {"model": "", "version": ""}
+        model: ServedModel | None = None
+        self.metrics.inflight.inc()
+        try:
+            if self._closed or not self._started:
+                raise ModelNotReady("server is not ready (starting up or shutting down)")
+            model = self.manager.get(model_name, version)
+            labels = {"model": model.name, "version": str(model.version)}
+            with model.use():
+                self._check_images(model, images)
+                if deadline is None and model.default_timeout_s:
+                    deadline = started + model.default_timeout_s
+                try:
+                    level = model.batcher.level_of(priority)
+                except ValueError as exc:
+                    raise InvalidInput(str(exc), reason="bad_priority") from None
+                rows = await self._run_all(model, images, deadline, level)
+                out_started = time.monotonic()
+                result = finish(model, np.stack(rows))
+                out_seconds = time.monotonic() - out_started
         except ImgclfError as exc:
-            self.metrics.requests.labels(**labels, code=exc.code).inc()
+            self._account(model, labels, started, exc.code, exc.reason)
             raise
         except asyncio.CancelledError:
-            self.metrics.requests.labels(**labels, code="CANCELLED").inc()
+            self._account(model, labels, started, "CANCELLED", "cancelled")
             raise
         except Exception:
-            self.metrics.requests.labels(**labels, code="INTERNAL").inc()
+            self._account(model, labels, started, "INTERNAL", "internal")
             raise
         finally:
             self.metrics.inflight.dec()
-        self.metrics.requests.labels(**labels, code="OK").inc()
+        self.metrics.compute_output_duration.labels(**labels).observe(out_seconds)
+        model.stats.record_output(out_seconds, len(images))
         self.metrics.images.labels(**labels).inc(len(images))
-        self.metrics.request_duration.labels(**labels).observe(time.monotonic() - started)
+        self._account(model, labels, started, "OK", None)
         return result
 
-    def _check_request(self, model: ServedModel, images: list[ImageInput], top: int) -> int:
+    def _account(
+        self,
+        model: ServedModel | None,
+        labels: dict[str, str],
+        started: float,
+        code: str,
+        reason: str | None,
+    ) -> None:
+        seconds = time.monotonic() - started
+        self.metrics.requests.labels(**labels, code=code).inc()
+        if reason is not None:
+            self.metrics.failures.labels(**labels, reason=reason).inc()
+        else:
+            self.metrics.request_duration.labels(**labels).observe(seconds)
+        if model is not None:
+            model.stats.record_request(seconds, ok=reason is None)
+
+    def _check_images(self, model: ServedModel, images: list[ImageInput]) -> None:
         s = self.settings
         if not images:
-            raise InvalidInput("request carries no image")
+            raise InvalidInput("request carries no image", reason="no_image")
         if len(images) > s.max_images_per_request:
             raise InvalidInput(
                 f"request carries {len(images)} images, more than the limit of "
-                f"{s.max_images_per_request}"
+                f"{s.max_images_per_request}",
+                reason="too_many_images",
             )
-        if top < 0 or top > s.max_top_k:
-            raise InvalidInput(f"top_k must be between 0 and {s.max_top_k}, got {top}")
         for i, image in enumerate(images):
-            if image.tensor is not None:
+            array = image.tensor if image.tensor is not None else image.pixels
+            if array is not None:
                 try:
-                    model.engine.check_sample_shape(tuple(image.tensor.shape))
+                    model.engine.check_sample_shape(tuple(array.shape))
                 except InvalidInput as exc:
-                    raise InvalidInput(f"image {i}: {exc}") from None
+                    raise InvalidInput(f"image {i}: {exc}", reason="bad_shape") from None
+                if image.tensor is not None and not np.isfinite(image.tensor).all():
+                    raise InvalidInput(
+                        f"image {i}: tensor holds NaN or infinite values", reason="non_finite"
+                    )
             elif image.encoded is None:
                 raise InvalidInput(f"image {i} has neither encoded bytes nor a tensor")
-        return top or s.default_top_k
 
     async def _run_all(
-        self, model: ServedModel, images: list[ImageInput], deadline: float | None
+        self, model: ServedModel, images: list[ImageInput], deadline: float | None, level: int
     ) -> list[np.ndarray]:
-        tasks = [asyncio.ensure_future(self._run_one(model, img, deadline)) for img in images]
+        tasks = [
+            asyncio.ensure_future(self._run_one(model, img, deadline, level)) for img in images
+        ]
         try:
             return list(await asyncio.gather(*tasks))
         except BaseException:
@@ -197,10 +252,14 @@ class Core:
             raise
 
     async def _run_one(
-        self, model: ServedModel, image: ImageInput, deadline: float | None
+        self, model: ServedModel, image: ImageInput, deadline: float | None, level: int
     ) -> np.ndarray:
-        tensor = image.tensor
-        if tensor is None:
+        spec = model.metadata.preprocessing
+        if image.tensor is not None:
+            tensor = image.tensor
+        elif image.pixels is not None:
+            tensor = normalize(image.pixels.transpose(1, 2, 0), spec)
+        else:
             assert image.encoded is not None
             loop = asyncio.get_running_loop()
             started = time.monotonic()
@@ -208,10 +267,10 @@ class Core:
                 self._preprocess_pool,
                 preprocess_bytes,
                 image.encoded,
-                model.metadata.preprocessing,
+                spec,
                 self.settings.max_pixels,
             )
             self.metrics.preprocess_duration.labels(
                 model=model.name, version=str(model.version)
             ).observe(time.monotonic() - started)
-        return await model.batcher.submit(tensor, deadline)
+        return await model.batcher.submit(tensor, deadline, level)

@@ -64,22 +64,28 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
     limit. The pixel limit is checked from the header, before the pixels are decoded.
     """
     if not data:
-        raise InvalidInput("image is empty (0 bytes)")
+        raise InvalidInput("image is empty (0 bytes)", reason="empty_image")
     try:
         img = Image.open(io.BytesIO(data))
         width, height = img.size
         if width * height > max_pixels:
             raise InvalidInput(
                 f"image is {width}x{height} = {width * height} pixels, "
-                f"over the limit of {max_pixels}"
+                f"over the limit of {max_pixels}",
+                reason="image_too_large",
             )
         img.load()
     except InvalidInput:
         raise
     except UnidentifiedImageError:
-        raise InvalidInput("bytes are not a decodable image (JPEG, PNG, WebP, BMP, GIF)") from None
+        raise InvalidInput(
+            "bytes are not a decodable image (JPEG, PNG, WebP, BMP, GIF)",
+            reason="undecodable_image",
+        ) from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise InvalidInput(f"image could not be decoded: {exc}") from None
+        raise InvalidInput(
+            f"image could not be decoded: {exc}", reason="undecodable_image"
+        ) from None
     img = ImageOps.exif_transpose(img)
     return to_rgb(img)
 

@@ -41,6 +41,11 @@ class Metrics:
             registry=r,
         )  # fmt: skip
         self.images = Counter("imgclf_images", "Images classified.", MV, registry=r)
+        self.failures = Counter(
+            "imgclf_request_failures",
+            "Failed requests by reason (invalid_input, undecodable_image, queue_full, ...).",
+            (*MV, "reason"), registry=r,
+        )  # fmt: skip
         self.request_duration = Histogram(
             "imgclf_request_duration_seconds",
             "End-to-end time of a request inside the server (decode, queue, inference, reply).",
@@ -56,9 +61,19 @@ class Metrics:
             "Time an image waited in the batcher's queue.",
             MV, buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
+        self.compute_input_duration = Histogram(
+            "imgclf_compute_input_duration_seconds",
+            "Time to assemble one batch's input tensor.",
+            MV, buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
         self.inference_duration = Histogram(
             "imgclf_inference_duration_seconds",
-            "Time of one ONNX Runtime run over a batch.",
+            "Time of one ONNX Runtime run over a batch (compute infer).",
+            MV, buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.compute_output_duration = Histogram(
+            "imgclf_compute_output_duration_seconds",
+            "Time to turn a request's model outputs into its reply (softmax, top-k).",
             MV, buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.batch_size = Histogram(
@@ -75,6 +90,15 @@ class Metrics:
             "imgclf_model_info",
             "1 for each loaded model version, labelled with the provider that runs it.",
             (*MV, "provider"), registry=r,
+        )  # fmt: skip
+        self.model_state = Gauge(
+            "imgclf_model_state",
+            "1 for the state each model version is in (LOADING, READY, UNAVAILABLE, FAILED).",
+            (*MV, "state"), registry=r,
+        )  # fmt: skip
+        self.load_failures = Counter(
+            "imgclf_model_load_failures", "Model versions that failed to load.", ("model",),
+            registry=r,
         )  # fmt: skip
         self.model_load_duration = Gauge(
             "imgclf_model_load_duration_seconds",

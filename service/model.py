@@ -1,22 +1,32 @@
-"""A loaded model version: its metadata, its ONNX Runtime engine and its batcher."""
+"""A loaded model version: metadata, ONNX Runtime instances, batcher, statistics.
+
+`load_model` is blocking (file reads, session creation, warm-up): the manager runs it off
+the event loop. `ServedModel.start` and `retire` run on the loop.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import os
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from service.batching import Batcher, BatchStats
-from service.engine import Engine, softmax
+from service.engine import Engine, ExecutionOptions, softmax
 from service.metrics import Metrics
 from service.modelmeta import ModelMetadata
-from service.repository import ModelEntry
+from service.repository import ModelConfig, ModelEntry
 from service.settings import ServerSettings
+from service.stats import ModelStats
 
 log = logging.getLogger(__name__)
+
+PROVIDER_OF_KIND = {"cpu": "cpu", "gpu": "cuda"}
 
 
 @dataclass
@@ -24,95 +34,165 @@ class ServedModel:
     name: str
     version: int
     metadata: ModelMetadata
-    engine: Engine
+    config: ModelConfig
+    engines: list[Engine]
     batcher: Batcher
     max_batch_size: int
-    executor: ThreadPoolExecutor
+    default_timeout_s: float | None
+    fingerprint: tuple[int, int, int]
+    stats: ModelStats = field(default_factory=ModelStats)
+    _users: int = 0
+    _idle: asyncio.Event | None = None
+
+    @property
+    def engine(self) -> Engine:
+        return self.engines[0]
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
         h, w = self.metadata.input_size
         return (3, h, w)
 
-    def postprocess(self, outputs: np.ndarray) -> np.ndarray:
+    @property
+    def num_classes(self) -> int:
+        return len(self.metadata.labels)
+
+    def start(self) -> None:
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.batcher.start()
+
+    @contextlib.contextmanager
+    def use(self) -> Iterator[ServedModel]:
+        """Hold the model for one request; `retire` waits until no request holds it."""
+        assert self._idle is not None, "model not started"
+        self._users += 1
+        self._idle.clear()
+        try:
+            yield self
+        finally:
+            self._users -= 1
+            if self._users == 0:
+                self._idle.set()
+
+    async def retire(self) -> None:
+        """Wait for every request holding the model, drain its queue, stop its workers."""
+        if self._idle is not None:
+            await self._idle.wait()
+        await self.batcher.close()
+
+    def probabilities(self, outputs: np.ndarray) -> np.ndarray:
         """Model outputs (N, classes) -> probabilities (N, classes) float32."""
         outputs = outputs.astype(np.float32, copy=False)
-        if self.metadata.output == "logits":
-            return softmax(outputs)
-        return outputs
-
-    async def close(self) -> None:
-        await self.batcher.close()
-        self.executor.shutdown(wait=True)
+        return softmax(outputs) if self.metadata.output == "logits" else outputs
 
 
-def load_model(entry: ModelEntry, settings: ServerSettings, metrics: Metrics) -> ServedModel:
-    """Open the ONNX file, read its metadata, check it, warm it up. Call from the event loop
-    thread only for the final `batcher.start()` (done by the caller)."""
-    started = time.monotonic()
-    cfg = entry.read_config()
-    providers = cfg.providers or settings.providers
-    engine = Engine(
-        entry.path,
+def execution_options(
+    config: ModelConfig, settings: ServerSettings, instance: int
+) -> ExecutionOptions:
+    """The ONNX Runtime options of one instance of a model."""
+    providers = config.providers or PROVIDER_OF_KIND.get(config.instance_kind)
+    if providers is None:
+        providers = "cuda" if settings.require_gpu else settings.providers
+    gpus = config.gpus or [settings.gpu_id]
+    threads = config.intra_op_threads
+    if threads is None:
+        threads = settings.intra_op_threads
+    if not threads and config.instances > 1:
+        threads = max(1, (os.cpu_count() or 1) // config.instances)
+    extra = {
+        key: value
+        for key in ("cudnn_conv_algo_search", "gpu_mem_limit_bytes", "arena_extend_strategy")
+        if (value := getattr(config, key)) is not None
+    }
+    return ExecutionOptions(
         providers=providers,
-        gpu_id=settings.gpu_id,
-        intra_op_threads=settings.intra_op_threads,
+        gpu_id=gpus[instance % len(gpus)],
+        intra_op_threads=threads,
+        tensorrt_fp16=config.tensorrt_fp16,
+        tensorrt_cache_dir=settings.tensorrt_cache_dir,
+        allow_spinning=settings.allow_spinning,
+        io_binding=settings.io_binding,
+        **extra,
     )
+
+
+def load_model(
+    entry: ModelEntry, config: ModelConfig, settings: ServerSettings, metrics: Metrics
+) -> ServedModel:
+    """Open the ONNX file, read and check its metadata, create its instances, warm them up."""
+    started = time.monotonic()
+    fingerprint = entry.fingerprint()
+    engines = [
+        Engine(entry.path, execution_options(config, settings, i)) for i in range(config.instances)
+    ]
+    engine = engines[0]
     metadata = ModelMetadata.from_props(engine.metadata_props, overrides=entry.read_sidecar())
     h, w = metadata.input_size
     engine.check_sample_shape((3, h, w))
-    max_batch = cfg.max_batch_size or settings.max_batch_size
+    out_dim = engine.info.output_shape[-1] if engine.info.output_shape else None
+    if isinstance(out_dim, int) and out_dim != len(metadata.labels):
+        raise ValueError(f"model has {out_dim} outputs but {len(metadata.labels)} labels")
+    max_batch = config.max_batch_size or settings.max_batch_size
     batch_dim = engine.info.input_shape[0]
     if isinstance(batch_dim, int):
-        if batch_dim != 1 and max_batch > batch_dim:
-            raise ValueError(f"{entry.path}: fixed batch axis {batch_dim} < max_batch {max_batch}")
         max_batch = min(max_batch, batch_dim)
     if settings.warmup:
-        engine.warmup(sorted({1, max_batch}), (3, h, w))
-    labels = dict(model=entry.name, version=str(entry.version))
+        sizes = list(range(1, max_batch + 1))
+        for e in engines:
+            e.warmup(sizes, (3, h, w))
+    labels = {"model": entry.name, "version": str(entry.version)}
+    stats = ModelStats()
 
-    def on_batch(stats: BatchStats) -> None:
-        metrics.batch_size.labels(**labels).observe(stats.size)
-        metrics.inference_duration.labels(**labels).observe(stats.inference_seconds)
+    def on_batch(b: BatchStats) -> None:
+        stats.record_batch(b.size, b.queue_seconds, b.input_seconds, b.inference_seconds)
+        metrics.batch_size.labels(**labels).observe(b.size)
+        metrics.compute_input_duration.labels(**labels).observe(b.input_seconds)
+        metrics.inference_duration.labels(**labels).observe(b.inference_seconds)
         queue = metrics.queue_duration.labels(**labels)
-        for seconds in stats.queue_seconds:
+        for seconds in b.queue_seconds:
             queue.observe(seconds)
+        if b.expired:
+            metrics.failures.labels(**labels, reason="deadline_exceeded").inc(b.expired)
 
     def on_depth(depth: int) -> None:
         metrics.queue_depth.labels(**labels).set(depth)
 
-    # One thread runs the engine: batches go through ONNX Runtime one at a time, each using
-    # the intra-op thread pool.
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{entry.name}")
+    delay_ms = config.max_queue_delay_ms
+    if delay_ms is None:
+        delay_ms = settings.max_queue_delay_ms
+    timeout_ms = config.default_timeout_ms
+    if timeout_ms is None:
+        timeout_ms = settings.default_timeout_ms
     batcher = Batcher(
-        engine.run,
-        executor,
+        [e.run for e in engines],
         max_batch_size=max_batch,
-        max_delay_s=(
-            cfg.max_queue_delay_ms
-            if cfg.max_queue_delay_ms is not None
-            else settings.max_queue_delay_ms
-        )
-        / 1000.0,
-        max_queue_size=cfg.max_queue_size or settings.max_queue_size,
+        max_delay_s=delay_ms / 1000.0,
+        max_queue_size=config.max_queue_size or settings.max_queue_size,
+        preferred_batch_sizes=config.preferred_batch_sizes,
+        priority_levels=config.priority_levels,
+        default_priority_level=config.default_priority_level,
         on_batch=on_batch,
         on_depth=on_depth,
+        name=entry.name,
     )
     elapsed = time.monotonic() - started
     metrics.model_load_duration.labels(**labels).set(elapsed)
-    metrics.model_info.labels(**labels, provider=engine.info.provider).set(1)
     log.info(
         "model %s version %s loaded in %.2fs: %d classes, input %dx%d, max batch %d, "
-        "running on %s (%s)",
+        "%d instance(s) on %s (%s)",
         entry.name, entry.version, elapsed, len(metadata.labels), h, w, max_batch,
-        engine.info.provider, engine.info.reason,
+        len(engines), engine.info.provider, engine.info.reason,
     )  # fmt: skip
     return ServedModel(
         name=entry.name,
         version=entry.version,
         metadata=metadata,
-        engine=engine,
+        config=config,
+        engines=engines,
         batcher=batcher,
         max_batch_size=max_batch,
-        executor=executor,
+        default_timeout_s=timeout_ms / 1000.0 if timeout_ms else None,
+        fingerprint=fingerprint,
+        stats=stats,
     )

@@ -14,14 +14,40 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MODEL_FILE = "model.onnx"
 CONFIG_FILE = "config.json"
 
 
+class VersionPolicy(BaseModel):
+    """Which versions of a model to serve: the newest N (default 1), all, or specific ones."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    latest: int | None = Field(None, ge=1)
+    all: bool = False
+    specific: list[int] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> VersionPolicy:
+        if sum([self.latest is not None, self.all, self.specific is not None]) > 1:
+            raise ValueError("version_policy takes one of latest, all, specific")
+        return self
+
+    def select(self, available: list[int]) -> list[int]:
+        """The versions to serve among `available`, newest first."""
+        newest_first = sorted(available, reverse=True)
+        if self.all:
+            return newest_first
+        if self.specific is not None:
+            return [v for v in newest_first if v in set(self.specific)]
+        return newest_first[: self.latest or 1]
+
+
 class ModelConfig(BaseModel):
-    """Per-model serving knobs; unset fields take the server's settings."""
+    """Per-model serving knobs in models/<name>/config.json; unset fields take the server's
+    settings."""
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
@@ -29,44 +55,68 @@ class ModelConfig(BaseModel):
     """Largest batch the batcher forms for this model."""
     max_queue_delay_ms: float | None = Field(None, ge=0)
     """How long the batcher waits for more requests once it has one."""
+    preferred_batch_sizes: list[int] = Field(default_factory=list)
+    """Batch sizes dispatched at once when reached (no further waiting)."""
     max_queue_size: int | None = Field(None, ge=1)
     """Images waiting beyond which requests are refused."""
-    providers: Literal["auto", "cpu", "cuda"] | None = None
-    """auto, cpu or cuda for this model."""
+    default_timeout_ms: float | None = Field(None, ge=0)
+    """Queue timeout for requests that set none (0: none)."""
+    priority_levels: int = Field(1, ge=1)
+    """Number of priority levels (1 = most urgent)."""
+    default_priority_level: int = Field(1, ge=1)
+    """Level of requests that set no priority."""
+    version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
+    """Which versions to serve: {"latest": N}, {"all": true} or {"specific": [..]}."""
+    instances: int = Field(1, ge=1)
+    """ONNX Runtime sessions for this model, each fed batches by its own worker."""
+    instance_kind: Literal["auto", "cpu", "gpu"] = "auto"
+    """Where the instances run; gpu requires CUDA, cpu forbids it, auto picks."""
+    gpus: list[int] = Field(default_factory=list)
+    """GPU ids for the instances (round-robin); default: the server's --gpu-id."""
+    providers: Literal["auto", "cpu", "cuda", "tensorrt"] | None = None
+    """Execution provider for this model (overrides instance_kind)."""
+    intra_op_threads: int | None = Field(None, ge=0)
+    """ONNX Runtime intra-op threads per instance (default: the cores shared by instances)."""
+    cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] | None = None
+    """CUDA: how cuDNN picks convolution algorithms."""
+    gpu_mem_limit_bytes: int | None = Field(None, ge=0)
+    """CUDA: memory arena limit per instance (0: none)."""
+    arena_extend_strategy: Literal["kNextPowerOfTwo", "kSameAsRequested"] | None = None
+    """CUDA: how the memory arena grows."""
+    tensorrt_fp16: bool = False
+    """TensorRT: build FP16 engines."""
+    image_input: bool = False
+    """Open Inference Protocol: advertise a BYTES input `image` (encoded images) instead of
+    the tensor input, so load tools drive the server-side decode path."""
+
+    @model_validator(mode="after")
+    def _levels(self) -> ModelConfig:
+        if self.default_priority_level > self.priority_levels:
+            raise ValueError("default_priority_level must be <= priority_levels")
+        if any(b < 1 for b in self.preferred_batch_sizes):
+            raise ValueError("preferred_batch_sizes must be positive")
+        return self
 
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """One model version found on disk. Its config files are read when it is loaded, so a bad
-    file fails that model's load only."""
+    """One model version found on disk."""
 
     name: str
     version: int
     path: Path
     """The model.onnx file."""
 
-    def read_config(self) -> ModelConfig:
-        """Serving knobs from models/<name>/config.json (defaults when absent)."""
-        return ModelConfig(**_read_json(self.path.parent.parent / CONFIG_FILE))
-
     def read_sidecar(self) -> dict[str, Any]:
         """Metadata overrides from the version's config.json (foreign models)."""
         return _read_json(self.path.parent / CONFIG_FILE)
 
-
-def version_dirs(model_dir: Path) -> list[tuple[int, Path]]:
-    """(version, folder) of the numeric version folders that hold a model file, newest first."""
-    found = [
-        (int(p.name), p)
-        for p in model_dir.iterdir()
-        if p.is_dir() and p.name.isdigit() and (p / MODEL_FILE).is_file()
-    ]
-    return sorted(found, key=lambda vp: vp[0], reverse=True)
-
-
-def versions_of(model_dir: Path) -> list[int]:
-    """Numeric version folders that hold a model file, newest first."""
-    return [v for v, _ in version_dirs(model_dir)]
+    def fingerprint(self) -> tuple[int, int, int]:
+        """Changes when the model file or its sidecar changes (for polling)."""
+        stat = self.path.stat()
+        sidecar = self.path.parent / CONFIG_FILE
+        sidecar_mtime = sidecar.stat().st_mtime_ns if sidecar.exists() else 0
+        return (stat.st_mtime_ns, stat.st_size, sidecar_mtime)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -78,14 +128,30 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def scan(root: Path) -> list[ModelEntry]:
-    """The newest version of every model in the repository, sorted by name."""
+def read_model_config(model_dir: Path) -> ModelConfig:
+    """Serving knobs from models/<name>/config.json (defaults when absent)."""
+    return ModelConfig(**_read_json(model_dir / CONFIG_FILE))
+
+
+def config_fingerprint(model_dir: Path) -> int:
+    path = model_dir / CONFIG_FILE
+    return path.stat().st_mtime_ns if path.exists() else 0
+
+
+def versions(model_dir: Path) -> list[ModelEntry]:
+    """Every version folder (numeric name) holding a model file, newest first."""
+    if not model_dir.is_dir():
+        return []
+    found = [
+        ModelEntry(model_dir.name, int(p.name), p / MODEL_FILE)
+        for p in model_dir.iterdir()
+        if p.is_dir() and p.name.isdigit() and (p / MODEL_FILE).is_file()
+    ]
+    return sorted(found, key=lambda e: e.version, reverse=True)
+
+
+def model_names(root: Path) -> list[str]:
+    """Models in the repository (folders with at least one version), sorted."""
     if not root.is_dir():
         raise FileNotFoundError(f"model repository {root} does not exist")
-    entries = []
-    for model_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        versions = version_dirs(model_dir)
-        if versions:
-            version, version_dir = versions[0]
-            entries.append(ModelEntry(model_dir.name, version, version_dir / MODEL_FILE))
-    return entries
+    return [p.name for p in sorted(root.iterdir()) if p.is_dir() and versions(p)]

@@ -18,31 +18,54 @@ from prometheus_client import start_http_server
 
 from service._generated.imgclf.v1 import image_classifier_pb2 as pb
 from service._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
+from service._generated.inference import grpc_service_pb2 as oip_pb
+from service._generated.inference import grpc_service_pb2_grpc as oip_grpc
 from service.core import Core
+from service.gpu import register_gpu_metrics
 from service.grpc.classifier import ImageClassifierServicer
+from service.grpc.inference import InferenceServicer
+from service.manager import ModelManager
 from service.metrics import Metrics
 from service.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAMES = (pb.DESCRIPTOR.services_by_name["ImageClassifier"].full_name,)
+SERVICE_NAMES = (
+    pb.DESCRIPTOR.services_by_name["ImageClassifier"].full_name,
+    oip_pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+)
 
 
 class Server:
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.core = Core(settings, self.metrics)
+        register_gpu_metrics(self.metrics.registry)
+        self.manager = ModelManager(settings, self.metrics, on_change=self._readiness_changed)
+        self.core = Core(settings, self.metrics, self.manager)
         self.health = health.aio.HealthServicer()
         self.grpc_port = 0
         self.metrics_port = 0
         self._grpc: grpc.aio.Server | None = None
         self._http = None
         self._stopping = asyncio.Event()
+        self._background: set[asyncio.Task[None]] = set()
 
     async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, status)
+
+    async def _publish_readiness(self) -> None:
+        serving = health_pb2.HealthCheckResponse.SERVING
+        await self._set_health(
+            serving if self.core.ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+
+    def _readiness_changed(self) -> None:
+        """Models came or went: health follows (called on the event loop)."""
+        task = asyncio.get_running_loop().create_task(self._publish_readiness())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def start(self) -> None:
         s = self.settings
@@ -60,6 +83,9 @@ class Server:
         pb_grpc.add_ImageClassifierServicer_to_server(
             ImageClassifierServicer(self.core), self._grpc
         )
+        oip_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(self.core), self._grpc
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc
@@ -73,10 +99,14 @@ class Server:
             "listening: gRPC %s:%d, metrics http://%s:%d/metrics; loading models from %s",
             s.host, self.grpc_port, s.metrics_bind, self.metrics_port, s.model_repository,
         )  # fmt: skip
-        await asyncio.get_running_loop().run_in_executor(None, self.core.load_all)
-        self.core.start()
-        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        log.info("ready: serving %s", ", ".join(sorted(self.core.models)))
+        await self.manager.start(s.load_model or None)
+        self.core.mark_started()
+        await self._publish_readiness()
+        log.info(
+            "%s: serving %s",
+            "ready" if self.core.ready else "NOT ready",
+            ", ".join(self.manager.names()) or "no model",
+        )
 
     def request_stop(self) -> None:
         self._stopping.set()
@@ -86,13 +116,18 @@ class Server:
         await self.stop()
 
     async def stop(self) -> None:
+        s = self.settings
         log.info(
-            "shutting down: NOT_SERVING, draining for up to %.0fs", self.settings.grace_period_s
-        )
+            "shutting down: NOT_SERVING, serving on for %.1fs, then draining for up to %.0fs",
+            s.pre_drain_delay_s, s.grace_period_s,
+        )  # fmt: skip
+        self.core.begin_drain()
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if s.pre_drain_delay_s:
+            await asyncio.sleep(s.pre_drain_delay_s)
         # gRPC refuses new calls from here on; every call already received runs to its end.
         if self._grpc is not None:
-            await self._grpc.stop(self.settings.grace_period_s)
+            await self._grpc.stop(s.grace_period_s)
         await self.core.close()
         if self._http is not None:
             self._http.shutdown()

@@ -32,10 +32,28 @@ class ServerSettings(BaseSettings):
     """Port of the Prometheus /metrics endpoint (0 picks a free one)."""
     default_model: str = ""
     """Model used when a request names none (default: the only model, if one is loaded)."""
-    providers: Literal["auto", "cpu", "cuda"] = "auto"
-    """Execution provider: auto (CUDA when really available, else CPU), cpu, or cuda."""
+    model_control_mode: Literal["none", "poll", "explicit"] = "none"
+    """none: load all at start; poll: also pick up repository changes; explicit: load/unload
+    by RPC and --load-model."""
+    poll_interval_s: float = Field(5.0, gt=0)
+    """Seconds between repository polls (poll mode)."""
+    load_model: list[str] = Field(default_factory=list)
+    """Explicit mode: models to load at start (repeatable; * for all)."""
+    providers: Literal["auto", "cpu", "cuda", "tensorrt"] = "auto"
+    """Execution provider: auto (CUDA when really available, else CPU), cpu, cuda or
+    tensorrt (cuda and tensorrt refuse to start without a working GPU)."""
+    require_gpu: bool = False
+    """Refuse to load a model unless CUDA really runs it (no silent CPU fallback)."""
     gpu_id: int = Field(0, ge=0)
     """CUDA device id."""
+    tensorrt_cache_dir: Path | None = None
+    """TensorRT engine cache root (one folder per model hash + runtime versions); unset:
+    engines are rebuilt at every start."""
+    allow_spinning: bool = False
+    """Let idle ONNX Runtime CPU threads spin (lower latency under load; idle instances
+    burn cores)."""
+    io_binding: bool = True
+    """On CUDA/TensorRT, run batches through an ONNX Runtime IOBinding."""
     intra_op_threads: int = Field(0, ge=0)
     """ONNX Runtime intra-op threads per model (0: ONNX Runtime's default, one per core)."""
     preprocess_threads: int = Field(0, ge=0)
@@ -46,6 +64,9 @@ class ServerSettings(BaseSettings):
     """How long the batcher waits for more requests once it has one."""
     max_queue_size: int = Field(256, ge=1)
     """Images waiting per model beyond which requests get RESOURCE_EXHAUSTED."""
+    default_timeout_ms: float = Field(0.0, ge=0)
+    """Queue timeout for requests that set none (0: none); expired requests are dropped
+    before inference with DEADLINE_EXCEEDED."""
     default_top_k: int = Field(5, ge=1)
     """Classes returned per image when a request sets no top_k."""
     max_top_k: int = Field(1000, ge=1)
@@ -56,6 +77,9 @@ class ServerSettings(BaseSettings):
     """Largest image (width x height) accepted, checked before decoding."""
     max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     """Largest gRPC message received or sent."""
+    pre_drain_delay_s: float = Field(0.0, ge=0)
+    """On SIGTERM/SIGINT: keep serving this long after readiness turns NOT_SERVING, so load
+    balancers stop routing here first."""
     grace_period_s: float = Field(30.0, ge=0)
     """On SIGTERM/SIGINT: how long in-flight requests may take to finish."""
     warmup: bool = True
@@ -70,6 +94,14 @@ class ServerSettings(BaseSettings):
     @property
     def metrics_bind(self) -> str:
         return self.metrics_host or self.host
+
+
+def _describe(name: str) -> tuple[str, str]:
+    """A field's one-line description and its default, as text."""
+    info = ServerSettings.model_fields[name]
+    default = info.get_default(call_default_factory=True)
+    text = "" if default in (None, "", []) else str(default)
+    return " ".join((info.description or "").split()), text
 
 
 def _flag(name: str) -> str:
@@ -89,11 +121,14 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("server settings (also env IMGCLF_<NAME>)")
     for name, info in ServerSettings.model_fields.items():
         kind, choices = _arg_type(info.annotation)
-        help_text = f"{info.description or ''} (default: {info.default})"
+        description, default = _describe(name)
+        help_text = f"{description} (default: {default or 'unset'})"
         if kind is bool:
             group.add_argument(
                 _flag(name), dest=name, action=argparse.BooleanOptionalAction, help=help_text
             )
+        elif get_origin(kind) is list:
+            group.add_argument(_flag(name), dest=name, action="append", help=help_text)
         else:
             group.add_argument(
                 _flag(name), dest=name, type=kind, choices=choices, help=help_text, default=None
@@ -113,11 +148,10 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
 def settings_table() -> str:
     """The configuration reference as a Markdown table (the README embeds it verbatim)."""
     rows = ["| flag | environment | default | meaning |", "|---|---|---|---|"]
-    for name, info in ServerSettings.model_fields.items():
-        default = f"`{info.default}`" if info.default not in (None, "") else "(unset)"
-        rows.append(
-            f"| `{_flag(name)}` | `IMGCLF_{name.upper()}` | {default} | {info.description} |"
-        )
+    for name in ServerSettings.model_fields:
+        description, default = _describe(name)
+        shown = f"`{default}`" if default else "(unset)"
+        rows.append(f"| `{_flag(name)}` | `IMGCLF_{name.upper()}` | {shown} | {description} |")
     return "\n".join(rows)
 
 

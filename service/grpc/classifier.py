@@ -14,15 +14,17 @@ from service.core import ClassifyResult, Core, ImageInput
 from service.errors import InvalidInput
 from service.grpc.errors import maps_errors
 
-DTYPES = {pb.FLOAT32: np.float32}
+DTYPES = {pb.FLOAT32: np.dtype("<f4"), pb.FLOAT16: np.dtype("<f2"), pb.UINT8: np.dtype("u1")}
 
 
 def tensor_from_pb(tensor: pb.Tensor, index: int) -> np.ndarray:
-    """A Tensor message -> a read-only float32 array (zero-copy over the message bytes)."""
+    """A Tensor message -> an array: float32 (FLOAT16 is widened), or uint8 pixels."""
     dtype = DTYPES.get(tensor.dtype)
     if dtype is None:
         name = pb.DataType.Name(tensor.dtype) if tensor.dtype in pb.DataType.values() else "?"
-        raise InvalidInput(f"image {index}: tensor dtype {name} is not supported; send FLOAT32")
+        raise InvalidInput(
+            f"image {index}: tensor dtype {name} is not supported; send FLOAT32, FLOAT16 or UINT8"
+        )
     shape = tuple(tensor.shape)
     if any(d <= 0 for d in shape):
         raise InvalidInput(f"image {index}: tensor shape {list(shape)} has a non-positive dim")
@@ -32,7 +34,8 @@ def tensor_from_pb(tensor: pb.Tensor, index: int) -> np.ndarray:
             f"image {index}: tensor shape {list(shape)} needs {expected} bytes of "
             f"{np.dtype(dtype).name}, got {len(tensor.data)}"
         )
-    return np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
+    array = np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
+    return array.astype(np.float32) if dtype.kind == "f" and dtype.itemsize == 2 else array
 
 
 def image_from_pb(image: pb.Image, index: int) -> ImageInput:
@@ -40,7 +43,8 @@ def image_from_pb(image: pb.Image, index: int) -> ImageInput:
     if kind == "encoded":
         return ImageInput(encoded=image.encoded)
     if kind == "tensor":
-        return ImageInput(tensor=tensor_from_pb(image.tensor, index))
+        array = tensor_from_pb(image.tensor, index)
+        return ImageInput(pixels=array) if array.dtype == np.uint8 else ImageInput(tensor=array)
     raise InvalidInput(f"image {index} has neither encoded bytes nor a tensor")
 
 
@@ -88,12 +92,13 @@ class ImageClassifierServicer(pb_grpc.ImageClassifierServicer):
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
         infos = []
-        for model in sorted(self.core.models.values(), key=lambda m: m.name):
+        for name, versions in sorted(self.core.manager.serving.items()):
+            model = versions[max(versions)]
             meta = model.metadata
             infos.append(
                 pb.ModelInfo(
-                    name=model.name,
-                    versions=[model.version],
+                    name=name,
+                    versions=sorted(versions, reverse=True),
                     labels=meta.labels,
                     input_shape=list(model.sample_shape),
                     provider=model.engine.info.provider,

