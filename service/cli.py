@@ -99,6 +99,24 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _health(args: argparse.Namespace) -> int:
+    """Exit 0 when the server's gRPC health says SERVING (container and k8s probes)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    try:
+        with grpc.insecure_channel(args.server) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
+            )
+    except grpc.RpcError as exc:
+        print(f"unhealthy: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(status)
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     from service.settings import add_settings_arguments
 
@@ -122,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     served.add_argument("--server", default="127.0.0.1:8001", help="HOST:PORT of the server")
     served.add_argument("--timeout", type=float, default=30.0, help="seconds")
     served.set_defaults(func=_models)
+
+    health = sub.add_parser("health", help="exit 0 if a running server reports SERVING")
+    health.add_argument("--server", default="127.0.0.1:8001", help="HOST:PORT of the server")
+    health.add_argument("--service", default="", help="service name ('' = the whole server)")
+    health.add_argument("--timeout", type=float, default=5.0, help="seconds")
+    health.set_defaults(func=_health)
 
     for name, (_module, help_text) in TRAINING_COMMANDS.items():
         p = sub.add_parser(name, help=f"{help_text} (train extra)", add_help=False)

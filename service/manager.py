@@ -55,6 +55,7 @@ class ModelManager:
         """Models that should be serving (readiness is judged against these)."""
         self._failed: dict[tuple[str, int], tuple[int, int, int]] = {}
         self._config_seen: dict[str, int] = {}
+        self._bad_config: dict[str, int] = {}
         self._lock = asyncio.Lock()
         self._poller: asyncio.Task[None] | None = None
         self._retiring: set[asyncio.Task[None]] = set()
@@ -104,8 +105,11 @@ class ModelManager:
         return True
 
     def all_ready(self) -> bool:
-        """Every model that should serve has a ready version."""
-        return all(self._serving.get(name) for name in self._wanted)
+        """Every model that should serve has a ready version (with --strict-readiness), or at
+        least one model serves (without)."""
+        if self.settings.strict_readiness:
+            return all(self._serving.get(name) for name in self._wanted)
+        return bool(self._serving) or not self._wanted
 
     def index(self) -> list[tuple[str, int, str, str]]:
         """(name, version, state, reason) of every model version known, plus unloaded models
@@ -124,9 +128,12 @@ class ModelManager:
     # ---- lifecycle -----------------------------------------------------------------------
 
     async def start(self, load: list[str] | None = None) -> None:
-        """Initial load according to the control mode; start polling in poll mode."""
+        """Initial load according to the control mode; start polling in poll mode.
+
+        In explicit mode only the `load` names are loaded ("*" for every model)."""
+        load = load or []
         if self.mode == "explicit":
-            names = model_names(self.root) if load is None or "*" in load else list(load)
+            names = model_names(self.root) if "*" in load else list(load)
         else:
             names = model_names(self.root)
         for name in names:
@@ -258,9 +265,13 @@ class ModelManager:
                 self._retire(name, version, "removed from the repository")
             self._changed()
             return
+        config_print = config_fingerprint(model_dir)
+        if self._bad_config.get(name) == config_print:
+            return  # the same bad config.json failed before: wait for a change
         try:
             config = read_model_config(model_dir)
         except Exception as exc:
+            self._bad_config[name] = config_print
             reason = f"bad {model_dir / 'config.json'}: {exc}"
             log.error("model %s: %s", name, reason)
             for e in entries[:1]:
@@ -268,8 +279,9 @@ class ModelManager:
                     self._set_status(name, e.version, "FAILED", reason)
             self.metrics.load_failures.labels(model=name).inc()
             return
-        config_changed = self._config_seen.get(name) != config_fingerprint(model_dir)
-        self._config_seen[name] = config_fingerprint(model_dir)
+        self._bad_config.pop(name, None)
+        config_changed = self._config_seen.get(name) != config_print
+        self._config_seen[name] = config_print
         wanted = config.version_policy.select([e.version for e in entries])
         fingerprints = {e.version: e.fingerprint() for e in entries}
         loaded: dict[int, ServedModel] = {}

@@ -93,7 +93,9 @@ def execution_options(
     """The ONNX Runtime options of one instance of a model."""
     providers = config.providers or PROVIDER_OF_KIND.get(config.instance_kind)
     if providers is None:
-        providers = "cuda" if settings.require_gpu else settings.providers
+        providers = settings.providers
+    if settings.require_gpu and providers in ("auto", "cpu"):
+        providers = "cuda"
     gpus = config.gpus or [settings.gpu_id]
     threads = config.intra_op_threads
     if threads is None:
@@ -136,7 +138,12 @@ def load_model(
     max_batch = config.max_batch_size or settings.max_batch_size
     batch_dim = engine.info.input_shape[0]
     if isinstance(batch_dim, int):
-        max_batch = min(max_batch, batch_dim)
+        if batch_dim != 1:
+            raise ValueError(
+                f"{entry.path}: the batch axis is fixed at {batch_dim}; export with a dynamic "
+                "batch axis (or a fixed batch of 1)"
+            )
+        max_batch = 1
     if settings.warmup:
         sizes = list(range(1, max_batch + 1))
         for e in engines:
@@ -152,8 +159,6 @@ def load_model(
         queue = metrics.queue_duration.labels(**labels)
         for seconds in b.queue_seconds:
             queue.observe(seconds)
-        if b.expired:
-            metrics.failures.labels(**labels, reason="deadline_exceeded").inc(b.expired)
 
     def on_depth(depth: int) -> None:
         metrics.queue_depth.labels(**labels).set(depth)

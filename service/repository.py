@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from service.settings import describe_field
+
 MODEL_FILE = "model.onnx"
 CONFIG_FILE = "config.json"
 
@@ -52,37 +54,41 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     max_batch_size: int | None = Field(None, ge=1)
-    """Largest batch the batcher forms for this model."""
+    """Largest batch the batcher forms for this model (unset: --max-batch-size)."""
     max_queue_delay_ms: float | None = Field(None, ge=0)
-    """How long the batcher waits for more requests once it has one."""
+    """How long the batcher waits for more requests once it has one (unset:
+    --max-queue-delay-ms)."""
     preferred_batch_sizes: list[int] = Field(default_factory=list)
     """Batch sizes dispatched at once when reached (no further waiting)."""
     max_queue_size: int | None = Field(None, ge=1)
-    """Images waiting beyond which requests are refused."""
+    """Images waiting beyond which requests are refused (unset: --max-queue-size)."""
     default_timeout_ms: float | None = Field(None, ge=0)
-    """Queue timeout for requests that set none (0: none)."""
+    """Queue timeout for requests that set none, 0 for none (unset: --default-timeout-ms)."""
     priority_levels: int = Field(1, ge=1)
     """Number of priority levels (1 = most urgent)."""
     default_priority_level: int = Field(1, ge=1)
     """Level of requests that set no priority."""
     version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
-    """Which versions to serve: {"latest": N}, {"all": true} or {"specific": [..]}."""
+    """Which versions to serve: {"latest": N}, {"all": true} or {"specific": [..]} (unset:
+    the newest one)."""
     instances: int = Field(1, ge=1)
     """ONNX Runtime sessions for this model, each fed batches by its own worker."""
     instance_kind: Literal["auto", "cpu", "gpu"] = "auto"
     """Where the instances run; gpu requires CUDA, cpu forbids it, auto picks."""
     gpus: list[int] = Field(default_factory=list)
-    """GPU ids for the instances (round-robin); default: the server's --gpu-id."""
+    """GPU ids for the instances, round-robin (unset: --gpu-id)."""
     providers: Literal["auto", "cpu", "cuda", "tensorrt"] | None = None
-    """Execution provider for this model (overrides instance_kind)."""
+    """Execution provider for this model: auto, cpu, cuda, tensorrt (overrides instance_kind;
+    unset: --providers)."""
     intra_op_threads: int | None = Field(None, ge=0)
-    """ONNX Runtime intra-op threads per instance (default: the cores shared by instances)."""
+    """ONNX Runtime intra-op threads per instance (unset: --intra-op-threads, or the cores
+    shared among the instances)."""
     cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] | None = None
-    """CUDA: how cuDNN picks convolution algorithms."""
+    """CUDA: how cuDNN picks convolution algorithms (unset: HEURISTIC)."""
     gpu_mem_limit_bytes: int | None = Field(None, ge=0)
-    """CUDA: memory arena limit per instance (0: none)."""
+    """CUDA: memory arena limit per instance in bytes (unset or 0: none)."""
     arena_extend_strategy: Literal["kNextPowerOfTwo", "kSameAsRequested"] | None = None
-    """CUDA: how the memory arena grows."""
+    """CUDA: how the memory arena grows (unset: kNextPowerOfTwo)."""
     tensorrt_fp16: bool = False
     """TensorRT: build FP16 engines."""
     image_input: bool = False
@@ -96,6 +102,16 @@ class ModelConfig(BaseModel):
         if any(b < 1 for b in self.preferred_batch_sizes):
             raise ValueError("preferred_batch_sizes must be positive")
         return self
+
+
+def config_table() -> str:
+    """The models/<name>/config.json reference as a Markdown table (docs embed it verbatim)."""
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    for name in ModelConfig.model_fields:
+        description, default = describe_field(ModelConfig, name)
+        shown = f"`{default}`" if default else "(unset)"
+        rows.append(f"| `{name}` | {shown} | {description} |")
+    return "\n".join(rows)
 
 
 @dataclass(frozen=True)
@@ -142,12 +158,15 @@ def versions(model_dir: Path) -> list[ModelEntry]:
     """Every version folder (numeric name) holding a model file, newest first."""
     if not model_dir.is_dir():
         return []
-    found = [
-        ModelEntry(model_dir.name, int(p.name), p / MODEL_FILE)
-        for p in model_dir.iterdir()
-        if p.is_dir() and p.name.isdigit() and (p / MODEL_FILE).is_file()
-    ]
-    return sorted(found, key=lambda e: e.version, reverse=True)
+    found: dict[int, ModelEntry] = {}
+    for p in sorted(model_dir.iterdir()):
+        if not (p.is_dir() and p.name.isdigit() and (p / MODEL_FILE).is_file()):
+            continue
+        version = int(p.name)
+        # "7" and "007" are both version 7: the canonical name wins, else the first in order.
+        if version not in found or p.name == str(version):
+            found[version] = ModelEntry(model_dir.name, version, p / MODEL_FILE)
+    return sorted(found.values(), key=lambda e: e.version, reverse=True)
 
 
 def model_names(root: Path) -> list[str]:

@@ -99,7 +99,7 @@ class Server:
             "listening: gRPC %s:%d, metrics http://%s:%d/metrics; loading models from %s",
             s.host, self.grpc_port, s.metrics_bind, self.metrics_port, s.model_repository,
         )  # fmt: skip
-        await self.manager.start(s.load_model or None)
+        await self.manager.start(s.load_model)
         self.core.mark_started()
         await self._publish_readiness()
         log.info(

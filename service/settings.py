@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -33,10 +33,13 @@ class ServerSettings(BaseSettings):
     default_model: str = ""
     """Model used when a request names none (default: the only model, if one is loaded)."""
     model_control_mode: Literal["none", "poll", "explicit"] = "none"
-    """none: load all at start; poll: also pick up repository changes; explicit: load/unload
-    by RPC and --load-model."""
+    """none: load every model at start; poll: also pick up repository changes; explicit: load
+    the models named by load_model, then load/unload by RPC."""
     poll_interval_s: float = Field(5.0, gt=0)
     """Seconds between repository polls (poll mode)."""
+    strict_readiness: bool = True
+    """Report ready only when every model that should serve has a ready version (off: when
+    at least one serves)."""
     load_model: list[str] = Field(default_factory=list)
     """Explicit mode: models to load at start (repeatable; * for all)."""
     providers: Literal["auto", "cpu", "cuda", "tensorrt"] = "auto"
@@ -96,10 +99,12 @@ class ServerSettings(BaseSettings):
         return self.metrics_host or self.host
 
 
-def _describe(name: str) -> tuple[str, str]:
-    """A field's one-line description and its default, as text."""
-    info = ServerSettings.model_fields[name]
+def describe_field(model: type[BaseModel], name: str) -> tuple[str, str]:
+    """A pydantic field's one-line description (its docstring) and its default, as text."""
+    info = model.model_fields[name]
     default = info.get_default(call_default_factory=True)
+    if isinstance(default, BaseModel):
+        default = default.model_dump(exclude_defaults=True) or ""
     text = "" if default in (None, "", []) else str(default)
     return " ".join((info.description or "").split()), text
 
@@ -109,6 +114,8 @@ def _flag(name: str) -> str:
 
 
 def _arg_type(annotation: Any) -> tuple[Any, list[str] | None]:
+    if get_origin(annotation) is list:
+        return annotation, None
     if get_origin(annotation) is Literal:
         return str, [str(a) for a in get_args(annotation)]
     args = [a for a in get_args(annotation) if a is not type(None)]
@@ -121,7 +128,7 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("server settings (also env IMGCLF_<NAME>)")
     for name, info in ServerSettings.model_fields.items():
         kind, choices = _arg_type(info.annotation)
-        description, default = _describe(name)
+        description, default = describe_field(ServerSettings, name)
         help_text = f"{description} (default: {default or 'unset'})"
         if kind is bool:
             group.add_argument(
@@ -149,7 +156,7 @@ def settings_table() -> str:
     """The configuration reference as a Markdown table (the README embeds it verbatim)."""
     rows = ["| flag | environment | default | meaning |", "|---|---|---|---|"]
     for name in ServerSettings.model_fields:
-        description, default = _describe(name)
+        description, default = describe_field(ServerSettings, name)
         shown = f"`{default}`" if default else "(unset)"
         rows.append(f"| `{_flag(name)}` | `IMGCLF_{name.upper()}` | {shown} | {description} |")
     return "\n".join(rows)

@@ -1,7 +1,9 @@
 """Per-model-version statistics in the shape of the Open Inference Protocol's ModelStatistics.
 
-Durations are cumulative (count, nanoseconds). Request-level durations count once per request;
-batch statistics count once per batch of a given size.
+Durations are cumulative (count, nanoseconds). success/fail/compute_output count once per
+request; queue, compute_input and compute_infer once per image, each image charged the whole
+time of the batch it ran in (as Triton charges every request of a batch); batch statistics
+once per batch of a given size.
 """
 
 from __future__ import annotations
@@ -48,14 +50,16 @@ class ModelStats:
         self.execution_count += 1
         for seconds in queue_s:
             self.queue.add(seconds)
-        self.compute_input.add(input_s, size)
-        self.compute_infer.add(infer_s, size)
+        # As Triton counts it: every request of the batch spent the whole batch's time.
+        self.compute_input.add(input_s * size, size)
+        self.compute_infer.add(infer_s * size, size)
         per_size = self.batches.setdefault(size, BatchDurations())
         per_size.compute_input.add(input_s)
         per_size.compute_infer.add(infer_s)
 
     def record_output(self, seconds: float, images: int) -> None:
-        self.compute_output.add(seconds, images)
+        """One request's postprocessing (softmax, top-k) over its `images`."""
+        self.compute_output.add(seconds)
 
     def record_request(self, seconds: float, ok: bool) -> None:
         (self.success if ok else self.fail).add(seconds)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.client import Client
 from tests.images import encode
-from tests.server_process import ServerProcess
+from tests.server_process import ServerProcess, free_port
 
 RED = np.full((30, 40, 3), (220, 20, 30), dtype=np.uint8)
 BLUE = np.full((50, 20, 3), (10, 30, 240), dtype=np.uint8)
@@ -134,11 +136,19 @@ def test_metrics_parse_and_move_with_traffic(tiny_server: ServerProcess) -> None
         "imgclf_request_duration_seconds",
         "imgclf_preprocess_duration_seconds",
         "imgclf_queue_duration_seconds",
+        "imgclf_compute_input_duration_seconds",
         "imgclf_inference_duration_seconds",
+        "imgclf_compute_output_duration_seconds",
         "imgclf_batch_size",
     ):
         assert sample(after, f"{hist}_count", **mv) > sample(before, f"{hist}_count", **mv), hist
+    undecodable = {**mv, "reason": "undecodable_image"}
+    assert (
+        sample(after, "imgclf_request_failures_total", **undecodable)
+        >= sample(before, "imgclf_request_failures_total", **undecodable) + 1
+    )
     assert sample(after, "imgclf_model_info", provider="CPUExecutionProvider", **mv) == 1.0
+    assert sample(after, "imgclf_model_state", state="READY", **mv) == 1.0
     assert ("imgclf_queue_depth", tuple(sorted(mv.items()))) in after
     assert sample(after, "process_resident_memory_bytes") > 0
 
@@ -168,3 +178,17 @@ def test_concurrent_clients_are_batched(tiny_server: ServerProcess) -> None:
     assert images == 16 * 8
     assert batches < images, "no batch held more than one image"
     assert batches - singles > 0, "the histogram shows no batch larger than 1"
+
+
+def test_health_command_for_probes(tiny_server: ServerProcess) -> None:
+    ok = subprocess.run(
+        [sys.executable, "-m", "service.cli", "health", "--server", tiny_server.target],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert (ok.returncode, ok.stdout.strip()) == (0, "SERVING")
+    down = subprocess.run(
+        [sys.executable, "-m", "service.cli", "health", "--server", f"127.0.0.1:{free_port()}",
+         "--timeout", "1"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert down.returncode == 1 and "unhealthy" in down.stderr

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.client import Client
 from tests.images import encode
@@ -72,3 +73,23 @@ def test_sigterm_during_load_answers_every_accepted_request(
     late_codes = {code for start, _, code in outcomes if start >= sig_at - ACCEPTED_MARGIN_S}
     assert late_codes <= {"OK", "UNAVAILABLE"}, late_codes
     assert "shutting down" in server.log() and "stopped" in server.log()
+
+
+def test_pre_drain_delay_reports_not_serving_while_still_answering(
+    tiny_repo: Path, tmp_path: Path
+) -> None:
+    server = start_server(tiny_repo, tmp_path, "--pre-drain-delay-s", "2")
+    image = encode(np.full((24, 24, 3), (200, 0, 0), dtype=np.uint8), "PNG")
+    with grpc.insecure_channel(server.target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        check = health_pb2.HealthCheckRequest(service="")
+        assert health.Check(check, timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+        server.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while health.Check(check, timeout=5).status == health_pb2.HealthCheckResponse.SERVING:
+            assert time.monotonic() < deadline, "readiness never turned NOT_SERVING"
+            time.sleep(0.05)
+        # Readiness is off, but load balancers may still send for a while: still answered.
+        with Client(server.target) as client:
+            assert client.classify([image]).results[0].top[0].label == "red"
+    assert server.proc.wait(30) == 0

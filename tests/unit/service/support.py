@@ -1,23 +1,34 @@
-"""Helpers shared by the service unit tests: encoders, crafted headers, a tiny model repository."""
+"""Helpers shared by the service unit tests: encoders, crafted headers, tiny model repositories,
+and cores/managers started inside the running event loop."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import os
+import shutil
 import struct
+import time
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from service.core import Core
+from service.manager import ModelManager
 from service.metrics import Metrics
+from service.model import ServedModel
 from service.settings import ServerSettings
 from tests.images import encode
 from tests.tiny_model import make_tiny_model
 
 TINY_SIZE = 16
+
+HANG = 5.0
+"""Generous bound on any wait in these tests; only reached when something is broken."""
 
 
 def solid(rgb: tuple[int, int, int], fmt: str = "PNG", size: tuple[int, int] = (40, 30)) -> bytes:
@@ -51,21 +62,78 @@ def make_repo(root: Path, name: str = "tiny", version: int = 1, **model_kwargs: 
     return root
 
 
-def make_core(repo: Path, **settings: Any) -> Core:
-    """A Core over `repo` with every model loaded (CPU, small thread pools)."""
+def add_version(root: Path, name: str, version: int, **model_kwargs: Any) -> Path:
+    """Put a tiny model version into a repository atomically (a poller never sees it half
+    written): built beside the repository's models, then renamed into place."""
+    model_kwargs.setdefault("size", TINY_SIZE)
+    staging = root / f".staging-{name}-{version}"
+    make_tiny_model(staging / "model.onnx", **model_kwargs)
+    (root / name).mkdir(parents=True, exist_ok=True)
+    target = root / name / str(version)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(staging, target)
+    return target / "model.onnx"
+
+
+def server_settings(repo: Path, **settings: Any) -> ServerSettings:
+    """Settings over `repo` for unit tests: CPU, one intra-op thread, small thread pools."""
     settings.setdefault("providers", "cpu")
     settings.setdefault("intra_op_threads", 1)
     settings.setdefault("preprocess_threads", 2)
-    core = Core(ServerSettings(model_repository=repo, **settings), Metrics())
-    core.load_all()
-    return core
+    return ServerSettings(model_repository=repo, **settings)
+
+
+def make_core(repo: Path, **settings: Any) -> Core:
+    """A Core over `repo` whose manager is not started yet (`serving` starts it in the loop)."""
+    s = server_settings(repo, **settings)
+    metrics = Metrics()
+    return Core(s, metrics, ModelManager(s, metrics))
 
 
 @contextlib.asynccontextmanager
-async def serving(core: Core) -> AsyncIterator[Core]:
-    """Start the core's batchers in the running loop; drain and close on exit."""
-    core.start()
+async def serving(core: Core, load: list[str] | None = None) -> AsyncIterator[Core]:
+    """Load the core's models in the running loop and mark it started; drain and close on
+    exit (also when loading fails). `load` defaults to every model (explicit mode too)."""
     try:
+        await core.manager.start(["*"] if load is None else load)
+        core.mark_started()
         yield core
     finally:
         await core.close()
+
+
+@contextlib.asynccontextmanager
+async def managing(
+    repo: Path, load: list[str] | None = None, metrics: Metrics | None = None, **settings: Any
+) -> AsyncIterator[ModelManager]:
+    """A started ModelManager over `repo`, closed on exit."""
+    manager = ModelManager(server_settings(repo, **settings), metrics or Metrics())
+    try:
+        await manager.start(["*"] if load is None else load)
+        yield manager
+    finally:
+        await manager.close()
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 10.0, step: float = 0.05) -> None:
+    """Wait until `check()` holds; fail after `timeout` seconds (a bounded poll)."""
+    until = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > until:
+            raise AssertionError(f"condition still false after {timeout}s")
+        await asyncio.sleep(step)
+
+
+async def let_run() -> None:
+    """Give every ready task a chance to run (submits enqueue, cancellations land)."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def submit_until_closed(model: ServedModel, tensor: np.ndarray) -> None:
+    """Submit to a model leaving service until its batcher refuses with ModelNotReady (wrap in
+    asyncio.wait_for: it never returns while the model still serves)."""
+    while True:
+        await model.batcher.submit(tensor)
+        await asyncio.sleep(0.01)

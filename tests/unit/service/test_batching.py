@@ -1,4 +1,5 @@
-"""service.batching: the dynamic batcher, driven by a fake run_batch in a real thread pool.
+"""service.batching: the dynamic batcher, driven by fake run_batch callables (one per model
+instance) in the batcher's own thread pool.
 
 The fake returns each row's sum, so every caller can check it got its own row back.
 """
@@ -9,7 +10,6 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -22,9 +22,8 @@ from service.errors import (
     ModelNotReady,
     QueueFull,
 )
+from tests.unit.service.support import HANG, let_run
 
-HANG = 5.0
-"""Generous bound on any wait in these tests; only reached when something is broken."""
 PENDING = 1.0
 """Seconds after which a waiter still unanswered counts as left pending forever."""
 
@@ -64,13 +63,6 @@ class FakeModel:
 
 
 @pytest.fixture
-def executor() -> Iterator[ThreadPoolExecutor]:
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fake-ort")
-    yield pool
-    pool.shutdown(wait=True)
-
-
-@pytest.fixture
 def model() -> Iterator[FakeModel]:
     fake = FakeModel()
     yield fake
@@ -82,17 +74,11 @@ def row(value: float) -> np.ndarray:
     return np.full((2,), value, dtype=np.float32)
 
 
-async def let_run() -> None:
-    """Give every ready task a chance to run (submits enqueue, cancellations land)."""
-    for _ in range(5):
-        await asyncio.sleep(0)
-
-
-def test_concurrent_submits_are_batched_and_answered_in_order(model, executor):
+def test_concurrent_submits_are_batched_and_answered_in_order(model):
     stats: list[BatchStats] = []
 
     async def main() -> list[np.ndarray]:
-        b = Batcher(model, executor, max_batch_size=8, max_delay_s=0.05, on_batch=stats.append)
+        b = Batcher([model], max_batch_size=8, max_delay_s=0.05, on_batch=stats.append)
         b.start()
         results = await asyncio.gather(*(b.submit(row(i)) for i in range(5)))
         await b.close()
@@ -108,11 +94,12 @@ def test_concurrent_submits_are_batched_and_answered_in_order(model, executor):
     assert all(len(s.queue_seconds) == s.size for s in stats)
     assert all(q >= 0 for s in stats for q in s.queue_seconds)
     assert all(s.inference_seconds >= 0 for s in stats)
+    assert all(s.input_seconds >= 0 for s in stats)
 
 
-def test_max_batch_size_respected(model, executor):
+def test_max_batch_size_respected(model):
     async def main() -> list[np.ndarray]:
-        b = Batcher(model, executor, max_batch_size=3, max_delay_s=0.05)
+        b = Batcher([model], max_batch_size=3, max_delay_s=0.05)
         b.start()
         results = await asyncio.gather(*(b.submit(row(i)) for i in range(8)))
         await b.close()
@@ -126,11 +113,11 @@ def test_max_batch_size_respected(model, executor):
     assert all(n <= 3 for n in model.sizes)
 
 
-def test_queue_full_raised_at_once(model, executor):
+def test_queue_full_raised_at_once(model):
     depths: list[int] = []
 
     async def main() -> None:
-        b = Batcher(model, executor, max_batch_size=1, max_queue_size=2, on_depth=depths.append)
+        b = Batcher([model], max_batch_size=1, max_queue_size=2, on_depth=depths.append)
         b.start()
         model.gate.clear()
         first = asyncio.ensure_future(b.submit(row(1)))
@@ -153,11 +140,11 @@ def test_queue_full_raised_at_once(model, executor):
     assert 2 in depths
 
 
-def test_expired_deadline_not_run(model, executor):
+def test_expired_deadline_not_run(model):
     stats: list[BatchStats] = []
 
     async def main() -> None:
-        b = Batcher(model, executor, on_batch=stats.append)
+        b = Batcher([model], on_batch=stats.append)
         b.start()
         with pytest.raises(DeadlineExceeded):
             await asyncio.wait_for(b.submit(row(1), deadline=time.monotonic() - 1.0), HANG)
@@ -168,11 +155,11 @@ def test_expired_deadline_not_run(model, executor):
     assert stats == []
 
 
-def test_expired_item_dropped_from_a_live_batch(model, executor):
+def test_expired_item_dropped_from_a_live_batch(model):
     stats: list[BatchStats] = []
 
     async def main() -> list:
-        b = Batcher(model, executor, max_delay_s=0.05, on_batch=stats.append)
+        b = Batcher([model], max_delay_s=0.05, on_batch=stats.append)
         b.start()
         results = await asyncio.gather(
             b.submit(row(1), deadline=time.monotonic() - 1.0),
@@ -191,9 +178,9 @@ def test_expired_item_dropped_from_a_live_batch(model, executor):
     assert [(s.size, s.expired) for s in stats] == [(2, 1)]
 
 
-def test_cancelled_caller_skipped(model, executor):
+def test_cancelled_caller_skipped(model):
     async def main() -> None:
-        b = Batcher(model, executor, max_batch_size=8, max_delay_s=0.01)
+        b = Batcher([model], max_batch_size=8, max_delay_s=0.01)
         b.start()
         model.gate.clear()
         first = asyncio.ensure_future(b.submit(row(1)))
@@ -214,9 +201,9 @@ def test_cancelled_caller_skipped(model, executor):
     assert model.sums == [[2.0], [6.0]]  # the cancelled caller's tensor (sum 4) never ran
 
 
-def test_failed_batch_fails_every_waiter_and_serving_goes_on(model, executor):
+def test_failed_batch_fails_every_waiter_and_serving_goes_on(model):
     async def main() -> None:
-        b = Batcher(model, executor, max_batch_size=8, max_delay_s=0.05)
+        b = Batcher([model], max_batch_size=8, max_delay_s=0.05)
         b.start()
         model.fail_next = True
         failed = await asyncio.wait_for(
@@ -234,9 +221,9 @@ def test_failed_batch_fails_every_waiter_and_serving_goes_on(model, executor):
     asyncio.run(main())
 
 
-def test_close_finishes_queued_items(model, executor):
+def test_close_finishes_queued_items(model):
     async def main() -> None:
-        b = Batcher(model, executor, max_batch_size=1, max_delay_s=0.0)
+        b = Batcher([model], max_batch_size=1, max_delay_s=0.0)
         b.start()
         model.gate.clear()
         items = [asyncio.ensure_future(b.submit(row(1)))]
@@ -259,9 +246,9 @@ def test_close_finishes_queued_items(model, executor):
     assert model.sums == [[2.0], [4.0], [6.0]]
 
 
-def test_submit_before_start_refused(model, executor):
+def test_submit_before_start_refused(model):
     async def main() -> None:
-        b = Batcher(model, executor)
+        b = Batcher([model])
         with pytest.raises(ModelNotReady):
             await b.submit(row(1))
         await b.close()  # closing a batcher that never started is harmless
@@ -269,7 +256,7 @@ def test_submit_before_start_refused(model, executor):
     asyncio.run(main())
 
 
-def test_wrong_row_count_fails_every_waiter_instead_of_hanging(executor):
+def test_wrong_row_count_fails_every_waiter_instead_of_hanging():
     """A run_batch that returns fewer rows than it was given (a broken model) must fail the
     batch; no waiter may be left pending forever."""
 
@@ -277,7 +264,7 @@ def test_wrong_row_count_fails_every_waiter_instead_of_hanging(executor):
         return np.zeros((1, 1), dtype=np.float32)
 
     async def main() -> list:
-        b = Batcher(one_row, executor, max_batch_size=8, max_delay_s=0.05)
+        b = Batcher([one_row], max_batch_size=8, max_delay_s=0.05)
         b.start()
         try:
             return await asyncio.wait_for(
@@ -294,12 +281,12 @@ def test_wrong_row_count_fails_every_waiter_instead_of_hanging(executor):
     assert all(isinstance(o, InferenceFailed) for o in outcomes), outcomes
 
 
-def test_unstackable_tensors_fail_instead_of_hanging(model, executor):
+def test_unstackable_tensors_fail_instead_of_hanging(model):
     """Tensors of different shapes in one batch (possible for a model with dynamic H/W) must
     fail their waiters, not leave them pending forever; the batcher keeps serving."""
 
     async def main() -> tuple[list, np.ndarray]:
-        b = Batcher(model, executor, max_batch_size=8, max_delay_s=0.05)
+        b = Batcher([model], max_batch_size=8, max_delay_s=0.05)
         b.start()
         try:
             outcomes = await asyncio.wait_for(
@@ -321,3 +308,184 @@ def test_unstackable_tensors_fail_instead_of_hanging(model, executor):
         pytest.fail(f"waiters still pending after {PENDING}s: the batch was never failed")
     assert all(isinstance(o, ImgclfError) for o in outcomes), outcomes
     assert float(after[0]) == 10.0
+
+
+# --- construction and priority levels -------------------------------------------------------
+
+
+def test_a_batcher_needs_a_runner():
+    with pytest.raises(ValueError, match="at least one runner"):
+        Batcher([])
+
+
+@pytest.mark.parametrize(("levels", "default"), [(1, 2), (3, 0), (2, 3)])
+def test_default_priority_level_out_of_range_rejected(model, levels, default):
+    with pytest.raises(ValueError, match="default_priority_level"):
+        Batcher([model], priority_levels=levels, default_priority_level=default)
+
+
+def test_level_of(model):
+    b = Batcher([model], priority_levels=3, default_priority_level=2)
+    assert b.level_of(0) == 2  # 0: the default level
+    assert [b.level_of(p) for p in (1, 2, 3)] == [1, 2, 3]
+    for priority in (-1, 4, 100):
+        with pytest.raises(ValueError, match=r"priority must be 0\.\.3"):
+            b.level_of(priority)
+
+
+def test_priority_out_of_range_refused_on_submit(model):
+    async def main() -> None:
+        b = Batcher([model], priority_levels=2, default_priority_level=1)
+        b.start()
+        with pytest.raises(ValueError, match="priority"):
+            await asyncio.wait_for(b.submit(row(1), priority=3), HANG)
+        assert b.depth == 0  # nothing was queued
+        await b.close()
+
+    asyncio.run(main())
+    assert model.batches == []
+
+
+def test_more_urgent_level_runs_first(model):
+    """With the worker held, items queued at level 2 (explicitly and by default) then at
+    level 1: once released, level 1 runs first, then level 2 in arrival order."""
+
+    async def main() -> list[float]:
+        b = Batcher(
+            [model], max_batch_size=1, max_delay_s=0.0, priority_levels=2, default_priority_level=2
+        )
+        b.start()
+        model.gate.clear()
+        first = asyncio.ensure_future(b.submit(row(1), priority=2))
+        await model.wait_started()  # the worker holds `first`
+        low = asyncio.ensure_future(b.submit(row(2), priority=2))
+        default = asyncio.ensure_future(b.submit(row(3)))  # priority 0 -> level 2
+        await let_run()
+        high = asyncio.ensure_future(b.submit(row(4), priority=1))
+        await let_run()
+        assert b.depth == 3
+        model.gate.set()
+        got = await asyncio.wait_for(asyncio.gather(first, low, default, high), HANG)
+        await b.close()
+        return [float(r[0]) for r in got]
+
+    assert asyncio.run(main()) == [2.0, 4.0, 6.0, 8.0]  # everyone got their own row
+    assert model.sums == [[2.0], [8.0], [4.0], [6.0]]  # held, level 1, then level 2 by arrival
+
+
+# --- preferred batch sizes ------------------------------------------------------------------
+
+
+def test_preferred_batch_size_dispatches_without_waiting_the_delay(model):
+    """max_delay 5 s: three items (not a preferred size) stay waiting for more; the fourth
+    reaches the preferred size 4 and the batch runs at once, long before the delay."""
+    stats: list[BatchStats] = []
+
+    async def main() -> None:
+        b = Batcher(
+            [model],
+            max_batch_size=8,
+            max_delay_s=5.0,
+            preferred_batch_sizes=[4],
+            on_batch=stats.append,
+        )
+        b.start()
+        waiting = [asyncio.ensure_future(b.submit(row(i))) for i in range(3)]
+        done, _ = await asyncio.wait(waiting, timeout=0.2)
+        assert not done  # 3 is not preferred: the batcher waits for more
+        assert model.batches == []
+        last = asyncio.ensure_future(b.submit(row(3)))
+        got = await asyncio.wait_for(asyncio.gather(*waiting, last), timeout=2)
+        assert [float(r[0]) for r in got] == [0.0, 2.0, 4.0, 6.0]
+        await b.close()
+
+    asyncio.run(main())
+    assert model.sizes == [4]
+    assert [s.size for s in stats] == [4]
+
+
+def test_preferred_size_does_not_cut_a_batch_while_more_wait(model):
+    """Items already waiting join the batch (up to max_batch_size) even past a preferred
+    size: a preferred size only ends the wait for items still to come."""
+
+    async def main() -> None:
+        b = Batcher([model], max_batch_size=6, max_delay_s=5.0, preferred_batch_sizes=[1, 2])
+        b.start()
+        model.gate.clear()
+        first = asyncio.ensure_future(b.submit(row(0)))
+        await model.wait_started()
+        rest = [asyncio.ensure_future(b.submit(row(i))) for i in range(1, 7)]
+        await let_run()
+        model.gate.set()
+        await asyncio.wait_for(asyncio.gather(first, *rest), timeout=2)
+        await b.close()
+
+    asyncio.run(main())
+    assert model.sizes == [1, 6]
+
+
+# --- several instances ----------------------------------------------------------------------
+
+
+def test_every_instance_gets_work_under_concurrent_load():
+    """Two instances, each held inside its run: two concurrent items run at the same time,
+    one on each instance (one instance alone could never start the second)."""
+    a, b_ = FakeModel(), FakeModel()
+    a.gate.clear()
+    b_.gate.clear()
+
+    async def main() -> list[float]:
+        b = Batcher([a, b_], max_batch_size=1, max_delay_s=0.0)
+        assert b.instances == 2
+        b.start()
+        items = [asyncio.ensure_future(b.submit(row(v))) for v in (1, 2)]
+        await asyncio.wait_for(asyncio.gather(a.wait_started(), b_.wait_started()), HANG)
+        a.gate.set()
+        b_.gate.set()
+        got = await asyncio.wait_for(asyncio.gather(*items), HANG)
+        more = await asyncio.wait_for(
+            asyncio.gather(*(b.submit(row(v)) for v in range(3, 9))), HANG
+        )
+        await b.close()
+        return [float(r[0]) for r in (*got, *more)]
+
+    try:
+        assert asyncio.run(main()) == [2.0 * v for v in range(1, 9)]
+    finally:
+        a.gate.set()
+        b_.gate.set()
+    assert a.sizes[0] == 1
+    assert b_.sizes[0] == 1
+    assert sorted(a.sums[0] + b_.sums[0]) == [2.0, 4.0]
+    assert sum(a.sizes) + sum(b_.sizes) == 8
+
+
+def test_close_drains_every_instance():
+    a, b_ = FakeModel(), FakeModel()
+    a.gate.clear()
+    b_.gate.clear()
+
+    async def main() -> None:
+        b = Batcher([a, b_], max_batch_size=1, max_delay_s=0.0)
+        b.start()
+        items = [asyncio.ensure_future(b.submit(row(v))) for v in (1, 2)]
+        await asyncio.wait_for(asyncio.gather(a.wait_started(), b_.wait_started()), HANG)
+        items += [asyncio.ensure_future(b.submit(row(v))) for v in (3, 4, 5)]
+        await let_run()
+        assert b.depth == 3
+        closing = asyncio.ensure_future(b.close())
+        await let_run()
+        assert not closing.done()
+        with pytest.raises(ModelNotReady):
+            await b.submit(row(9))
+        a.gate.set()
+        b_.gate.set()
+        await asyncio.wait_for(closing, HANG)
+        assert [float(t.result()[0]) for t in items] == [2.0, 4.0, 6.0, 8.0, 10.0]
+
+    try:
+        asyncio.run(main())
+    finally:
+        a.gate.set()
+        b_.gate.set()
+    assert sorted(s for m in (a, b_) for batch in m.sums for s in batch) == [2, 4, 6, 8, 10]

@@ -1,20 +1,35 @@
-"""service.core: the data plane over a real tiny ONNX model (ONNX Runtime on CPU)."""
+"""service.core: the data plane over a real tiny ONNX model (ONNX Runtime on CPU), its models
+loaded by a real ModelManager inside the running loop."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from service.core import Core, ImageInput, top_k
-from service.engine import softmax
+from service.engine import Engine, softmax
 from service.errors import DeadlineExceeded, InvalidInput, ModelNotFound, ModelNotReady
+from service.imaging import normalize
+from tests.images import encode
 from tests.tiny_model import LABELS
-from tests.unit.service.support import TINY_SIZE, make_core, make_repo, serving, solid
+from tests.unit.service.support import (
+    HANG,
+    TINY_SIZE,
+    add_version,
+    let_run,
+    make_core,
+    make_repo,
+    serving,
+    solid,
+    submit_until_closed,
+)
 
 RED, GREEN, BLUE = (230, 20, 10), (15, 200, 30), (5, 25, 240)
 
@@ -47,9 +62,56 @@ def requests(core: Core, code: str, model: str = "tiny", version: str = "1") -> 
     return value or 0.0
 
 
+def failures(core: Core, reason: str, model: str = "tiny", version: str = "1") -> float:
+    value = core.metrics.registry.get_sample_value(
+        "imgclf_request_failures_total", {"model": model, "version": version, "reason": reason}
+    )
+    return value or 0.0
+
+
+def write_config(repo: Path, name: str, config: dict) -> None:
+    (repo / name / "config.json").write_text(json.dumps(config))
+
+
 @pytest.fixture
 def core(tiny_repo: Path) -> Core:
+    """A core over the tiny model; `serving` loads it and marks the core started."""
     return make_core(tiny_repo)
+
+
+class Gate:
+    """Holds every ONNX Runtime run (Engine.run) while closed; open at first (warm-up runs)."""
+
+    def __init__(self) -> None:
+        self.opened = threading.Event()
+        self.opened.set()
+        self.entered = threading.Event()
+
+    def close(self) -> None:
+        self.entered.clear()
+        self.opened.clear()
+
+    def open(self) -> None:
+        self.opened.set()
+
+    async def wait_entered(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert await loop.run_in_executor(None, self.entered.wait, HANG), "no run started"
+
+
+@pytest.fixture
+def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
+    g = Gate()
+    real = Engine.run
+
+    def gated_run(self: Engine, batch: np.ndarray) -> np.ndarray:
+        g.entered.set()
+        assert g.opened.wait(HANG), "test never opened the gate"
+        return real(self, batch)
+
+    monkeypatch.setattr(Engine, "run", gated_run)
+    yield g
+    g.open()  # never leave a worker thread blocked
 
 
 # --- classification -------------------------------------------------------------------------
@@ -184,26 +246,53 @@ def test_explicit_version_and_default_model(core):
 def test_not_ready_before_start(core):
     async def main():
         try:
+            assert not core.ready
             with pytest.raises(ModelNotReady):
                 await core.classify("tiny", [ImageInput(tensor=channel_tensor(0))])
+            await core.manager.start()  # models loaded, but the core is not marked started
+            assert core.manager.all_ready()
+            assert not core.ready
+            with pytest.raises(ModelNotReady):
+                await core.classify("tiny", [ImageInput(tensor=channel_tensor(0))])
+            core.mark_started()
+            assert core.ready
+            await core.classify("tiny", [ImageInput(tensor=channel_tensor(0))])
         finally:
             await core.close()
 
     asyncio.run(main())
-    assert requests(core, "UNAVAILABLE", model="", version="") == 1
+    assert requests(core, "UNAVAILABLE", model="", version="") == 2
+    assert requests(core, "OK") == 1
 
 
-def test_not_ready_while_draining(core):
+def test_not_ready_after_close(core):
+    async def main():
+        async with serving(core):
+            pass
+        assert not core.ready
+        with pytest.raises(ModelNotReady):
+            await core.classify("tiny", [ImageInput(tensor=channel_tensor(0))])
+
+    asyncio.run(main())
+
+
+def test_not_ready_while_draining_but_still_serving(core):
+    """Draining turns readiness off so load balancers stop routing here; requests that still
+    arrive are served (the transport refuses new calls later, then the core closes)."""
+
     async def main():
         async with serving(core):
             assert core.ready
             await core.classify("tiny", [ImageInput(tensor=channel_tensor(0))])
             core.begin_drain()
             assert not core.ready
-            with pytest.raises(ModelNotReady):
-                await core.classify("tiny", [ImageInput(tensor=channel_tensor(0))])
+            result = await core.classify("tiny", [ImageInput(tensor=channel_tensor(1))])
+            assert result.results[0].top[0].label == "green"
+        with pytest.raises(ModelNotReady):
+            await core.classify("tiny", [ImageInput(tensor=channel_tensor(0))])
 
     asyncio.run(main())
+    assert requests(core, "OK") == 2
 
 
 def test_deadline_passed(core):
@@ -222,9 +311,11 @@ def test_deadline_passed(core):
 
 def test_metrics_count_requests_by_code(core):
     r = core.metrics.registry
+    info = {"model": "tiny", "version": "1", "provider": "CPUExecutionProvider"}
 
     async def main():
         async with serving(core):
+            assert r.get_sample_value("imgclf_model_info", info) == 1
             await core.classify("tiny", [ImageInput(encoded=solid(RED))] * 2)
             await core.classify("tiny", [ImageInput(tensor=channel_tensor(1))])
             for images, model in [([], "tiny"), ([ImageInput()], "nope")]:
@@ -244,30 +335,36 @@ def test_metrics_count_requests_by_code(core):
     assert r.get_sample_value("imgclf_preprocess_duration_seconds_count", mv) == 2  # encoded only
     assert r.get_sample_value("imgclf_batch_size_sum", mv) == 3
     assert r.get_sample_value("imgclf_queue_duration_seconds_count", mv) == 3
-    info = {**mv, "provider": "CPUExecutionProvider"}
-    assert r.get_sample_value("imgclf_model_info", info) == 1
+    assert r.get_sample_value("imgclf_request_failures_total", {**mv, "reason": "no_image"}) == 1
+    assert r.get_sample_value("imgclf_model_info", info) is None  # closed: no longer loaded
 
 
 # --- loading --------------------------------------------------------------------------------
 
 
-def test_load_all_skips_what_is_not_a_model(tmp_path):
+def loaded_names(core: Core) -> list[str]:
+    async def main():
+        async with serving(core):
+            return core.manager.names()
+
+    return asyncio.run(main())
+
+
+def test_start_skips_what_is_not_a_model(tmp_path):
     make_repo(tmp_path)
     (tmp_path / "empty").mkdir()
     (tmp_path / "broken" / "1").mkdir(parents=True)
     (tmp_path / "broken" / "1" / "model.onnx").write_bytes(b"not onnx")
     (tmp_path / "README.md").write_text("not a model")
     core = make_core(tmp_path)
-    try:
-        assert sorted(core.models) == ["tiny"]
-    finally:
-        asyncio.run(core.close())
+    assert loaded_names(core) == ["tiny"]
+    assert core.manager.status["broken"][1].state == "FAILED"
 
 
-def test_load_all_without_any_model_raises(tmp_path):
+def test_start_without_any_model_raises(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(RuntimeError, match="no model could be loaded"):
-        make_core(tmp_path)
+        loaded_names(make_core(tmp_path))
 
 
 def test_foreign_model_with_sidecar_metadata(tmp_path):
@@ -282,31 +379,264 @@ def test_foreign_model_with_sidecar_metadata(tmp_path):
     }
     (tmp_path / "foreign" / "3" / "config.json").write_text(json.dumps(sidecar))
     core = make_core(tmp_path)
-    model = core.models["foreign"]
-    assert model.metadata.provenance == {"dataset": "colours"}
-    result = classify(core, [ImageInput(encoded=solid(GREEN))], model="foreign")
+
+    async def main():
+        async with serving(core):
+            model = core.manager.get("foreign")
+            assert model.metadata.provenance == {"dataset": "colours"}
+            return await core.classify("foreign", [ImageInput(encoded=solid(GREEN))])
+
+    result = asyncio.run(main())
     assert (result.version, result.results[0].top[0].label) == (3, "vert")
 
 
 def test_model_config_sets_batching(tmp_path):
     make_repo(tmp_path)
-    (tmp_path / "tiny" / "config.json").write_text(json.dumps({"max_batch_size": 3}))
+    write_config(tmp_path, "tiny", {"max_batch_size": 3})
     core = make_core(tmp_path)
-    try:
-        assert core.models["tiny"].max_batch_size == 3
-        assert core.models["tiny"].batcher.max_batch_size == 3
-    finally:
-        asyncio.run(core.close())
+
+    async def main():
+        async with serving(core):
+            model = core.manager.get("tiny")
+            return model.max_batch_size, model.batcher.max_batch_size
+
+    assert asyncio.run(main()) == (3, 3)
 
 
 def test_one_bad_model_config_does_not_stop_the_others(tmp_path):
-    """Core.load_all: "A model that fails to load is logged and skipped; the rest serve."
-    An invalid models/<name>/config.json is such a failure."""
+    """A model that fails to load is logged and skipped; the rest serve. An invalid
+    models/<name>/config.json is such a failure."""
     make_repo(tmp_path, name="good")
     make_repo(tmp_path, name="bad")
-    (tmp_path / "bad" / "config.json").write_text(json.dumps({"max_batch_sise": 4}))
+    write_config(tmp_path, "bad", {"max_batch_sise": 4})
     core = make_core(tmp_path)
-    try:
-        assert sorted(core.models) == ["good"]
-    finally:
-        asyncio.run(core.close())
+
+    async def main():
+        async with serving(core):
+            assert core.manager.names() == ["good"]
+            assert not core.ready  # "bad" should serve and does not
+            result = await core.classify("good", [ImageInput(tensor=channel_tensor(2))])
+            assert result.results[0].top[0].label == "blue"
+            with pytest.raises(ModelNotReady):
+                await core.classify("bad", [ImageInput(tensor=channel_tensor(2))])
+
+    asyncio.run(main())
+
+
+def test_versions_are_routed(tmp_path):
+    make_repo(tmp_path, version=1)
+    make_repo(tmp_path, version=2, labels=["r", "g", "b"])
+    write_config(tmp_path, "tiny", {"version_policy": {"latest": 2}})
+    core = make_core(tmp_path)
+    images = [ImageInput(tensor=channel_tensor(0))]
+
+    async def main():
+        async with serving(core):
+            return (
+                await core.classify("tiny", images),
+                await core.classify("tiny", images, version=1),
+            )
+
+    newest, old = asyncio.run(main())
+    assert (newest.version, newest.results[0].top[0].label) == (2, "r")
+    assert (old.version, old.results[0].top[0].label) == (1, "red")
+
+
+def test_a_request_in_flight_finishes_on_the_version_it_started_on(tmp_path, gate):
+    make_repo(tmp_path, version=1)
+    core = make_core(tmp_path, model_control_mode="explicit", warmup=False)
+    images = [ImageInput(tensor=channel_tensor(0))]
+
+    async def main():
+        async with serving(core):
+            old = core.manager.get("tiny")
+            gate.close()
+            in_flight = asyncio.ensure_future(core.classify("tiny", images))
+            await gate.wait_entered()
+            add_version(tmp_path, "tiny", 2, labels=["r", "g", "b"])
+            await core.manager.load("tiny")  # version 2 replaces version 1
+            assert core.manager.get("tiny").version == 2
+            gate.open()
+            done = await asyncio.wait_for(in_flight, HANG)
+            assert (done.version, done.results[0].top[0].label) == (1, "red")
+            new = await asyncio.wait_for(core.classify("tiny", images), HANG)
+            assert (new.version, new.results[0].top[0].label) == (2, "r")
+            with pytest.raises(ModelNotReady):  # version 1 closes once its request is done
+                await asyncio.wait_for(submit_until_closed(old, channel_tensor(0)), HANG)
+
+    asyncio.run(main())
+
+
+# --- infer and input forms ------------------------------------------------------------------
+
+
+def test_infer_returns_raw_outputs_and_probabilities(core):
+    img = np.zeros((3, TINY_SIZE, TINY_SIZE), dtype=np.float32)
+    img[0], img[1], img[2] = 0.5, 0.25, 0.125
+
+    async def main():
+        async with serving(core):
+            return await core.infer("tiny", [ImageInput(tensor=img), ImageInput(tensor=img * 2)])
+
+    result = asyncio.run(main())
+    logits = np.array([[2.0, 1.0, 0.5], [4.0, 2.0, 1.0]], dtype=np.float32)  # 4 x channel mean
+    assert (result.model.name, result.model.version) == ("tiny", 1)
+    assert result.outputs.shape == (2, 3)
+    assert result.outputs.dtype == np.float32
+    np.testing.assert_allclose(result.outputs, logits, atol=1e-5)
+    np.testing.assert_allclose(result.probabilities, softmax(logits), atol=1e-6)
+    assert requests(core, "OK") == 1
+
+
+def test_uint8_pixels_are_normalised_by_the_server(tmp_path):
+    """The same image as uint8 CHW pixels (normalised by the server with the model's
+    mean/std), as a float tensor normalised by the client, and as a lossless PNG of the model's
+    input size all give the same outputs."""
+    make_repo(tmp_path)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    (tmp_path / "tiny" / "1" / "config.json").write_text(json.dumps({"mean": mean, "std": std}))
+    core = make_core(tmp_path)
+    hwc = np.random.default_rng(7).integers(0, 256, (TINY_SIZE, TINY_SIZE, 3), dtype=np.uint8)
+    pixels = np.ascontiguousarray(hwc.transpose(2, 0, 1))
+    by_hand = (pixels.astype(np.float32) / 255 - np.array(mean, np.float32)[:, None, None]) / (
+        np.array(std, np.float32)[:, None, None]
+    )
+
+    async def main():
+        async with serving(core):
+            spec = core.manager.get("tiny").metadata.preprocessing
+            tensor = normalize(hwc, spec)
+            np.testing.assert_allclose(tensor, by_hand, atol=1e-5)
+            images = [
+                ImageInput(pixels=pixels),
+                ImageInput(tensor=tensor),
+                ImageInput(encoded=encode(hwc, "PNG")),
+            ]
+            return await core.infer("tiny", images)
+
+    out = asyncio.run(main()).outputs
+    np.testing.assert_allclose(out[0], out[1], atol=1e-5)
+    np.testing.assert_allclose(out[0], out[2], atol=1e-5)
+    # Not trivially equal: the mean/std really shift the logits away from the raw /255 ones.
+    raw = 4 * (pixels.astype(np.float32) / 255).mean(axis=(1, 2))
+    assert not np.allclose(out[0], raw, atol=1e-2)
+
+
+def test_pixels_of_the_wrong_shape(core):
+    pixels = np.zeros((TINY_SIZE, TINY_SIZE, 3), dtype=np.uint8)  # HWC, not CHW
+    err = fails(core, [ImageInput(pixels=pixels)], InvalidInput)
+    assert str(err).startswith("image 0: tensor shape")
+    assert failures(core, "bad_shape") == 1
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_tensor_refused_and_counted(core, bad):
+    img = channel_tensor(0)
+    img[1, 3, 4] = bad
+    images = [ImageInput(tensor=channel_tensor(1)), ImageInput(tensor=img)]
+    err = fails(core, images, InvalidInput)
+    assert err.reason == "non_finite"
+    assert "image 1: tensor holds NaN or infinite values" in str(err)
+    assert failures(core, "non_finite") == 1
+    assert requests(core, "INVALID_ARGUMENT") == 1
+    assert requests(core, "OK") == 0
+
+
+# --- priorities and timeouts ----------------------------------------------------------------
+
+
+def test_priority_beyond_the_levels_is_invalid(core):
+    err = fails(core, [ImageInput(tensor=channel_tensor(0))], InvalidInput, priority=2)
+    assert err.reason == "bad_priority"
+    assert "priority must be 0..1" in str(err)
+    assert failures(core, "bad_priority") == 1
+
+
+def test_priority_levels_from_the_model_config(tmp_path):
+    make_repo(tmp_path)
+    write_config(tmp_path, "tiny", {"priority_levels": 3, "default_priority_level": 2})
+    images = [ImageInput(tensor=channel_tensor(0))]
+    for priority in (0, 1, 3):
+        result = classify(make_core(tmp_path), images, priority=priority)
+        assert result.results[0].top[0].label == "red"
+    err = fails(make_core(tmp_path), images, InvalidInput, priority=4)
+    assert err.reason == "bad_priority"
+    fails(make_core(tmp_path), images, InvalidInput, priority=-1)
+
+
+def test_default_timeout_from_the_model_config(tmp_path, gate):
+    """default_timeout_ms 50: a request queued behind a held run is dropped with
+    DeadlineExceeded instead of being run late; the request already running finishes."""
+    make_repo(tmp_path)
+    write_config(tmp_path, "tiny", {"default_timeout_ms": 50})
+    core = make_core(tmp_path)
+    images = [ImageInput(tensor=channel_tensor(2))]
+
+    async def main():
+        async with serving(core):
+            gate.close()
+            # An explicit deadline wins over the default: this one cannot expire here.
+            running = asyncio.ensure_future(
+                core.classify("tiny", images, deadline=time.monotonic() + 60)
+            )
+            await gate.wait_entered()
+            queued = asyncio.ensure_future(core.classify("tiny", images))  # default: 50 ms
+            await asyncio.sleep(0.15)  # well past its 50 ms
+            gate.open()
+            done = await asyncio.wait_for(running, HANG)
+            assert done.results[0].top[0].label == "blue"
+            with pytest.raises(DeadlineExceeded):
+                await asyncio.wait_for(queued, HANG)
+
+    asyncio.run(main())
+    assert requests(core, "OK") == 1
+    assert requests(core, "DEADLINE_EXCEEDED") == 1
+    assert failures(core, "deadline_exceeded") == 1
+
+
+def test_expired_request_counted_once_when_batched_with_a_live_one(tiny_repo, gate):
+    """imgclf_request_failures_total counts failed *requests*: a request whose deadline
+    passed in the queue is one failure, whether or not its batch also held live items."""
+    core = make_core(tiny_repo)
+    images = [ImageInput(tensor=channel_tensor(0))]
+
+    async def main():
+        async with serving(core):
+            gate.close()
+            running = asyncio.ensure_future(core.classify("tiny", images))
+            await gate.wait_entered()
+            expiring = asyncio.ensure_future(
+                core.classify("tiny", images, deadline=time.monotonic() + 0.05)
+            )
+            live = asyncio.ensure_future(core.classify("tiny", images))
+            await let_run()
+            await asyncio.sleep(0.15)
+            gate.open()  # the next batch holds both `expiring` (expired) and `live`
+            await asyncio.wait_for(asyncio.gather(running, live), HANG)
+            with pytest.raises(DeadlineExceeded):
+                await asyncio.wait_for(expiring, HANG)
+            assert core.manager.get("tiny").batcher.depth == 0
+
+    asyncio.run(main())
+    assert requests(core, "OK") == 2
+    assert requests(core, "DEADLINE_EXCEEDED") == 1
+    assert failures(core, "deadline_exceeded") == 1
+
+
+# --- statistics -----------------------------------------------------------------------------
+
+
+def test_model_statistics_follow_requests(core):
+    async def main():
+        async with serving(core):
+            await core.classify("tiny", [ImageInput(tensor=channel_tensor(0))] * 3)
+            with pytest.raises(InvalidInput):
+                await core.classify("tiny", [ImageInput(tensor=np.zeros((1,), np.float32))])
+            return core.manager.get("tiny").stats
+
+    stats = asyncio.run(main())
+    assert stats.inference_count == 3
+    assert 1 <= stats.execution_count <= 3
+    assert stats.queue.count == 3
+    assert stats.compute_output.count == 1  # once per successful request
+    assert (stats.success.count, stats.fail.count) == (1, 1)

@@ -18,7 +18,7 @@ from service.grpc.classifier import (
     tensor_from_pb,
 )
 from tests.tiny_model import LABELS
-from tests.unit.service.support import TINY_SIZE, make_core, serving, solid
+from tests.unit.service.support import TINY_SIZE, make_core, make_repo, serving, solid
 
 
 def tensor_pb(array: np.ndarray, dtype: int = pb.FLOAT32, shape=None) -> pb.Tensor:
@@ -48,13 +48,35 @@ def test_tensor_wrong_byte_length(delta):
         tensor_from_pb(msg, 2)
 
 
+def test_float16_tensor_is_widened_to_float32():
+    src = np.random.default_rng(1).random((3, 4, 5)).astype(np.float16)
+    out = tensor_from_pb(tensor_pb(src, dtype=pb.FLOAT16), 0)
+    assert out.dtype == np.float32
+    assert out.shape == (3, 4, 5)
+    np.testing.assert_array_equal(out, src.astype(np.float32))
+
+
+def test_uint8_tensor_stays_uint8_pixels():
+    src = np.arange(60, dtype=np.uint8).reshape(3, 4, 5)
+    out = tensor_from_pb(tensor_pb(src, dtype=pb.UINT8), 0)
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out, src)
+
+
 @pytest.mark.parametrize(
-    ("dtype", "name"),
-    [(pb.UINT8, "UINT8"), (pb.FLOAT16, "FLOAT16"), (pb.DATA_TYPE_UNSPECIFIED, "UNSPECIFIED")],
+    ("dtype", "itemsize", "name"), [(pb.FLOAT16, 2, "float16"), (pb.UINT8, 1, "uint8")]
 )
-def test_tensor_unsupported_dtype(dtype, name):
-    msg = tensor_pb(np.zeros((2, 2), dtype=np.uint8), dtype=dtype)
-    with pytest.raises(InvalidInput, match=f"{name}.* is not supported; send FLOAT32"):
+def test_byte_length_checked_per_dtype(dtype, itemsize, name):
+    msg = pb.Tensor(shape=[3, 4, 5], dtype=dtype, data=b"\x00" * (60 * 4))  # float32-sized
+    with pytest.raises(InvalidInput, match=f"needs {60 * itemsize} bytes of {name}, got 240"):
+        tensor_from_pb(msg, 0)
+
+
+def test_tensor_unsupported_dtype():
+    msg = tensor_pb(np.zeros((2, 2), dtype=np.uint8), dtype=pb.DATA_TYPE_UNSPECIFIED)
+    with pytest.raises(
+        InvalidInput, match="UNSPECIFIED is not supported; send FLOAT32, FLOAT16 or UINT8"
+    ):
         tensor_from_pb(msg, 0)
 
 
@@ -97,6 +119,22 @@ def test_image_tensor():
     img = image_from_pb(pb.Image(tensor=tensor_pb(src)), 0)
     assert img.encoded is None
     np.testing.assert_array_equal(img.tensor, src)
+
+
+def test_image_float16_tensor():
+    src = np.ones((3, 2, 2), dtype=np.float16)
+    img = image_from_pb(pb.Image(tensor=tensor_pb(src, dtype=pb.FLOAT16)), 0)
+    assert img.pixels is None
+    assert img.tensor is not None
+    assert img.tensor.dtype == np.float32
+
+
+def test_image_uint8_tensor_is_pixels():
+    src = np.full((3, 2, 2), 200, dtype=np.uint8)
+    img = image_from_pb(pb.Image(tensor=tensor_pb(src, dtype=pb.UINT8)), 0)
+    assert img.tensor is None
+    assert img.encoded is None
+    np.testing.assert_array_equal(img.pixels, src)
 
 
 def test_image_tensor_errors_name_the_image():
@@ -169,6 +207,27 @@ def test_classify_servicer(tiny_repo):
     assert all(sum(r.probabilities) == pytest.approx(1.0, abs=1e-5) for r in reply.results)
 
 
+def test_classify_servicer_takes_every_tensor_dtype(tiny_repo):
+    """FLOAT32 and FLOAT16 tensors (preprocessed) and UINT8 pixels (normalised by the server)
+    of the same image give the same answer."""
+    pixels = np.zeros((3, TINY_SIZE, TINY_SIZE), dtype=np.uint8)
+    pixels[1] = 255  # green
+    tensor = pixels.astype(np.float32) / 255  # the tiny model: mean 0, std 1
+    request = pb.ClassifyRequest(
+        model="tiny",
+        images=[
+            pb.Image(tensor=tensor_pb(tensor)),
+            pb.Image(tensor=tensor_pb(tensor.astype(np.float16), dtype=pb.FLOAT16)),
+            pb.Image(tensor=tensor_pb(pixels, dtype=pb.UINT8)),
+        ],
+    )
+    reply = servicer_call(tiny_repo, "Classify", request, FakeContext(remaining=30.0))
+    assert [r.top[0].label for r in reply.results] == ["green"] * 3
+    first = list(reply.results[0].probabilities)
+    for r in reply.results[1:]:
+        assert list(r.probabilities) == pytest.approx(first, abs=1e-6)
+
+
 def test_classify_servicer_maps_invalid_input(tiny_repo):
     request = pb.ClassifyRequest(images=[pb.Image()])
     context = FakeContext()
@@ -178,6 +237,19 @@ def test_classify_servicer_maps_invalid_input(tiny_repo):
     code, details = context.aborted
     assert code is grpc.StatusCode.INVALID_ARGUMENT
     assert "neither encoded bytes nor a tensor" in details
+
+
+def test_classify_servicer_maps_a_non_finite_float16_tensor(tiny_repo):
+    tensor = np.zeros((3, TINY_SIZE, TINY_SIZE), dtype=np.float16)
+    tensor[0, 0, 0] = np.inf
+    request = pb.ClassifyRequest(images=[pb.Image(tensor=tensor_pb(tensor, dtype=pb.FLOAT16))])
+    context = FakeContext()
+    with pytest.raises(grpc.aio.AbortError):
+        servicer_call(tiny_repo, "Classify", request, context)
+    assert context.aborted is not None
+    code, details = context.aborted
+    assert code is grpc.StatusCode.INVALID_ARGUMENT
+    assert "NaN or infinite" in details
 
 
 def test_list_models_servicer(tiny_repo):
@@ -190,3 +262,12 @@ def test_list_models_servicer(tiny_repo):
     assert info.provider == "CPUExecutionProvider"
     assert info.max_batch_size == 8
     assert dict(info.metadata) == {"architecture": "tiny-test"}
+
+
+def test_list_models_servicer_lists_every_served_version(tmp_path):
+    make_repo(tmp_path, version=1)
+    make_repo(tmp_path, version=2)
+    make_repo(tmp_path, name="other", version=5)
+    (tmp_path / "tiny" / "config.json").write_text('{"version_policy": {"all": true}}')
+    reply = servicer_call(tmp_path, "ListModels", pb.ListModelsRequest(), FakeContext())
+    assert [(m.name, list(m.versions)) for m in reply.models] == [("other", [5]), ("tiny", [2, 1])]

@@ -122,5 +122,5 @@ def test_help_lists_every_field(capsys):
         assert flag in text, flag
         assert field.description, f"{name} has no docstring"
         assert " ".join(field.description.split()) in flat, name
-    assert "{auto,cpu,cuda}" in text
+    assert "{auto,cpu,cuda,tensorrt}" in text
     assert "--no-warmup" in text
