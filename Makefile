@@ -11,7 +11,7 @@ DEFAULT_MODEL ?= efficientnet_lite0
 GEN := service/_generated
 PROTOS := $(shell find proto -name '*.proto' | sort)
 
-.PHONY: help install install-all serve test lint format proto proto-check models clean
+.PHONY: help install install-all serve test lint format proto proto-check models docs clean
 
 help:
 	@echo "make serve   - serving install into $(VENV), then serve models/ on $(HOST):$(GRPC_PORT)"
@@ -71,6 +71,9 @@ proto-check: install-all
 
 models: install-all
 	$(PY) -m training.bundled
+
+docs: install
+	$(PY) -m service.doctables
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache runs

@@ -7,8 +7,15 @@ import asyncio
 import importlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from service.client import Client
+
+TOKEN_ENV = "IMGCLF_TOKEN"
 
 TRAIN_EXTRA_HINT = (
     "this command needs the training extra (PyTorch): pip install 'imgclf[train]' "
@@ -21,11 +28,42 @@ TRAINING_COMMANDS = {
 }
 
 
+def _client(args: argparse.Namespace) -> Client:
+    from service.client import Client
+
+    token = args.token_file.read_text().strip() if args.token_file else os.environ.get(TOKEN_ENV)
+    return Client(
+        args.server, timeout=args.timeout, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
+        tls_key=args.tls_key, token=token,
+    )  # fmt: skip
+
+
+def connection_options() -> argparse.ArgumentParser:
+    """Flags every client command shares: where the server is and how to reach it."""
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("connection")
+    group.add_argument("--server", default="127.0.0.1:8001", help="HOST:PORT of the server")
+    group.add_argument("--timeout", type=float, default=30.0, help="seconds")
+    group.add_argument("--tls-ca", type=Path, help="CA certificate (PEM): connect with TLS")
+    group.add_argument("--tls-cert", type=Path, help="client certificate (PEM) for mutual TLS")
+    group.add_argument("--tls-key", type=Path, help="client private key (PEM) for mutual TLS")
+    group.add_argument(
+        "--token-file", type=Path, help=f"file with the bearer token (default: ${TOKEN_ENV})"
+    )
+    return parent
+
+
 def _serve(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from service.server import serve
     from service.settings import settings_from_args
 
-    settings = settings_from_args(args)
+    try:
+        settings = settings_from_args(args)
+    except ValidationError as exc:
+        print(f"imgclf serve: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=settings.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -41,10 +79,8 @@ def _serve(args: argparse.Namespace) -> int:
 def _classify(args: argparse.Namespace) -> int:
     import grpc
 
-    from service.client import Client
-
     try:
-        with Client(args.server, timeout=args.timeout) as client:
+        with _client(args) as client:
             reply = client.classify_files(args.images, model=args.model, top_k=args.top_k)
     except grpc.RpcError as exc:
         print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
@@ -82,10 +118,8 @@ def _classify(args: argparse.Namespace) -> int:
 def _models(args: argparse.Namespace) -> int:
     import grpc
 
-    from service.client import Client
-
     try:
-        with Client(args.server, timeout=args.timeout) as client:
+        with _client(args) as client:
             reply = client.list_models()
     except grpc.RpcError as exc:
         print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
@@ -104,8 +138,10 @@ def _health(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    from service.client import open_channel
+
     try:
-        with grpc.insecure_channel(args.server) as channel:
+        with open_channel(args.server, args.tls_ca, args.tls_cert, args.tls_key) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
             )
@@ -127,24 +163,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_arguments(serve)
     serve.set_defaults(func=_serve)
 
-    classify = sub.add_parser("classify", help="classify image files through a running server")
+    conn = connection_options()
+    classify = sub.add_parser(
+        "classify", parents=[conn], help="classify image files through a running server"
+    )
     classify.add_argument("images", nargs="+", type=Path, help="image files")
-    classify.add_argument("--server", default="127.0.0.1:8001", help="HOST:PORT of the server")
     classify.add_argument("--model", default="", help="model name (default: the server's)")
     classify.add_argument("--top-k", type=int, default=5, help="classes per image")
-    classify.add_argument("--timeout", type=float, default=30.0, help="seconds")
     classify.add_argument("--json", action="store_true", help="print JSON")
     classify.set_defaults(func=_classify)
 
-    served = sub.add_parser("served-models", help="list the models a running server serves")
-    served.add_argument("--server", default="127.0.0.1:8001", help="HOST:PORT of the server")
-    served.add_argument("--timeout", type=float, default=30.0, help="seconds")
+    served = sub.add_parser(
+        "served-models", parents=[conn], help="list the models a running server serves"
+    )
     served.set_defaults(func=_models)
 
-    health = sub.add_parser("health", help="exit 0 if a running server reports SERVING")
-    health.add_argument("--server", default="127.0.0.1:8001", help="HOST:PORT of the server")
+    health = sub.add_parser(
+        "health", parents=[conn], help="exit 0 if a running server reports SERVING"
+    )
     health.add_argument("--service", default="", help="service name ('' = the whole server)")
-    health.add_argument("--timeout", type=float, default=5.0, help="seconds")
+    health.set_defaults(timeout=5.0)
     health.set_defaults(func=_health)
 
     for name, (_module, help_text) in TRAINING_COMMANDS.items():

@@ -26,18 +26,50 @@ def tensor_image(tensor: np.ndarray) -> pb.Image:
     return pb.Image(tensor=pb.Tensor(shape=arr.shape, dtype=pb.FLOAT32, data=arr.tobytes()))
 
 
-class Client:
-    """Blocking client. Use as a context manager, or call close()."""
+def open_channel(
+    target: str,
+    tls_ca: Path | None = None,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+) -> grpc.Channel:
+    """A channel to the server: TLS when a CA (or a client certificate) is given, with the
+    client certificate for mutual TLS; plaintext otherwise."""
+    options = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ]
+    if tls_ca is None and tls_cert is None:
+        return grpc.insecure_channel(target, options=options)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=tls_ca.read_bytes() if tls_ca else None,
+        private_key=tls_key.read_bytes() if tls_key else None,
+        certificate_chain=tls_cert.read_bytes() if tls_cert else None,
+    )
+    return grpc.secure_channel(target, credentials, options=options)
 
-    def __init__(self, target: str = DEFAULT_TARGET, timeout: float | None = 30.0) -> None:
+
+def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+class Client:
+    """Blocking client. Use as a context manager, or call close().
+
+    `tls_ca` turns on TLS (the CA that signed the server's certificate); `tls_cert`/`tls_key`
+    add a client certificate (mutual TLS); `token` is sent as a bearer token."""
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        timeout: float | None = 30.0,
+        tls_ca: Path | None = None,
+        tls_cert: Path | None = None,
+        tls_key: Path | None = None,
+        token: str | None = None,
+    ) -> None:
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
+        self._channel = open_channel(target, tls_ca, tls_cert, tls_key)
+        self._metadata = auth_metadata(token)
         self._stub = pb_grpc.ImageClassifierStub(self._channel)
 
     def __enter__(self) -> Client:
@@ -64,7 +96,7 @@ class Client:
             for img in images
         ]  # fmt: skip
         request = pb.ClassifyRequest(model=model, version=version, images=msgs, top_k=top_k)
-        return self._stub.Classify(request, timeout=self.timeout)
+        return self._stub.Classify(request, timeout=self.timeout, metadata=self._metadata)
 
     def classify_files(
         self, paths: Sequence[str | Path], model: str = "", top_k: int = 0
@@ -72,4 +104,6 @@ class Client:
         return self.classify([Path(p).read_bytes() for p in paths], model=model, top_k=top_k)
 
     def list_models(self) -> pb.ListModelsResponse:
-        return self._stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout)
+        return self._stub.ListModels(
+            pb.ListModelsRequest(), timeout=self.timeout, metadata=self._metadata
+        )

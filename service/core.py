@@ -269,6 +269,7 @@ class Core:
                 image.encoded,
                 spec,
                 self.settings.max_pixels,
+                self.settings.jpeg_draft,
             )
             self.metrics.preprocess_duration.labels(
                 model=model.name, version=str(model.version)

@@ -13,11 +13,12 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from service.batching import Batcher, BatchStats
-from service.engine import Engine, ExecutionOptions, softmax
+from service.engine import CPU, Engine, ExecutionOptions, softmax
 from service.metrics import Metrics
 from service.modelmeta import ModelMetadata
 from service.repository import ModelConfig, ModelEntry
@@ -88,9 +89,9 @@ class ServedModel:
 
 
 def execution_options(
-    config: ModelConfig, settings: ServerSettings, instance: int
+    config: ModelConfig, settings: ServerSettings, instance: int, instances: int
 ) -> ExecutionOptions:
-    """The ONNX Runtime options of one instance of a model."""
+    """The ONNX Runtime options of one of a model's `instances`."""
     providers = config.providers or PROVIDER_OF_KIND.get(config.instance_kind)
     if providers is None:
         providers = settings.providers
@@ -99,9 +100,7 @@ def execution_options(
     gpus = config.gpus or [settings.gpu_id]
     threads = config.intra_op_threads
     if threads is None:
-        threads = settings.intra_op_threads
-    if not threads and config.instances > 1:
-        threads = max(1, (os.cpu_count() or 1) // config.instances)
+        threads = settings.intra_op_threads or max(1, (os.cpu_count() or 1) // instances)
     extra = {
         key: value
         for key in ("cudnn_conv_algo_search", "gpu_mem_limit_bytes", "arena_extend_strategy")
@@ -119,15 +118,28 @@ def execution_options(
     )
 
 
+def create_engines(path: Path, config: ModelConfig, settings: ServerSettings) -> list[Engine]:
+    """The model's instances. Auto (no count configured): one per core when the model runs on
+    the CPU (each single-threaded, so cores never contend), one when it runs on a GPU."""
+    count = config.instances or settings.instances
+    if count:
+        return [Engine(path, execution_options(config, settings, i, count)) for i in range(count)]
+    cores = os.cpu_count() or 1
+    first = Engine(path, execution_options(config, settings, 0, cores))
+    if first.info.provider != CPU:
+        return [first]
+    return [first] + [
+        Engine(path, execution_options(config, settings, i, cores)) for i in range(1, cores)
+    ]
+
+
 def load_model(
     entry: ModelEntry, config: ModelConfig, settings: ServerSettings, metrics: Metrics
 ) -> ServedModel:
     """Open the ONNX file, read and check its metadata, create its instances, warm them up."""
     started = time.monotonic()
     fingerprint = entry.fingerprint()
-    engines = [
-        Engine(entry.path, execution_options(config, settings, i)) for i in range(config.instances)
-    ]
+    engines = create_engines(entry.path, config, settings)
     engine = engines[0]
     metadata = ModelMetadata.from_props(engine.metadata_props, overrides=entry.read_sidecar())
     h, w = metadata.input_size

@@ -71,8 +71,9 @@ class ModelConfig(BaseModel):
     version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
     """Which versions to serve: {"latest": N}, {"all": true} or {"specific": [..]} (unset:
     the newest one)."""
-    instances: int = Field(1, ge=1)
-    """ONNX Runtime sessions for this model, each fed batches by its own worker."""
+    instances: int | None = Field(None, ge=1)
+    """ONNX Runtime sessions for this model, each fed batches by its own worker (unset:
+    --instances)."""
     instance_kind: Literal["auto", "cpu", "gpu"] = "auto"
     """Where the instances run; gpu requires CUDA, cpu forbids it, auto picks."""
     gpus: list[int] = Field(default_factory=list)

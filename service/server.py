@@ -22,6 +22,7 @@ from service._generated.inference import grpc_service_pb2 as oip_pb
 from service._generated.inference import grpc_service_pb2_grpc as oip_grpc
 from service.core import Core
 from service.gpu import register_gpu_metrics
+from service.grpc.auth import TokenAuthInterceptor, read_token, server_credentials
 from service.grpc.classifier import ImageClassifierServicer
 from service.grpc.inference import InferenceServicer
 from service.manager import ModelManager
@@ -79,7 +80,9 @@ class Server:
             ("grpc.max_send_message_length", s.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ]
-        self._grpc = grpc.aio.server(options=options)
+        token = read_token(s.auth_token, s.auth_token_file)
+        interceptors = [TokenAuthInterceptor(token)] if token else []
+        self._grpc = grpc.aio.server(options=options, interceptors=interceptors)
         pb_grpc.add_ImageClassifierServicer_to_server(
             ImageClassifierServicer(self.core), self._grpc
         )
@@ -90,14 +93,23 @@ class Server:
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc
         )
-        self.grpc_port = self._grpc.add_insecure_port(f"{s.host}:{s.grpc_port}")
+        address = f"{s.host}:{s.grpc_port}"
+        if s.tls_cert_file is not None and s.tls_key_file is not None:
+            creds = server_credentials(s.tls_cert_file, s.tls_key_file, s.tls_client_ca_file)
+            self.grpc_port = self._grpc.add_secure_port(address, creds)
+        else:
+            self.grpc_port = self._grpc.add_insecure_port(address)
         if not self.grpc_port:
             raise RuntimeError(f"could not bind gRPC on {s.host}:{s.grpc_port}")
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._grpc.start()
+        security = (
+            "mutual TLS" if s.tls_client_ca_file else "TLS" if s.tls_cert_file else "plaintext"
+        )
         log.info(
-            "listening: gRPC %s:%d, metrics http://%s:%d/metrics; loading models from %s",
-            s.host, self.grpc_port, s.metrics_bind, self.metrics_port, s.model_repository,
+            "listening: gRPC %s:%d (%s%s), metrics http://%s:%d/metrics; loading models from %s",
+            s.host, self.grpc_port, security, ", bearer token required" if token else "",
+            s.metrics_bind, self.metrics_port, s.model_repository,
         )  # fmt: skip
         await self.manager.start(s.load_model)
         self.core.mark_started()

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -27,9 +27,20 @@ class ServerSettings(BaseSettings):
     grpc_port: int = Field(8001, ge=0, le=65535)
     """gRPC port (0 picks a free one; the chosen port is logged)."""
     metrics_host: str | None = None
-    """Address the metrics endpoint binds; defaults to --host."""
+    """Address the metrics endpoint binds (unset: the gRPC host)."""
     metrics_port: int = Field(8002, ge=0, le=65535)
     """Port of the Prometheus /metrics endpoint (0 picks a free one)."""
+    tls_cert_file: Path | None = None
+    """PEM certificate (chain) of the server; with its key file, the gRPC port speaks TLS."""
+    tls_key_file: Path | None = None
+    """PEM private key of the server certificate."""
+    tls_client_ca_file: Path | None = None
+    """PEM CA bundle: when set, clients must present a certificate it signed (mutual TLS)."""
+    auth_token: str | None = None
+    """Bearer token every call must carry (authorization: Bearer ...); health is exempt.
+    Prefer the token file or the environment over the command line."""
+    auth_token_file: Path | None = None
+    """File holding the bearer token (wins over the token setting)."""
     default_model: str = ""
     """Model used when a request names none (default: the only model, if one is loaded)."""
     model_control_mode: Literal["none", "poll", "explicit"] = "none"
@@ -57,14 +68,18 @@ class ServerSettings(BaseSettings):
     burn cores)."""
     io_binding: bool = True
     """On CUDA/TensorRT, run batches through an ONNX Runtime IOBinding."""
+    instances: int = Field(0, ge=0)
+    """ONNX Runtime sessions per model, each fed batches by its own worker (0: auto, one per
+    core on CPU, one on GPU)."""
     intra_op_threads: int = Field(0, ge=0)
-    """ONNX Runtime intra-op threads per model (0: ONNX Runtime's default, one per core)."""
+    """ONNX Runtime intra-op threads per session (0: the cores divided among the sessions)."""
     preprocess_threads: int = Field(0, ge=0)
     """Threads decoding and preprocessing images (0: one per core)."""
     max_batch_size: int = Field(8, ge=1)
     """Largest batch the dynamic batcher forms (a model's config.json may override)."""
-    max_queue_delay_ms: float = Field(2.0, ge=0)
-    """How long the batcher waits for more requests once it has one."""
+    max_queue_delay_ms: float = Field(0.0, ge=0)
+    """How long the batcher waits for more requests once it has one (0: none; batches still
+    form from what queues up while every instance is busy)."""
     max_queue_size: int = Field(256, ge=1)
     """Images waiting per model beyond which requests get RESOURCE_EXHAUSTED."""
     default_timeout_ms: float = Field(0.0, ge=0)
@@ -76,6 +91,9 @@ class ServerSettings(BaseSettings):
     """Largest top_k a request may ask for."""
     max_images_per_request: int = Field(64, ge=1)
     """Most images one Classify request may carry."""
+    jpeg_draft: bool = True
+    """Decode large JPEGs at 1/2, 1/4 or 1/8 scale in the DCT domain when that still covers
+    the model's resize (much faster; same class, not bit-identical to a full decode)."""
     max_pixels: int = Field(40_000_000, ge=1)
     """Largest image (width x height) accepted, checked before decoding."""
     max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024)
@@ -89,6 +107,16 @@ class ServerSettings(BaseSettings):
     """Run each model once per batch size before reporting SERVING."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Log level."""
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> ServerSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("--tls-cert-file and --tls-key-file go together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError(
+                "--tls-client-ca-file (mutual TLS) needs --tls-cert-file/--tls-key-file"
+            )
+        return self
 
     @property
     def preprocess_workers(self) -> int:

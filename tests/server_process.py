@@ -14,6 +14,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from service.client import open_channel
+
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 60.0
 
@@ -54,10 +56,12 @@ class ServerProcess:
             raise AssertionError(f"server did not exit within {timeout}s:\n{self.log()}") from None
 
 
-def wait_serving(target: str, proc: subprocess.Popen[bytes], log_path: Path) -> None:
+def wait_serving(
+    target: str, proc: subprocess.Popen[bytes], log_path: Path, **tls: Path | None
+) -> None:
     """Block until the server's health says SERVING (watching the health stream)."""
     deadline = time.monotonic() + READY_TIMEOUT_S
-    with grpc.insecure_channel(target) as channel:
+    with open_channel(target, **tls) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -80,7 +84,9 @@ def wait_serving(target: str, proc: subprocess.Popen[bytes], log_path: Path) -> 
     raise AssertionError(f"server not SERVING within {READY_TIMEOUT_S}s:\n{log_path.read_text()}")
 
 
-def start_server(repo: Path, workdir: Path, *args: str) -> ServerProcess:
+def start_server(repo: Path, workdir: Path, *args: str, **tls: Path | None) -> ServerProcess:
+    """Start `imgclf serve` on free ports; `tls` (tls_ca, tls_cert, tls_key) is how to reach
+    it when the args turn TLS on."""
     grpc_port, metrics_port = free_port(), free_port()
     log_path = workdir / "server.log"
     cmd = [
@@ -97,7 +103,7 @@ def start_server(repo: Path, workdir: Path, *args: str) -> ServerProcess:
         )
     server = ServerProcess(proc, grpc_port, metrics_port, log_path)
     try:
-        wait_serving(server.target, proc, log_path)
+        wait_serving(server.target, proc, log_path, **tls)
     except BaseException:
         if proc.poll() is None:
             proc.kill()

@@ -20,9 +20,12 @@ from tests.tiny_model import LABELS
 from tests.unit.service.support import HANG, TINY_SIZE, let_run, make_repo, server_settings
 
 
-def options(config: dict | None = None, instance: int = 0, **settings):
+def options(config: dict | None = None, instance: int = 0, instances: int = 1, **settings):
     return execution_options(
-        ModelConfig(**(config or {})), server_settings(Path("models"), **settings), instance
+        ModelConfig(**(config or {})),
+        server_settings(Path("models"), **settings),
+        instance,
+        instances,
     )
 
 
@@ -63,10 +66,10 @@ def test_require_gpu_keeps_tensorrt():
 
 def test_intra_op_threads_split_across_instances(monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
-    assert options({"instances": 2}, intra_op_threads=0).intra_op_threads == 4
-    assert options({"instances": 3}, intra_op_threads=0).intra_op_threads == 2
-    assert options({"instances": 16}, intra_op_threads=0).intra_op_threads == 1  # at least one
-    assert options({"instances": 1}, intra_op_threads=0).intra_op_threads == 0  # ORT's default
+    assert options(instances=2, intra_op_threads=0).intra_op_threads == 4
+    assert options(instances=3, intra_op_threads=0).intra_op_threads == 2
+    assert options(instances=16, intra_op_threads=0).intra_op_threads == 1  # at least one
+    assert options(instances=1, intra_op_threads=0).intra_op_threads == 8  # all the cores
 
 
 def test_intra_op_threads_set_explicitly_are_not_split(monkeypatch):
@@ -348,3 +351,12 @@ def test_use_before_start_is_a_programming_error(tmp_path):
     model = load(tmp_path, warmup=False)
     with pytest.raises(AssertionError, match="not started"), model.use():
         pass
+
+
+def test_auto_instances_one_single_threaded_session_per_core_on_cpu(tmp_path, warmups):
+    make_repo(tmp_path)
+    model = load(tmp_path, instances=0, intra_op_threads=0, max_batch_size=2)
+    cores = os.cpu_count() or 1
+    assert model.batcher.instances == cores
+    assert all(e.options.intra_op_threads == 1 for e in model.engines) or cores == 1
+    assert warmups == [[1, 2]] * cores

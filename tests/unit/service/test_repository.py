@@ -182,7 +182,7 @@ def test_model_config_defaults():
     config = ModelConfig()
     assert config.priority_levels == 1
     assert config.default_priority_level == 1
-    assert config.instances == 1
+    assert config.instances is None  # the server's --instances (auto)
     assert config.instance_kind == "auto"
     assert config.version_policy == VersionPolicy()
     assert config.preferred_batch_sizes == []

@@ -1,0 +1,97 @@
+"""TLS, mutual TLS and bearer-token auth on the real server, with real clients."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from service.client import Client
+from tests.images import encode
+from tests.pki import make_pki
+from tests.server_process import start_server
+
+RED = encode(np.full((20, 20, 3), (230, 10, 10), dtype=np.uint8), "PNG")
+
+
+def health_cli(target: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", "health", "--server", target, *args],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def test_tls_serves_tls_clients_and_refuses_plaintext(tiny_repo: Path, tmp_path: Path) -> None:
+    pki = make_pki(tmp_path / "pki")
+    server = start_server(
+        tiny_repo, tmp_path, "--tls-cert-file", str(pki.server_cert),
+        "--tls-key-file", str(pki.server_key),
+        tls_ca=pki.ca,
+    )  # fmt: skip
+    try:
+        with Client(server.target, tls_ca=pki.ca) as client:
+            assert client.classify([RED]).results[0].top[0].label == "red"
+        with Client(server.target, timeout=5) as plain, pytest.raises(grpc.RpcError) as caught:
+            plain.classify([RED])
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "TLS" in server.log()
+    finally:
+        server.stop()
+
+
+def test_mutual_tls_refuses_a_client_without_a_valid_certificate(
+    tiny_repo: Path, tmp_path: Path
+) -> None:
+    pki = make_pki(tmp_path / "pki")
+    server = start_server(
+        tiny_repo, tmp_path, "--tls-cert-file", str(pki.server_cert),
+        "--tls-key-file", str(pki.server_key), "--tls-client-ca-file", str(pki.ca),
+        tls_ca=pki.ca, tls_cert=pki.client_cert, tls_key=pki.client_key,
+    )  # fmt: skip
+    try:
+        with Client(server.target, tls_ca=pki.ca, tls_cert=pki.client_cert,
+                    tls_key=pki.client_key) as client:  # fmt: skip
+            assert client.classify([RED]).results[0].top[0].label == "red"
+        for cert, key in ((None, None), (pki.rogue_cert, pki.rogue_key)):
+            refused = Client(server.target, timeout=5, tls_ca=pki.ca, tls_cert=cert, tls_key=key)
+            with refused, pytest.raises(grpc.RpcError) as caught:
+                refused.classify([RED])
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        ok = health_cli(server.target, "--tls-ca", str(pki.ca), "--tls-cert",
+                        str(pki.client_cert), "--tls-key", str(pki.client_key))  # fmt: skip
+        assert (ok.returncode, ok.stdout.strip()) == (0, "SERVING")
+    finally:
+        server.stop()
+
+
+def test_bearer_token_required_except_for_health(tiny_repo: Path, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-token\n")
+    server = start_server(tiny_repo, tmp_path, "--auth-token-file", str(token_file))
+    try:
+        with Client(server.target, token="s3cret-token") as client:
+            assert client.classify([RED]).results[0].top[0].label == "red"
+            assert [m.name for m in client.list_models().models] == ["tiny"]
+        for token in (None, "wrong-token", "s3cret-token-but-longer"):
+            with (
+                Client(server.target, token=token) as client,
+                pytest.raises(grpc.RpcError) as caught,
+            ):
+                client.classify([RED])
+            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert health_cli(server.target).returncode == 0  # probes need no token
+        import tritonclient.grpc as triton
+        from tritonclient.utils import InferenceServerException
+
+        oip = triton.InferenceServerClient(server.target)
+        with pytest.raises(InferenceServerException) as refused:
+            oip.is_server_ready()
+        assert refused.value.status() == "StatusCode.UNAUTHENTICATED"
+        assert oip.is_server_ready(headers={"authorization": "Bearer s3cret-token"})
+        oip.close()
+    finally:
+        server.stop()
