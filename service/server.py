@@ -13,7 +13,7 @@ import signal
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 from prometheus_client import start_http_server
 
 from service._generated.imgclf.v1 import image_classifier_pb2 as pb
@@ -27,6 +27,7 @@ from service.grpc.classifier import ImageClassifierServicer
 from service.grpc.inference import InferenceServicer
 from service.manager import ModelManager
 from service.metrics import Metrics
+from service.protopool import reflection_pool
 from service.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,9 @@ class Server:
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            self._grpc,
+            pool=reflection_pool(pb.DESCRIPTOR, health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR),
         )
         address = f"{s.host}:{s.grpc_port}"
         if s.tls_cert_file is not None and s.tls_key_file is not None:
