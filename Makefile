@@ -47,7 +47,7 @@ format: install-all
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: install-all lint proto-check
+test: install-all lint proto-check deploy-check
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # Generated stubs are committed (the serving image has no grpcio-tools); imports are rewritten
@@ -81,3 +81,5 @@ docs: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache runs
+
+include deploy/deploy.mk

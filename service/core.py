@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
@@ -68,6 +68,8 @@ class InferResult:
 
 
 T = TypeVar("T")
+Images = Sequence[ImageInput] | Callable[[ServedModel], Sequence[ImageInput]]
+"""A request's images, or how to convert them once the model is known."""
 
 
 def top_k(probabilities: np.ndarray, k: int, labels: list[str]) -> list[ClassScore]:
@@ -112,18 +114,24 @@ class Core:
     async def classify(
         self,
         model_name: str,
-        images: list[ImageInput],
+        images: Images,
         top: int = 0,
         version: int = 0,
         deadline: float | None = None,
         priority: int = 0,
     ) -> ClassifyResult:
         """Classify images with one model: probabilities and the top-k labels per image."""
-        if top < 0 or top > self.settings.max_top_k:
-            raise InvalidInput(f"top_k must be between 0 and {self.settings.max_top_k}, got {top}")
-        k = top or self.settings.default_top_k
+
+        def check_top() -> int:
+            if top < 0 or top > self.settings.max_top_k:
+                raise InvalidInput(
+                    f"top_k must be between 0 and {self.settings.max_top_k}, got {top}",
+                    reason="bad_top_k",
+                )
+            return top or self.settings.default_top_k
 
         def finish(model: ServedModel, outputs: np.ndarray) -> ClassifyResult:
+            k = check_top()
             probs = model.probabilities(outputs)
             names = model.metadata.labels
             return ClassifyResult(
@@ -132,12 +140,14 @@ class Core:
                 results=[Classification(p, top_k(p, k, names)) for p in probs],
             )
 
-        return await self._serve(model_name, version, images, deadline, priority, finish)
+        return await self._serve(
+            model_name, version, images, deadline, priority, finish, check=check_top
+        )
 
     async def infer(
         self,
         model_name: str,
-        images: list[ImageInput],
+        images: Images,
         version: int = 0,
         deadline: float | None = None,
         priority: int = 0,
@@ -153,12 +163,14 @@ class Core:
         self,
         model_name: str,
         version: int,
-        images: list[ImageInput],
+        images: Images,
         deadline: float | None,
         priority: int,
         finish: Callable[[ServedModel, np.ndarray], T],
+        check: Callable[[], object] | None = None,
     ) -> T:
-        """Look up, validate, run and account for one request."""
+        """Look up, convert, validate, run and account for one request: every outcome, the
+        conversion's and validation's errors included, is counted."""
         started = time.monotonic()
         labels = {"model": "", "version": ""}
         model: ServedModel | None = None
@@ -169,6 +181,10 @@ class Core:
             model = self.manager.get(model_name, version)
             labels = {"model": model.name, "version": str(model.version)}
             with model.use():
+                if check is not None:
+                    check()
+                if callable(images):
+                    images = images(model)
                 self._check_images(model, images)
                 if deadline is None and model.default_timeout_s:
                     deadline = started + model.default_timeout_s
@@ -214,7 +230,7 @@ class Core:
         if model is not None:
             model.stats.record_request(seconds, ok=reason is None)
 
-    def _check_images(self, model: ServedModel, images: list[ImageInput]) -> None:
+    def _check_images(self, model: ServedModel, images: Sequence[ImageInput]) -> None:
         s = self.settings
         if not images:
             raise InvalidInput("request carries no image", reason="no_image")
@@ -239,7 +255,11 @@ class Core:
                 raise InvalidInput(f"image {i} has neither encoded bytes nor a tensor")
 
     async def _run_all(
-        self, model: ServedModel, images: list[ImageInput], deadline: float | None, level: int
+        self,
+        model: ServedModel,
+        images: Sequence[ImageInput],
+        deadline: float | None,
+        level: int,
     ) -> list[np.ndarray]:
         tasks = [
             asyncio.ensure_future(self._run_one(model, img, deadline, level)) for img in images

@@ -257,6 +257,7 @@ class ModelManager:
 
     async def _sync(self, name: str) -> None:
         """Bring one model's serving versions in line with the repository and its policy."""
+        self.metrics.load_failures.labels(model=name)  # the series exists (at 0) from the start
         model_dir = self.root / name
         entries = repo_versions(model_dir)
         serving = self._serving.get(name, {})

@@ -83,6 +83,14 @@ class Metrics:
         self.queue_depth = Gauge(
             "imgclf_queue_depth", "Images waiting in the batcher's queue.", MV, registry=r
         )
+        self.queue_capacity = Gauge(
+            "imgclf_queue_capacity",
+            "Images the batcher's queue holds before refusing (max queue size).",
+            MV, registry=r,
+        )  # fmt: skip
+        self.ready = Gauge(
+            "imgclf_ready", "1 while the server reports SERVING (readiness), else 0.", registry=r
+        )
         self.inflight = Gauge(
             "imgclf_inflight_requests", "Requests being served right now.", registry=r
         )

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from service.batching import Batcher, BatchStats
+from service.cpus import cpus
 from service.engine import CPU, Engine, ExecutionOptions, softmax
 from service.metrics import Metrics
 from service.modelmeta import ModelMetadata
@@ -100,7 +100,7 @@ def execution_options(
     gpus = config.gpus or [settings.gpu_id]
     threads = config.intra_op_threads
     if threads is None:
-        threads = settings.intra_op_threads or max(1, (os.cpu_count() or 1) // instances)
+        threads = settings.intra_op_threads or max(1, cpus() // instances)
     extra = {
         key: value
         for key in ("cudnn_conv_algo_search", "gpu_mem_limit_bytes", "arena_extend_strategy")
@@ -124,7 +124,7 @@ def create_engines(path: Path, config: ModelConfig, settings: ServerSettings) ->
     count = config.instances or settings.instances
     if count:
         return [Engine(path, execution_options(config, settings, i, count)) for i in range(count)]
-    cores = os.cpu_count() or 1
+    cores = cpus()
     first = Engine(path, execution_options(config, settings, 0, cores))
     if first.info.provider != CPU:
         return [first]
@@ -193,6 +193,7 @@ def load_model(
         on_depth=on_depth,
         name=entry.name,
     )
+    metrics.queue_capacity.labels(**labels).set(batcher.max_queue_size)
     elapsed = time.monotonic() - started
     metrics.model_load_duration.labels(**labels).set(elapsed)
     log.info(

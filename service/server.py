@@ -59,6 +59,7 @@ class Server:
 
     async def _publish_readiness(self) -> None:
         serving = health_pb2.HealthCheckResponse.SERVING
+        self.metrics.ready.set(1 if self.core.ready else 0)
         await self._set_health(
             serving if self.core.ready else health_pb2.HealthCheckResponse.NOT_SERVING
         )
@@ -137,6 +138,7 @@ class Server:
             s.pre_drain_delay_s, s.grace_period_s,
         )  # fmt: skip
         self.core.begin_drain()
+        self.metrics.ready.set(0)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         if s.pre_drain_delay_s:
             await asyncio.sleep(s.pre_drain_delay_s)

@@ -7,12 +7,13 @@ configuration table both come from here.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.cpus import cpus
 
 
 class ServerSettings(BaseSettings):
@@ -120,7 +121,7 @@ class ServerSettings(BaseSettings):
 
     @property
     def preprocess_workers(self) -> int:
-        return self.preprocess_threads or os.cpu_count() or 1
+        return self.preprocess_threads or cpus()
 
     @property
     def metrics_bind(self) -> str:

@@ -77,10 +77,9 @@ class ImageClassifierServicer(pb_grpc.ImageClassifierServicer):
     async def Classify(
         self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ClassifyResponse:
-        images = [image_from_pb(img, i) for i, img in enumerate(request.images)]
         result = await self.core.classify(
             request.model,
-            images,
+            lambda _model: [image_from_pb(img, i) for i, img in enumerate(request.images)],
             top=request.top_k,
             version=request.version,
             deadline=deadline_of(context),

@@ -197,10 +197,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelInferRequest, grpc_deadline: float | None
     ) -> pb.ModelInferResponse:
         deadline, priority = request_policy(request, grpc_deadline)
-        model = self.manager.get(request.model_name, parse_version(request.model_version))
-        images = request_images(request, model.engine.info.input_name, model.max_batch_size)
         result = await self.core.infer(
-            model.name, images, version=model.version, deadline=deadline, priority=priority
+            request.model_name,
+            lambda model: request_images(
+                request, model.engine.info.input_name, model.max_batch_size
+            ),
+            version=parse_version(request.model_version),
+            deadline=deadline,
+            priority=priority,
         )
         model = result.model
         available = output_names(model)

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from service.cpus import cpus
 from service.engine import Engine
 from service.errors import ModelNotReady
 from service.metrics import Metrics
@@ -65,7 +65,7 @@ def test_require_gpu_keeps_tensorrt():
 
 
 def test_intra_op_threads_split_across_instances(monkeypatch):
-    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr("service.model.cpus", lambda: 8)
     assert options(instances=2, intra_op_threads=0).intra_op_threads == 4
     assert options(instances=3, intra_op_threads=0).intra_op_threads == 2
     assert options(instances=16, intra_op_threads=0).intra_op_threads == 1  # at least one
@@ -73,7 +73,7 @@ def test_intra_op_threads_split_across_instances(monkeypatch):
 
 
 def test_intra_op_threads_set_explicitly_are_not_split(monkeypatch):
-    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr("service.model.cpus", lambda: 8)
     assert options({"instances": 2}, intra_op_threads=3).intra_op_threads == 3
     assert options({"instances": 2, "intra_op_threads": 5}).intra_op_threads == 5
 
@@ -356,7 +356,7 @@ def test_use_before_start_is_a_programming_error(tmp_path):
 def test_auto_instances_one_single_threaded_session_per_core_on_cpu(tmp_path, warmups):
     make_repo(tmp_path)
     model = load(tmp_path, instances=0, intra_op_threads=0, max_batch_size=2)
-    cores = os.cpu_count() or 1
+    cores = cpus()
     assert model.batcher.instances == cores
     assert all(e.options.intra_op_threads == 1 for e in model.engines) or cores == 1
     assert warmups == [[1, 2]] * cores
