@@ -190,3 +190,23 @@ def test_repository_index_lists_models(client: triton.InferenceServerClient) -> 
     with pytest.raises(InferenceServerException) as caught:
         client.load_model(MODEL)  # the bundled server runs in control mode none
     assert caught.value.status() == "StatusCode.FAILED_PRECONDITION"
+
+
+def test_timeout_and_priority_parameters_are_honoured(tiny_server: ServerProcess) -> None:
+    client = triton.InferenceServerClient(tiny_server.target)
+    try:
+        pixels = np.zeros((1, 3, 16, 16), dtype=np.float32)
+        pixels[:, 2] = 1.0
+        inp = triton.InferInput("input", [1, 3, 16, 16], "FP32")
+        inp.set_data_from_numpy(pixels)
+        # The tiny server waits 20 ms to fill a batch: a 1 µs queue timeout expires first.
+        with pytest.raises(InferenceServerException) as caught:
+            client.infer("tiny", [inp], timeout=1)
+        assert caught.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+        ok = client.infer("tiny", [inp], timeout=5_000_000, priority=1)
+        assert int(np.argmax(ok.as_numpy("logits"))) == 2
+        with pytest.raises(InferenceServerException) as caught:
+            client.infer("tiny", [inp], priority=7)  # the model has one priority level
+        assert caught.value.status() == "StatusCode.INVALID_ARGUMENT"
+    finally:
+        client.close()
