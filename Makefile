@@ -29,7 +29,7 @@ $(VENV)/.serve-installed: pyproject.toml | $(VENV)/bin/python
 	touch $@
 
 $(VENV)/.all-installed: pyproject.toml | $(VENV)/bin/python
-	$(PIP) install --quiet -e '.[train,dev]'
+	$(PIP) install --quiet -e '.[train,bench,dev]'
 	touch $@ $(VENV)/.serve-installed
 
 install: $(VENV)/.serve-installed

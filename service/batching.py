@@ -16,7 +16,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -43,6 +43,19 @@ class BatchStats:
     """Items dropped because their deadline passed in the queue."""
 
 
+class Admission:
+    """A request's reservation of room in a batcher (see Batcher.admit)."""
+
+    def __init__(self, batcher: Batcher, images: int) -> None:
+        self._batcher = batcher
+        self.remaining = images
+
+    def release(self, images: int) -> None:
+        images = min(images, self.remaining)
+        self.remaining -= images
+        self._batcher._waiting -= images
+
+
 @dataclass(order=True)
 class _Item:
     level: int
@@ -51,6 +64,7 @@ class _Item:
     future: asyncio.Future[np.ndarray] = field(compare=False)
     enqueued: float = field(compare=False)
     deadline: float | None = field(default=None, compare=False)
+    admission: Admission | None = field(default=None, compare=False)
 
 
 class Batcher:
@@ -89,6 +103,10 @@ class Batcher:
         self._queue: asyncio.PriorityQueue[_Item] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
+        self._waiting = 0
+        """Admitted images no worker has picked up yet."""
+        self._seconds_per_image = 0.0
+        """Moving average of inference time per image (for the retry hint)."""
 
     @property
     def depth(self) -> int:
@@ -109,14 +127,48 @@ class Batcher:
             raise ValueError(f"priority must be 0..{self.priority_levels}, got {priority}")
         return priority or self.default_priority_level
 
+    @contextlib.contextmanager
+    def admit(self, images: int) -> Iterator[Admission]:
+        """Reserve room for a request's `images` until a worker picks each one up, or refuse
+        the request at once with QueueFull, before any work (decoding) is spent on it.
+
+        Waiting images (being decoded or queued) are bounded by `max_queue_size`; images
+        already running on an instance no longer count."""
+        if self._queue is None or self._closing:
+            raise ModelNotReady("model is not accepting requests")
+        if self._waiting + images > self.max_queue_size:
+            raise QueueFull(
+                f"model is at capacity ({self._waiting} of {self.max_queue_size} images "
+                "waiting); retry later",
+                retry_after_ms=self.retry_after_ms(),
+            )
+        admission = Admission(self, images)
+        self._waiting += images
+        try:
+            yield admission
+        finally:
+            admission.release(admission.remaining)
+
+    def retry_after_ms(self) -> int:
+        """A hint for refused clients: the time the backlog ahead takes to clear."""
+        per_image = self._seconds_per_image or 0.01
+        return max(1, round(1000 * per_image * self._waiting / len(self._runners)))
+
     async def submit(
-        self, tensor: np.ndarray, deadline: float | None = None, priority: int = 0
+        self,
+        tensor: np.ndarray,
+        deadline: float | None = None,
+        priority: int = 0,
+        admission: Admission | None = None,
     ) -> np.ndarray:
         """Queue one image tensor; returns its output row. Raises QueueFull when full."""
         if self._queue is None or self._closing:
             raise ModelNotReady("model is not accepting requests")
         if self._queue.qsize() >= self.max_queue_size:
-            raise QueueFull(f"queue is full ({self.max_queue_size} images waiting); retry later")
+            raise QueueFull(
+                f"queue is full ({self.max_queue_size} images waiting); retry later",
+                retry_after_ms=self.retry_after_ms(),
+            )
         loop = asyncio.get_running_loop()
         item = _Item(
             self.level_of(priority),
@@ -125,6 +177,7 @@ class Batcher:
             loop.create_future(),
             time.monotonic(),
             deadline,
+            admission,
         )
         self._queue.put_nowait(item)
         self._report_depth()
@@ -163,6 +216,9 @@ class Batcher:
                 items.append(await asyncio.wait_for(self._queue.get(), remaining))
             except asyncio.TimeoutError:
                 break
+        for item in items:
+            if item.admission is not None:
+                item.admission.release(1)
         self._report_depth()
         return items
 
@@ -209,6 +265,8 @@ class Batcher:
                     item.future.set_exception(InferenceFailed("inference failed"))
             return
         finished = time.monotonic()
+        per_image = (finished - assembled) / len(live)
+        self._seconds_per_image = 0.9 * self._seconds_per_image + 0.1 * per_image
         for item, row in zip(live, out, strict=True):
             if not item.future.done():
                 item.future.set_result(row)

@@ -185,6 +185,16 @@ def build_parser() -> argparse.ArgumentParser:
     health.set_defaults(timeout=5.0)
     health.set_defaults(func=_health)
 
+    from service.bench import cli as bench_cli
+
+    bench = sub.add_parser(
+        "bench",
+        help="load-test a server and compare with the machine's in-process limit",
+        description=bench_cli.DESCRIPTION,
+    )
+    bench_cli.add_arguments(bench)
+    bench.set_defaults(func=bench_cli.run)
+
     for name, (_module, help_text) in TRAINING_COMMANDS.items():
         p = sub.add_parser(name, help=f"{help_text} (train extra)", add_help=False)
         p.set_defaults(func=None, training=name)

@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from service.batching import Admission
 from service.errors import ImgclfError, InvalidInput, ModelNotReady
 from service.imaging import normalize, preprocess_bytes
 from service.manager import ModelManager
@@ -119,10 +120,11 @@ class Core:
         version: int = 0,
         deadline: float | None = None,
         priority: int = 0,
+        count: int | None = None,
     ) -> ClassifyResult:
         """Classify images with one model: probabilities and the top-k labels per image."""
 
-        def check_top() -> int:
+        def check_top(_model: ServedModel | None = None) -> int:
             if top < 0 or top > self.settings.max_top_k:
                 raise InvalidInput(
                     f"top_k must be between 0 and {self.settings.max_top_k}, got {top}",
@@ -141,7 +143,7 @@ class Core:
             )
 
         return await self._serve(
-            model_name, version, images, deadline, priority, finish, check=check_top
+            model_name, version, images, deadline, priority, finish, check=check_top, count=count
         )
 
     async def infer(
@@ -151,13 +153,23 @@ class Core:
         version: int = 0,
         deadline: float | None = None,
         priority: int = 0,
+        check: Callable[[ServedModel], object] | None = None,
     ) -> InferResult:
-        """Run images through one model: raw outputs and probabilities (Open Inference)."""
+        """Run images through one model: raw outputs and probabilities (Open Inference).
+        `check` validates the rest of the request against the model before any work."""
 
         def finish(model: ServedModel, outputs: np.ndarray) -> InferResult:
             return InferResult(model, outputs, model.probabilities(outputs))
 
-        return await self._serve(model_name, version, images, deadline, priority, finish)
+        return await self._serve(
+            model_name, version, images, deadline, priority, finish, check=check
+        )
+
+    def reject(self, error: ImgclfError) -> None:
+        """Count a request refused before it named a model the core could look up (e.g. a
+        malformed version or parameter), so that every refusal shows in the metrics."""
+        self._account(None, {"model": "", "version": ""}, time.monotonic(), error.code,
+                      error.reason)  # fmt: skip
 
     async def _serve(
         self,
@@ -167,10 +179,13 @@ class Core:
         deadline: float | None,
         priority: int,
         finish: Callable[[ServedModel, np.ndarray], T],
-        check: Callable[[], object] | None = None,
+        check: Callable[[ServedModel], object] | None = None,
+        count: int | None = None,
     ) -> T:
-        """Look up, convert, validate, run and account for one request: every outcome, the
-        conversion's and validation's errors included, is counted."""
+        """Look up, convert, validate, admit, run and account for one request: every outcome,
+        the conversion's and validation's errors included, is counted. `check` validates the
+        request against the model first; `count`, when known before conversion, is checked
+        against the limits before any image is converted."""
         started = time.monotonic()
         labels = {"model": "", "version": ""}
         model: ServedModel | None = None
@@ -182,7 +197,9 @@ class Core:
             labels = {"model": model.name, "version": str(model.version)}
             with model.use():
                 if check is not None:
-                    check()
+                    check(model)
+                if count is not None:
+                    self._check_count(count)
                 if callable(images):
                     images = images(model)
                 self._check_images(model, images)
@@ -192,7 +209,8 @@ class Core:
                     level = model.batcher.level_of(priority)
                 except ValueError as exc:
                     raise InvalidInput(str(exc), reason="bad_priority") from None
-                rows = await self._run_all(model, images, deadline, level)
+                with model.batcher.admit(len(images)) as admission:  # refused before decoding
+                    rows = await self._run_all(model, images, deadline, level, admission)
                 out_started = time.monotonic()
                 result = finish(model, np.stack(rows))
                 out_seconds = time.monotonic() - out_started
@@ -200,7 +218,10 @@ class Core:
             self._account(model, labels, started, exc.code, exc.reason)
             raise
         except asyncio.CancelledError:
-            self._account(model, labels, started, "CANCELLED", "cancelled")
+            if deadline is not None and time.monotonic() >= deadline:  # the client's deadline
+                self._account(model, labels, started, "DEADLINE_EXCEEDED", "deadline_exceeded")
+            else:
+                self._account(model, labels, started, "CANCELLED", "cancelled")
             raise
         except Exception:
             self._account(model, labels, started, "INTERNAL", "internal")
@@ -230,16 +251,18 @@ class Core:
         if model is not None:
             model.stats.record_request(seconds, ok=reason is None)
 
-    def _check_images(self, model: ServedModel, images: Sequence[ImageInput]) -> None:
-        s = self.settings
-        if not images:
+    def _check_count(self, count: int) -> None:
+        if not count:
             raise InvalidInput("request carries no image", reason="no_image")
-        if len(images) > s.max_images_per_request:
+        if count > self.settings.max_images_per_request:
             raise InvalidInput(
-                f"request carries {len(images)} images, more than the limit of "
-                f"{s.max_images_per_request}",
+                f"request carries {count} images, more than the limit of "
+                f"{self.settings.max_images_per_request}",
                 reason="too_many_images",
             )
+
+    def _check_images(self, model: ServedModel, images: Sequence[ImageInput]) -> None:
+        self._check_count(len(images))
         for i, image in enumerate(images):
             array = image.tensor if image.tensor is not None else image.pixels
             if array is not None:
@@ -260,9 +283,11 @@ class Core:
         images: Sequence[ImageInput],
         deadline: float | None,
         level: int,
+        admission: Admission,
     ) -> list[np.ndarray]:
         tasks = [
-            asyncio.ensure_future(self._run_one(model, img, deadline, level)) for img in images
+            asyncio.ensure_future(self._run_one(model, img, deadline, level, admission))
+            for img in images
         ]
         try:
             return list(await asyncio.gather(*tasks))
@@ -272,7 +297,12 @@ class Core:
             raise
 
     async def _run_one(
-        self, model: ServedModel, image: ImageInput, deadline: float | None, level: int
+        self,
+        model: ServedModel,
+        image: ImageInput,
+        deadline: float | None,
+        level: int,
+        admission: Admission,
     ) -> np.ndarray:
         spec = model.metadata.preprocessing
         if image.tensor is not None:
@@ -294,4 +324,4 @@ class Core:
             self.metrics.preprocess_duration.labels(
                 model=model.name, version=str(model.version)
             ).observe(time.monotonic() - started)
-        return await model.batcher.submit(tensor, deadline, level)
+        return await model.batcher.submit(tensor, deadline, level, admission)

@@ -364,6 +364,12 @@ class Engine:
             (out,) = self._session.run([self.info.output_name], {self.info.input_name: batch})
         return np.asarray(out).astype(np.float32, copy=False)
 
+    def output_shape_for_one(self, sample_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The output shape of one real run on a zero image (load-time check)."""
+        batch = np.zeros((1, *sample_shape), dtype=self._input_dtype)
+        (out,) = self._session.run([self.info.output_name], {self.info.input_name: batch})
+        return tuple(np.asarray(out).shape)
+
     def warmup(self, batch_sizes: list[int], sample_shape: tuple[int, ...]) -> None:
         for n in batch_sizes:
             self.run(np.zeros((n, *sample_shape), dtype=np.float32))

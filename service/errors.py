@@ -43,10 +43,14 @@ class ModelNotReady(ImgclfError):
 
 
 class QueueFull(ImgclfError):
-    """The model's queue is at its bound; the client should retry later."""
+    """The model is at capacity; the client should retry later (after `retry_after_ms`)."""
 
     code = "RESOURCE_EXHAUSTED"
     reason = "queue_full"
+
+    def __init__(self, message: str, retry_after_ms: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
 
 
 class DeadlineExceeded(ImgclfError):

@@ -27,6 +27,10 @@ INTERPOLATIONS: dict[str, Image.Resampling] = {
     "lanczos": Image.Resampling.LANCZOS,
 }
 
+FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
+"""The decoders the server uses; other formats Pillow knows (TIFF, EPS, DDS, ...) are refused,
+which keeps their parsers (and Ghostscript) off the serving path."""
+
 DEFAULT_MAX_PIXELS = 40_000_000
 """Refuse images that declare more pixels than this, before decoding them."""
 
@@ -72,7 +76,7 @@ def decode_image(
     if not data:
         raise InvalidInput("image is empty (0 bytes)", reason="empty_image")
     try:
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data), formats=FORMATS)
         width, height = img.size
         if width * height > max_pixels:
             raise InvalidInput(
@@ -93,12 +97,23 @@ def decode_image(
             "bytes are not a decodable image (JPEG, PNG, WebP, BMP, GIF)",
             reason="undecodable_image",
         ) from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # any decoder failure is the input's fault, never ours
         raise InvalidInput(
             f"image could not be decoded: {exc}", reason="undecodable_image"
         ) from None
-    img = ImageOps.exif_transpose(img)
-    return to_rgb(img)
+    return to_rgb(upright(img))
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation; a corrupt EXIF block leaves the image as stored."""
+    try:
+        return ImageOps.exif_transpose(img)
+    except MemoryError:
+        raise
+    except Exception:
+        return img
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

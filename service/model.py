@@ -144,9 +144,6 @@ def load_model(
     metadata = ModelMetadata.from_props(engine.metadata_props, overrides=entry.read_sidecar())
     h, w = metadata.input_size
     engine.check_sample_shape((3, h, w))
-    out_dim = engine.info.output_shape[-1] if engine.info.output_shape else None
-    if isinstance(out_dim, int) and out_dim != len(metadata.labels):
-        raise ValueError(f"model has {out_dim} outputs but {len(metadata.labels)} labels")
     max_batch = config.max_batch_size or settings.max_batch_size
     batch_dim = engine.info.input_shape[0]
     if isinstance(batch_dim, int):
@@ -156,6 +153,14 @@ def load_model(
                 "batch axis (or a fixed batch of 1)"
             )
         max_batch = 1
+    # One real run: the output must be (batch, classes) with a column per label, whatever the
+    # graph declares (its class axis may be symbolic).
+    shape = engine.output_shape_for_one((3, h, w))
+    if len(shape) != 2 or shape[1] != len(metadata.labels):
+        raise ValueError(
+            f"model output has shape {list(shape)} for one image, but the metadata names "
+            f"{len(metadata.labels)} labels"
+        )
     if settings.warmup:
         sizes = list(range(1, max_batch + 1))
         for e in engines:

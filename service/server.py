@@ -81,6 +81,11 @@ class Server:
             ("grpc.max_receive_message_length", s.max_message_bytes),
             ("grpc.max_send_message_length", s.max_message_bytes),
             ("grpc.so_reuseport", 0),
+            # gRPC core cancels calls the application has not picked up yet beyond these
+            # (defaults 1000/3000): a burst should queue and meet our own admission control
+            # (RESOURCE_EXHAUSTED with a retry hint), not vanish as CANCELLED.
+            ("grpc.server.max_pending_requests", 10_000),
+            ("grpc.server.max_pending_requests_hard_limit", 30_000),
         ]
         token = read_token(s.auth_token, s.auth_token_file)
         interceptors = [TokenAuthInterceptor(token)] if token else []

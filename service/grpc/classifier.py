@@ -83,6 +83,7 @@ class ImageClassifierServicer(pb_grpc.ImageClassifierServicer):
             top=request.top_k,
             version=request.version,
             deadline=deadline_of(context),
+            count=len(request.images),  # limits checked before any image is converted
         )
         return response_to_pb(result)
 

@@ -9,12 +9,13 @@ from typing import Any, TypeVar
 
 import grpc
 
-from service.errors import ImgclfError
+from service.errors import ImgclfError, QueueFull
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 GENERIC_INTERNAL = "internal error; see the server log"
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
 
 
 def status_of(error: ImgclfError) -> grpc.StatusCode:
@@ -40,6 +41,9 @@ def maps_errors(
         except ImgclfError as exc:
             if exc.code == "INTERNAL":
                 log.error("%s failed: %s", method.__name__, exc)
+            if isinstance(exc, QueueFull) and exc.retry_after_ms:
+                # gRPC's own retry policy reads this key (gRFC A6).
+                context.set_trailing_metadata(((RETRY_PUSHBACK_KEY, str(exc.retry_after_ms)),))
             await context.abort(status_of(exc), public_message(exc))
         except grpc.aio.AbortError:
             raise

@@ -28,6 +28,7 @@ from service.grpc.oip_tensors import (
     request_images,
     serialize_bytes_elements,
 )
+from service.model import ServedModel
 
 log = logging.getLogger(__name__)
 Ctx = grpc.aio.ServicerContext
@@ -193,36 +194,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     # ---- inference ----------------------------------------------------------------------
 
-    async def _infer(
-        self, request: pb.ModelInferRequest, grpc_deadline: float | None
-    ) -> pb.ModelInferResponse:
-        deadline, priority = request_policy(request, grpc_deadline)
-        result = await self.core.infer(
-            request.model_name,
-            lambda model: request_images(
-                request, model.engine.info.input_name, model.max_batch_size
-            ),
-            version=parse_version(request.model_version),
-            deadline=deadline,
-            priority=priority,
-        )
-        model = result.model
+    def _outputs(self, request: pb.ModelInferRequest, model: ServedModel) -> list[tuple[str, int]]:
+        """(output name, classification count or 0) for each requested output, checked."""
         available = output_names(model)
         wanted = list(request.outputs) or [
             pb.ModelInferRequest.InferRequestedOutputTensor(name=n) for n in available
         ]
-        response = pb.ModelInferResponse(
-            model_name=model.name, model_version=str(model.version), id=request.id
-        )
-        n = result.outputs.shape[0]
+        outputs = []
         for out in wanted:
             if out.name not in available:
                 raise InvalidInput(
                     f"unknown output {out.name!r}; this model has {available}",
                     reason="unknown_output",
                 )
-            values = result.probabilities if out.name == PROBABILITIES_OUTPUT else result.outputs
-            values = np.ascontiguousarray(values, dtype="<f4")
             class_count = 0
             for key, value in out.parameters.items():
                 v = _param(value)
@@ -231,17 +215,53 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                         raise InvalidInput("output parameter 'classification' must be >= 1")
                     class_count = min(v, self.core.settings.max_top_k)
                 elif key != "binary_data":
-                    raise InvalidInput(f"unknown output parameter {key!r}",
-                                       reason="unknown_parameter")  # fmt: skip
+                    raise InvalidInput(
+                        f"unknown output parameter {key!r}", reason="unknown_parameter"
+                    )
+            outputs.append((out.name, class_count))
+        return outputs
+
+    async def _infer(
+        self, request: pb.ModelInferRequest, grpc_deadline: float | None
+    ) -> pb.ModelInferResponse:
+        try:
+            deadline, priority = request_policy(request, grpc_deadline)
+            version = parse_version(request.model_version)
+        except ImgclfError as exc:
+            self.core.reject(exc)
+            raise
+        outputs: list[tuple[str, int]] = []
+
+        def check(model: ServedModel) -> None:
+            outputs.extend(self._outputs(request, model))
+
+        result = await self.core.infer(
+            request.model_name,
+            lambda model: request_images(
+                request, model.engine.info.input_name, model.max_batch_size
+            ),
+            version=version,
+            deadline=deadline,
+            priority=priority,
+            check=check,
+        )
+        model = result.model
+        response = pb.ModelInferResponse(
+            model_name=model.name, model_version=str(model.version), id=request.id
+        )
+        n = result.outputs.shape[0]
+        for name, class_count in outputs:
+            values = result.probabilities if name == PROBABILITIES_OUTPUT else result.outputs
+            values = np.ascontiguousarray(values, dtype="<f4")
             if class_count:
                 rows = classification_strings(values, class_count, model.metadata.labels)
                 k = len(rows[0]) if rows else 0
-                response.outputs.add(name=out.name, datatype="BYTES", shape=[n, k])
+                response.outputs.add(name=name, datatype="BYTES", shape=[n, k])
                 response.raw_output_contents.append(
                     serialize_bytes_elements([e for row in rows for e in row])
                 )
             else:
-                response.outputs.add(name=out.name, datatype="FP32", shape=list(values.shape))
+                response.outputs.add(name=name, datatype="FP32", shape=list(values.shape))
                 response.raw_output_contents.append(values.tobytes())
         return response
 

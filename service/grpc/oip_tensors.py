@@ -25,12 +25,16 @@ NUMPY_OF = {"FP32": np.dtype("<f4"), "FP16": np.dtype("<f2"), "UINT8": np.dtype(
 TYPED_FIELD = {"FP32": "fp32_contents", "UINT8": "uint_contents"}
 
 
-def parse_bytes_elements(raw: bytes) -> list[bytes]:
-    """Split a raw BYTES tensor into its elements (length-prefixed, little-endian)."""
-    out = []
+def parse_bytes_elements(raw: bytes, limit: int | None = None) -> list[bytes]:
+    """Split a raw BYTES tensor into its elements (length-prefixed, little-endian); with
+    `limit`, refuse data holding more elements than that without parsing past it."""
+    out: list[bytes] = []
     offset = 0
     view = memoryview(raw)
     while offset < len(raw):
+        if limit is not None and len(out) >= limit:
+            raise InvalidInput(f"BYTES tensor holds more than the {limit} elements its shape "
+                               "declares", reason="bad_tensor")  # fmt: skip
         if offset + 4 > len(raw):
             raise InvalidInput(
                 "BYTES tensor is truncated in an element length", reason="bad_tensor"
@@ -49,8 +53,10 @@ def serialize_bytes_elements(elements: list[bytes]) -> bytes:
     return b"".join(struct.pack("<I", len(e)) + e for e in elements)
 
 
-def decode_images(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None) -> list[bytes]:
-    """The encoded images of a BYTES input."""
+def decode_images(
+    tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None, max_batch_size: int
+) -> list[bytes]:
+    """The encoded images of a BYTES input (at most `max_batch_size`, checked first)."""
     if tensor.datatype != "BYTES":
         raise InvalidInput(f"input {IMAGE_INPUT!r} must be BYTES, got {tensor.datatype}",
                            reason="bad_tensor")  # fmt: skip
@@ -58,7 +64,15 @@ def decode_images(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | No
     if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)) or shape[0] < 1:
         raise InvalidInput(f"input {IMAGE_INPUT!r} must have shape [N] or [N, 1], got {shape}",
                            reason="bad_shape")  # fmt: skip
-    images = parse_bytes_elements(raw) if raw is not None else list(tensor.contents.bytes_contents)
+    if shape[0] > max_batch_size:
+        raise InvalidInput(
+            f"batch of {shape[0]} is larger than the model's max_batch_size {max_batch_size}",
+            reason="batch_too_large",
+        )
+    if raw is not None:
+        images = parse_bytes_elements(raw, limit=shape[0])
+    else:
+        images = list(tensor.contents.bytes_contents)
     if len(images) != shape[0]:
         raise InvalidInput(f"input {IMAGE_INPUT!r} has shape {shape} but carries {len(images)} "
                            "elements", reason="bad_tensor")  # fmt: skip
@@ -120,7 +134,7 @@ def request_images(
     tensor = request.inputs[0]
     raw = request.raw_input_contents[0] if request.raw_input_contents else None
     if tensor.name == IMAGE_INPUT:
-        images = [ImageInput(encoded=data) for data in decode_images(tensor, raw)]
+        images = [ImageInput(encoded=data) for data in decode_images(tensor, raw, max_batch_size)]
     elif tensor.name == input_name:
         array = decode_tensor(tensor, raw)
         if array.ndim != 4:

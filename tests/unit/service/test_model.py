@@ -249,7 +249,7 @@ def test_label_count_mismatch_refused(tmp_path):
     """A sidecar config.json giving 2 labels to a model with 3 outputs cannot be served."""
     make_repo(tmp_path)
     (tmp_path / "tiny" / "1" / "config.json").write_text(json.dumps({"labels": ["a", "b"]}))
-    with pytest.raises(ValueError, match="model has 3 outputs but 2 labels"):
+    with pytest.raises(ValueError, match="for one image, but the metadata names 2 labels"):
         load(tmp_path)
 
 

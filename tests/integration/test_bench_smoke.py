@@ -1,0 +1,93 @@
+"""`python -m service.bench` for real, briefly, against a real server on the tiny model: every
+input kind through both APIs, and the --start-server --limit path. No timed assertions: only
+that requests flowed (throughput > 0) and none failed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.server_process import ServerProcess
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SHORT = ["--duration", "1", "--warmup", "0.5"]
+
+
+def bench(tmp_path: Path, *args: str) -> dict:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "service.bench", "--model", "tiny", *SHORT, *args,
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=240, cwd=REPO_ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert "served:" in proc.stdout
+    return json.loads(out.read_text())
+
+
+def assert_served_cleanly(result: dict, points: int) -> None:
+    assert len(result["points"]) == points
+    for p in result["points"]:
+        s = p["summary"]
+        assert s["throughput_rps"] > 0 and s["throughput_ips"] > 0
+        assert s["errors"] == {} and s["ok"] == s["requests"] > 0
+        assert s["latency_ms"]["p50"] > 0
+
+
+@pytest.mark.parametrize("api", ["imgclf", "oip"])
+@pytest.mark.parametrize("kind", ["tensor", "jpeg"])
+def test_bench_against_a_running_server(
+    tiny_server: ServerProcess, tiny_repo: Path, tmp_path: Path, api: str, kind: str
+) -> None:
+    args = ["--target", tiny_server.target, "--metrics-url", tiny_server.metrics_url,
+            "--api", api, "--input", kind, "--concurrency", "2"]  # fmt: skip
+    if api == "oip":  # the oip runs take their preprocessing from the file, imgclf's from
+        args += ["--model-path", str(tiny_repo / "tiny" / "1" / "model.onnx")]  # ListModels
+    result = bench(tmp_path, *args)
+    assert_served_cleanly(result, 1)
+    assert result["model"]["input_shape"] == [3, 16, 16]
+    server = result["points"][0]["server"]
+    assert server["images"] > 0 and server["mean_batch_size"] >= 1
+    assert server["requests_by_code"].keys() == {"OK"}
+
+
+def test_bench_open_loop_with_two_client_processes(
+    tiny_server: ServerProcess, tmp_path: Path
+) -> None:
+    result = bench(
+        tmp_path, "--target", tiny_server.target, "--metrics-url", "", "--input", "tensor",
+        "--rate", "40", "--arrival", "poisson", "--client-processes", "2",
+    )  # fmt: skip
+    assert_served_cleanly(result, 1)
+    assert result["points"][0]["kind"] == "open" and result["points"][0]["server"] == {}
+
+
+def test_bench_starts_its_own_server_and_compares_with_the_limit(
+    tiny_repo: Path, tmp_path: Path
+) -> None:
+    result = bench(
+        tmp_path, "--start-server", "--model-repository", str(tiny_repo), "--input", "jpeg",
+        "--concurrency", "2", "--limit", "--limit-duration", "0.5", "--limit-batch", "1",
+        "--plot", str(tmp_path / "bench.png"),
+    )  # fmt: skip
+    assert_served_cleanly(result, 1)
+    assert result["server_exit_code"] == 0
+    lim = result["limit"]
+    assert lim["images_per_s"] > 0 and lim["p50_ms"] > 0
+    assert {c["config"] for c in lim["configs"]} >= {"b/1", "b+spin/1"}
+    assert result["points"][0]["vs_limit"]["served_over_limit"] > 0
+    assert (tmp_path / "bench.png").stat().st_size > 0
+
+
+def test_bench_says_what_failed(tiny_server: ServerProcess, tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "service.bench", "--target", tiny_server.target,
+         "--model", "no-such-model", "--input", "jpeg", *SHORT],
+        capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "probe request failed: NOT_FOUND" in proc.stderr
