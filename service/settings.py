@@ -70,14 +70,15 @@ class ServerSettings(BaseSettings):
     io_binding: bool = True
     """On CUDA/TensorRT, run batches through an ONNX Runtime IOBinding."""
     instances: int = Field(0, ge=0)
-    """ONNX Runtime sessions per model, each fed batches by its own worker (0: auto, one per
-    core on CPU, one on GPU)."""
+    """ONNX Runtime sessions per model, each running one batch at a time (0: auto, one session
+    over every core running one batch per core at once on CPU, one session on GPU)."""
     intra_op_threads: int = Field(0, ge=0)
     """ONNX Runtime intra-op threads per session (0: the cores divided among the sessions)."""
     preprocess_threads: int = Field(0, ge=0)
     """Threads decoding and preprocessing images (0: one per core)."""
-    max_batch_size: int = Field(8, ge=1)
-    """Largest batch the dynamic batcher forms (a model's config.json may override)."""
+    max_batch_size: int = Field(0, ge=0)
+    """Largest batch the dynamic batcher forms (a model's config.json may override); 0: auto,
+    the size up to 8 with the best time per image, measured at load."""
     max_queue_delay_ms: float = Field(0.0, ge=0)
     """How long the batcher waits for more requests once it has one (0: none; batches still
     form from what queues up while every instance is busy)."""

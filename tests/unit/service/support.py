@@ -81,6 +81,7 @@ def server_settings(repo: Path, **settings: Any) -> ServerSettings:
     thread pools."""
     settings.setdefault("providers", "cpu")
     settings.setdefault("instances", 1)
+    settings.setdefault("max_batch_size", 8)  # fixed: the auto size is timed on the machine
     settings.setdefault("intra_op_threads", 1)
     settings.setdefault("preprocess_threads", 2)
     return ServerSettings(model_repository=repo, **settings)

@@ -353,10 +353,17 @@ def test_use_before_start_is_a_programming_error(tmp_path):
         pass
 
 
-def test_auto_instances_one_single_threaded_session_per_core_on_cpu(tmp_path, warmups):
+def test_auto_instances_one_session_over_every_core_running_one_batch_per_core(tmp_path, warmups):
     make_repo(tmp_path)
     model = load(tmp_path, instances=0, intra_op_threads=0, max_batch_size=2)
-    cores = cpus()
-    assert model.batcher.instances == cores
-    assert all(e.options.intra_op_threads == 1 for e in model.engines) or cores == 1
-    assert warmups == [[1, 2]] * cores
+    assert len(model.engines) == 1
+    assert model.engines[0].options.intra_op_threads == cpus()
+    assert model.batcher.instances == cpus()  # concurrent runs on the one session
+    assert warmups == [[1, 2]]
+
+
+def test_auto_batch_size_is_measured_among_the_candidates(tmp_path, warmups):
+    make_repo(tmp_path)
+    model = load(tmp_path, max_batch_size=0)
+    assert model.max_batch_size in (1, 2, 4, 8)
+    assert warmups == [list(range(1, model.max_batch_size + 1))]

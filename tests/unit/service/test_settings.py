@@ -56,7 +56,7 @@ def test_environment_read(monkeypatch):
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("IMGCLF_GRPC_PORT", "70000"), ("IMGCLF_PROVIDERS", "gpu"), ("IMGCLF_MAX_BATCH_SIZE", "0")],
+    [("IMGCLF_GRPC_PORT", "70000"), ("IMGCLF_PROVIDERS", "gpu"), ("IMGCLF_MAX_BATCH_SIZE", "-1")],
 )
 def test_invalid_environment_rejected(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
