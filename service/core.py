@@ -69,6 +69,7 @@ class InferResult:
 
 
 T = TypeVar("T")
+
 Images = Sequence[ImageInput] | Callable[[ServedModel], Sequence[ImageInput]]
 """A request's images, or how to convert them once the model is known."""
 
@@ -285,6 +286,8 @@ class Core:
         level: int,
         admission: Admission,
     ) -> list[np.ndarray]:
+        if len(images) == 1:  # the common case: no task per image
+            return [await self._run_one(model, images[0], deadline, level, admission)]
         tasks = [
             asyncio.ensure_future(self._run_one(model, img, deadline, level, admission))
             for img in images
@@ -311,16 +314,11 @@ class Core:
             tensor = normalize(image.pixels.transpose(1, 2, 0), spec)
         else:
             assert image.encoded is not None
-            loop = asyncio.get_running_loop()
             started = time.monotonic()
-            tensor = await loop.run_in_executor(
-                self._preprocess_pool,
-                preprocess_bytes,
-                image.encoded,
-                spec,
-                self.settings.max_pixels,
-                self.settings.jpeg_draft,
-            )
+            args = (image.encoded, spec, self.settings.max_pixels, self.settings.jpeg_draft)
+            # Always off the event loop: even a few hundred bytes may declare millions of pixels.
+            loop = asyncio.get_running_loop()
+            tensor = await loop.run_in_executor(self._preprocess_pool, preprocess_bytes, *args)
             self.metrics.preprocess_duration.labels(
                 model=model.name, version=str(model.version)
             ).observe(time.monotonic() - started)

@@ -362,8 +362,14 @@ def test_auto_instances_one_session_over_every_core_running_one_batch_per_core(t
     assert warmups == [[1, 2]]
 
 
-def test_auto_batch_size_is_measured_among_the_candidates(tmp_path, warmups):
-    make_repo(tmp_path)
+def test_auto_batch_size_batches_a_fast_model_on_cpu(tmp_path, warmups):
+    make_repo(tmp_path)  # the tiny model runs an image in microseconds
     model = load(tmp_path, max_batch_size=0)
-    assert model.max_batch_size in (1, 2, 4, 8)
-    assert warmups == [list(range(1, model.max_batch_size + 1))]
+    assert model.max_batch_size == 8
+    assert warmups == [list(range(1, 9))]
+
+
+def test_auto_batch_size_is_one_for_a_slow_model_on_cpu(tmp_path, monkeypatch):
+    make_repo(tmp_path)
+    monkeypatch.setattr("service.model.BATCHING_PAYS_BELOW_S", 0.0)  # every model is "slow"
+    assert load(tmp_path, max_batch_size=0).max_batch_size == 1
