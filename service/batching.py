@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import itertools
 import logging
 import time
@@ -67,6 +68,20 @@ class _Item:
     admission: Admission | None = field(default=None, compare=False)
 
 
+class _Queue(asyncio.PriorityQueue[_Item]):
+    """A priority queue from which a caller that gave up can take its item back."""
+
+    def discard(self, item: _Item) -> bool:
+        """Remove `item` if it is still queued (no worker took it); True when removed."""
+        try:
+            self._queue.remove(item)  # type: ignore[attr-defined]
+        except ValueError:
+            return False
+        heapq.heapify(self._queue)  # type: ignore[attr-defined]
+        self.task_done()
+        return True
+
+
 class Batcher:
     """Batches single-image tensors for one model version onto its instances."""
 
@@ -100,7 +115,7 @@ class Batcher:
             max_workers=len(self._runners), thread_name_prefix=f"infer-{name}"
         )
         self._seq = itertools.count()
-        self._queue: asyncio.PriorityQueue[_Item] | None = None
+        self._queue: _Queue | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self._waiting = 0
@@ -117,7 +132,7 @@ class Batcher:
         return len(self._runners)
 
     def start(self) -> None:
-        self._queue = asyncio.PriorityQueue()
+        self._queue = _Queue()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._work(run)) for run in self._runners]
 
@@ -181,7 +196,15 @@ class Batcher:
         )
         self._queue.put_nowait(item)
         self._report_depth()
-        return await item.future
+        try:
+            return await item.future
+        except asyncio.CancelledError:
+            # The caller gave up: free its queue slot now, not when a worker reaches it,
+            # or the queue stays full of dead items while admission (released by the
+            # caller) lets new requests in, to be decoded and then refused here.
+            if self._queue.discard(item):
+                self._report_depth()
+            raise
 
     async def close(self) -> None:
         """Stop taking items, finish every queued one, then stop the workers."""

@@ -537,8 +537,11 @@ def test_cancelled_and_disconnected_clients_free_their_queue_slots(
     leaving = open_channel(trap_server.target)
     stub, doomed = pb_grpc.ImageClassifierStub(staying), pb_grpc.ImageClassifierStub(leaving)
     try:
+        # The in-flight gauge is server-wide: count from its value now, not from zero.
+        busy = inflight()
         blocker = stub.Classify.future(request(red_tensor(65.0)), timeout=120)  # ~6000 products
-        wait_for(lambda: inflight() >= 1, "the slow request in flight")
+        wait_for(lambda: inflight() >= busy + 1, "the slow request in flight")
+        assert not blocker.done(), f"the slow request ended at once: {blocker.exception()!r}"
         time.sleep(0.2)  # the worker takes it at once: the queue is empty behind it
         to_cancel = [stub.Classify.future(request(red_tensor()), timeout=120) for _ in range(3)]
         dropped = [doomed.Classify.future(request(red_tensor()), timeout=120) for _ in range(2)]
@@ -553,7 +556,11 @@ def test_cancelled_and_disconnected_clients_free_their_queue_slots(
         for future in dropped:
             assert future.exception(timeout=30).code() == grpc.StatusCode.CANCELLED
         for future in by_deadline:
-            assert future.exception(timeout=30).code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            error = future.exception(timeout=30)
+            assert error is not None, f"served before the slow batch ended ({blocker.done()=})"
+            assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        # Each slot is freed when its client gives up, not when the worker reaches it.
+        wait_for(lambda: depth() == 0, "the queue emptied while the slow batch runs")
         assert not blocker.done(), "the slow batch ended before the clients gave up"
         assert blocker.result(timeout=120).results[0].top[0].label == "red"
         wait_for(lambda: depth() == 0 and inflight() == 0, "queue drained, nothing in flight")

@@ -201,6 +201,45 @@ def test_cancelled_caller_skipped(model):
     assert model.sums == [[2.0], [6.0]]  # the cancelled caller's tensor (sum 4) never ran
 
 
+def test_a_caller_that_gives_up_frees_its_queue_slot_at_once(model):
+    """Admission is released when a caller gives up; its queued item must go too, or the
+    queue stays full of dead items and the next admitted request (already decoded, in the
+    server) is refused by the queue after all."""
+    depths: list[int] = []
+
+    async def main() -> None:
+        b = Batcher([model], max_batch_size=1, max_queue_size=2, on_depth=depths.append)
+        b.start()
+        model.gate.clear()
+        first = asyncio.ensure_future(b.submit(row(1)))
+        await model.wait_started()  # the worker holds item 1 until the gate opens
+
+        async def request(value: float) -> np.ndarray:
+            with b.admit(1) as admission:
+                return await b.submit(row(value), admission=admission)
+
+        gone = [asyncio.ensure_future(request(v)) for v in (2, 3)]
+        await let_run()
+        assert b.depth == 2
+        for task in gone:
+            task.cancel()
+        await let_run()
+        assert b.depth == 0 and depths[-1] == 0
+        again = [asyncio.ensure_future(request(v)) for v in (4, 5)]
+        await let_run()
+        assert b.depth == 2 and not any(t.done() for t in again)  # admitted and queued
+        model.gate.set()
+        got = await asyncio.wait_for(asyncio.gather(first, *again), HANG)
+        assert [float(r[0]) for r in got] == [2.0, 8.0, 10.0]
+        for task in gone:
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        await asyncio.wait_for(b.close(), HANG)  # the queue's task accounting still balances
+
+    asyncio.run(main())
+    assert model.sums == [[2.0], [8.0], [10.0]]  # the cancelled callers' tensors never ran
+
+
 def test_failed_batch_fails_every_waiter_and_serving_goes_on(model):
     async def main() -> None:
         b = Batcher([model], max_batch_size=8, max_delay_s=0.05)
