@@ -123,18 +123,15 @@ def create_engines(
 ) -> tuple[list[Engine], int]:
     """The model's sessions, and how many batches each runs at once.
 
-    Configured (`instances` N): N sessions, one batch at a time each. Auto: on the CPU one
-    session whose intra-op pool spans every core, running one batch per core at once, so a lone
-    request gets every core and concurrent ones share them without oversubscribing; on a GPU
-    one session, one batch at a time."""
-    count = config.instances or settings.instances
-    if count:
-        engines = [
-            Engine(path, execution_options(config, settings, i, count)) for i in range(count)
-        ]
-        return engines, 1
-    engine = Engine(path, execution_options(config, settings, 0, 1))
-    return [engine], (cpus() if engine.info.provider == CPU else 1)
+    Configured (`instances` N): N sessions, one batch at a time each, the cores divided among
+    them. Auto: one session whose intra-op pool spans every core, one batch at a time: a lone
+    request gets every core (the lowest latency), and under load the batches follow one another
+    on all cores while decoding runs beside them. Measured on 2 cores, this matched one
+    single-threaded session per core in throughput and beat it in latency; several batches at
+    once on one shared pool did worse than either (docs/performance.md)."""
+    count = config.instances or settings.instances or 1
+    engines = [Engine(path, execution_options(config, settings, i, count)) for i in range(count)]
+    return engines, 1
 
 
 AUTO_MAX_BATCH = 8
