@@ -124,14 +124,18 @@ def create_engines(
     """The model's sessions, and how many batches each runs at once.
 
     Configured (`instances` N): N sessions, one batch at a time each, the cores divided among
-    them. Auto: one session whose intra-op pool spans every core, one batch at a time: a lone
-    request gets every core (the lowest latency), and under load the batches follow one another
-    on all cores while decoding runs beside them. Measured on 2 cores, this matched one
-    single-threaded session per core in throughput and beat it in latency; several batches at
-    once on one shared pool did worse than either (docs/performance.md)."""
-    count = config.instances or settings.instances or 1
-    engines = [Engine(path, execution_options(config, settings, i, count)) for i in range(count)]
-    return engines, 1
+    them. Auto: one session whose intra-op pool spans every core; on the CPU it runs one batch
+    per core at once, so a lone request gets every core (lowest latency) and concurrent ones
+    share them; on a GPU one batch at a time. On 2 cores this measured best of the three
+    layouts tried, within the noise of the others (docs/performance.md)."""
+    count = config.instances or settings.instances
+    if count:
+        engines = [
+            Engine(path, execution_options(config, settings, i, count)) for i in range(count)
+        ]
+        return engines, 1
+    engine = Engine(path, execution_options(config, settings, 0, 1))
+    return [engine], (cpus() if engine.info.provider == CPU else 1)
 
 
 AUTO_MAX_BATCH = 8

@@ -71,7 +71,8 @@ class ServerSettings(BaseSettings):
     """On CUDA/TensorRT, run batches through an ONNX Runtime IOBinding."""
     instances: int = Field(0, ge=0)
     """ONNX Runtime sessions per model, each running one batch at a time, the cores divided
-    among them (0: auto, one session over every core)."""
+    among them (0: auto, one session over every core, running one batch per core at once on
+    CPU)."""
     intra_op_threads: int = Field(0, ge=0)
     """ONNX Runtime intra-op threads per session (0: the cores divided among the sessions)."""
     preprocess_threads: int = Field(0, ge=0)
