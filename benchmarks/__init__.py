@@ -12,17 +12,20 @@ import asyncio
 import contextlib
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import numpy as np
-from prometheus_client.parser import text_string_to_metric_families
 
 from service._generated.imgclf.v1 import image_classifier_pb2 as pb
 from service._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
+
+# /metrics reading is the bench tool's; these scripts re-export it under their own names.
+from service.bench.scrape import by_label as metric_by  # noqa: F401
+from service.bench.scrape import fetch as scrape  # noqa: F401
+from service.bench.scrape import total as metric_total  # noqa: F401
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RETRY_HINT_KEYS = ("retry-after-ms", "grpc-retry-pushback-ms")
@@ -119,32 +122,6 @@ def percentiles_ms(seconds: Sequence[float], qs: Sequence[int] = (50, 90, 99)) -
 
 def fmt_ms(p: dict[str, float]) -> str:
     return " / ".join(f"{v:.1f}" for v in p.values()) + " ms" if p else "-"
-
-
-def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of a Prometheus /metrics page."""
-    with urllib.request.urlopen(url, timeout=10) as reply:
-        text = reply.read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): float(s.value)
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def metric_total(samples: dict, name: str, **labels: str) -> float:
-    want = set(labels.items())
-    return sum(v for (n, lab), v in samples.items() if n == name and want <= set(lab))
-
-
-def metric_by(samples: dict, name: str, key: str, **labels: str) -> dict[str, float]:
-    want = set(labels.items())
-    out: dict[str, float] = {}
-    for (n, lab), v in samples.items():
-        if n == name and want <= set(lab):
-            k = dict(lab).get(key, "")
-            out[k] = out.get(k, 0.0) + v
-    return out
 
 
 def rss_bytes(pid: int) -> int:
