@@ -25,6 +25,7 @@ TRAINING_COMMANDS = {
     "train": ("training.train", "train a CNN on a folder of images or a built-in dataset"),
     "export": ("training.export", "export a checkpoint to ONNX into the model repository"),
     "evaluate": ("training.evaluate", "evaluate an exported ONNX model on labelled images"),
+    "models": ("training.models_list", "list the architectures imgclf train takes"),
 }
 
 

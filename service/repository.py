@@ -126,7 +126,7 @@ class ModelEntry:
 
     def read_sidecar(self) -> dict[str, Any]:
         """Metadata overrides from the version's config.json (foreign models)."""
-        return _read_json(self.path.parent / CONFIG_FILE)
+        return read_json(self.path.parent / CONFIG_FILE)
 
     def fingerprint(self) -> tuple[int, int, int]:
         """Changes when the model file or its sidecar changes (for polling)."""
@@ -136,7 +136,7 @@ class ModelEntry:
         return (stat.st_mtime_ns, stat.st_size, sidecar_mtime)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     data = json.loads(path.read_text())
@@ -147,7 +147,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def read_model_config(model_dir: Path) -> ModelConfig:
     """Serving knobs from models/<name>/config.json (defaults when absent)."""
-    return ModelConfig(**_read_json(model_dir / CONFIG_FILE))
+    return ModelConfig(**read_json(model_dir / CONFIG_FILE))
 
 
 def config_fingerprint(model_dir: Path) -> int:

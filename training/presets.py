@@ -22,8 +22,8 @@ from service.imaging import (
     to_rgb,
 )
 
-Augmentation = Literal["digits", "imagenet", "none"]
-AUGMENTATIONS: tuple[str, ...] = ("digits", "imagenet", "none")
+Augmentation = Literal["digits", "imagenet", "flip", "none"]
+AUGMENTATIONS: tuple[str, ...] = ("digits", "imagenet", "flip", "none")
 
 
 class EvalPreset:
@@ -42,6 +42,7 @@ class TrainPreset:
     - ``digits``: the eval resize/crop, then a small random affine (rotation, shift, scale,
       shear) with a black fill; no flips, a mirrored digit is not the same digit.
     - ``imagenet``: RandomResizedCrop to the input size and a horizontal flip.
+    - ``flip``: the eval resize/crop, then a horizontal flip (small images such as faces).
     - ``none``: the eval preset.
     """
 
@@ -67,6 +68,8 @@ class TrainPreset:
                     T.RandomHorizontalFlip(),
                 ]
             )
+        elif augmentation == "flip":
+            self.augment = T.RandomHorizontalFlip()
         else:
             self.augment = None
 
@@ -74,12 +77,15 @@ class TrainPreset:
         if self.augment is None:
             return torch.from_numpy(preprocess_image(img, self.spec))
         img = to_rgb(img)
-        if self.augmentation == "digits":
+        if self.augmentation in ("digits", "flip"):
             img = resize_and_crop(img, self.spec)
         img = self.augment(img)
         return torch.from_numpy(normalize(np.asarray(img, dtype=np.uint8), self.spec))
 
 
 def default_augmentation(dataset: str) -> Augmentation:
-    """Digits get the digits augmentation; photo folders the ImageNet one."""
-    return "digits" if dataset == "digits" else "imagenet"
+    """A built-in dataset's own augmentation; photo folders get the ImageNet one."""
+    from training.builtin import BUILTIN_DATASETS
+
+    spec = BUILTIN_DATASETS.get(dataset)
+    return spec.augmentation if spec else "imagenet"  # type: ignore[return-value]

@@ -1,19 +1,18 @@
-"""Train a classifier: ``imgclf train`` (or ``python -m training.train``).
+"""Train or fine-tune a classifier: ``imgclf train`` (torchvision reference-script shape).
 
-The torchvision classification reference recipe, small: argparse in, a run directory out with
-``checkpoint.pth`` (last epoch), ``best.pth`` (best val accuracy), ``history.csv``,
-``loss.png``, ``accuracy.png`` and ``args.json``. Checkpoints hold only tensors and primitives,
-so they load with ``torch.load(..., weights_only=True)``.
+Writes into ``--output-dir``: ``checkpoint.pth`` (last epoch) and ``best.pth`` (best validation
+accuracy), ``history.csv``, ``loss.png``, ``accuracy.png``, ``args.yaml``/``args.json`` and,
+when files were skipped, ``skipped_images.txt``. Distributed with torchrun (see
+training.distributed); only rank 0 writes.
 
     python -m training.train --dataset digits --model digits_cnn --epochs 30 --output-dir runs/d
-    python -m training.train --data-path DIR --model resnet18 --weights DEFAULT -b 32
+    python -m training.train --data-path DIR --model resnet18 --weights DEFAULT --freeze-backbone
+    torchrun --nproc_per_node 2 -m training.train --dataset digits --epochs 5
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,241 +20,262 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
-from tqdm import tqdm
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
 
-from service.imaging import INTERPOLATIONS, Preprocessing
-from training.architectures import build_model
-from training.data import DATASETS, ImageDataset, format_class_counts, load_split
-from training.presets import AUGMENTATIONS, EvalPreset, TrainPreset, default_augmentation
-from training.utils import (
-    plain,
-    plot_history,
-    read_history,
-    seed_everything,
-    write_history,
-    write_json,
+from training import checkpoint as ckpt_mod
+from training.architectures import build_model, create_model, rebuild_kwargs, size_kwargs
+from training.config import (
+    get_args_parser,
+    parse_args,
+    preprocessing_from_args,
+    resolve_args,
+    saved_args,
+    write_args,
 )
+from training.data import ImageDataset, ShardSampler, SplitData, format_class_counts, load_split
+from training.distributed import DistInfo, cleanup, init_distributed, process_device
+from training.loop import StepOptions, ema_model, evaluate, train_one_epoch
+from training.monitor import TensorBoard, plot_history, read_history, write_history
+from training.presets import EvalPreset, TrainPreset
+from training.transfer import count_trainable, freeze_backbone, parameter_groups, unfreeze
+from training.utils import atomic_save, seed_everything, seed_worker, use_deterministic
+from training.weights import WeightsUnavailable
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+__all__ = ["TrainResult", "get_args_parser", "main", "parse_args", "train"]
 
 
 @dataclass(frozen=True)
 class TrainResult:
     output_dir: Path
     epochs: int
+    """Epochs completed."""
     final_val_acc: float
     best_val_acc: float
     best_epoch: int
+    stopped_early: bool = False
 
 
-def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="imgclf train", description="Train an image classifier.", add_help=add_help
+def build_loaders(
+    args: argparse.Namespace, split: SplitData, info: DistInfo, generator: torch.Generator
+) -> tuple[DataLoader, DataLoader, DistributedSampler | None]:
+    spec = preprocessing_from_args(args)
+    train_ds = ImageDataset(
+        split.train_samples, split.train_labels, TrainPreset(spec, args.augmentation)
     )
-    data = parser.add_argument_group("data")
-    data.add_argument("--data-path", type=Path, help="image folder (train/ and val/, or one tree)")
-    data.add_argument(
-        "--dataset",
-        choices=DATASETS,
-        help="digits (built in) or folder (default: folder if --data-path is given, else digits)",
-    )
-    data.add_argument("--val-fraction", type=float, default=0.2, help="held-out share of a tree")
-    data.add_argument("--split-seed", type=int, default=0, help="seed of the train/val split")
-    data.add_argument("--input-size", type=int, help="crop side (default 32 digits, 224 else)")
-    data.add_argument(
-        "--resize-size",
-        type=int,
-        help="shorter side before the center crop "
-        "(default: input size for digits, input/0.875 else)",
-    )
-    data.add_argument("--interpolation", choices=sorted(INTERPOLATIONS), default="bilinear")
-    data.add_argument("--mean", type=float, nargs=3, default=IMAGENET_MEAN)
-    data.add_argument("--std", type=float, nargs=3, default=IMAGENET_STD)
-    data.add_argument("--augmentation", choices=AUGMENTATIONS, help="default by dataset")
-    data.add_argument("-j", "--workers", type=int, default=2, help="data loading processes")
-
-    model = parser.add_argument_group("model")
-    model.add_argument(
-        "--model",
-        default="digits_cnn",
-        help="digits_cnn, a torchvision classifier name, or a timm name (timm:NAME)",
-    )
-    model.add_argument(
-        "--weights",
-        help="pretrained weights (torchvision enum name, or "
-        "'pretrained' for timm); none by default",
-    )
-
-    optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--epochs", type=int, default=30)
-    optim.add_argument("-b", "--batch-size", type=int, default=64)
-    optim.add_argument("--opt", choices=("sgd", "adamw"), default="sgd")
-    optim.add_argument("--lr", type=float, default=0.1)
-    optim.add_argument("--momentum", type=float, default=0.9)
-    optim.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float, default=1e-4)
-    optim.add_argument("--lr-scheduler", choices=("cosine", "step"), default="cosine")
-    optim.add_argument("--lr-step-size", type=int, default=30, help="step scheduler period")
-    optim.add_argument("--lr-gamma", type=float, default=0.1, help="step scheduler factor")
-    optim.add_argument("--label-smoothing", type=float, default=0.0)
-
-    run = parser.add_argument_group("run")
-    run.add_argument("--output-dir", type=Path, default=Path("runs/train"))
-    run.add_argument("--resume", type=Path, help="checkpoint to continue from")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    run.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return parser
-
-
-def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
-    """Fill the defaults that depend on other arguments (dataset, sizes, augmentation)."""
-    args = argparse.Namespace(**vars(args))
-    if args.dataset is None:
-        args.dataset = "folder" if args.data_path else "digits"
-    if args.input_size is None:
-        args.input_size = 32 if args.dataset == "digits" else 224
-    if args.resize_size is None:
-        args.resize_size = (
-            args.input_size if args.dataset == "digits" else math.floor(args.input_size / 0.875)
-        )
-    if args.augmentation is None:
-        args.augmentation = default_augmentation(args.dataset)
-    return args
-
-
-def preprocessing_from_args(args: argparse.Namespace) -> Preprocessing:
-    return Preprocessing(
-        input_size=(args.input_size, args.input_size),
-        resize_size=args.resize_size,
-        interpolation=args.interpolation,
-        mean=tuple(args.mean),
-        std=tuple(args.std),
-    )
-
-
-def preprocessing_dict(spec: Preprocessing) -> dict[str, Any]:
-    return plain(dataclasses.asdict(spec))
-
-
-def preprocessing_from_dict(values: dict[str, Any]) -> Preprocessing:
-    return Preprocessing(
-        input_size=tuple(values["input_size"]),
-        resize_size=int(values["resize_size"]),
-        interpolation=str(values["interpolation"]),
-        mean=tuple(values["mean"]),
-        std=tuple(values["std"]),
-    )
-
-
-def run_epoch(
-    model: nn.Module,
-    criterion: nn.Module,
-    loader: DataLoader,
-    device: torch.device,
-    optimizer: torch.optim.Optimizer | None,
-    desc: str,
-    progress: bool = True,
-) -> tuple[float, float]:
-    """One pass over `loader`; trains when `optimizer` is given. Returns (mean loss, accuracy)."""
-    training = optimizer is not None
-    model.train(training)
-    total_loss, correct, seen = 0.0, 0, 0
-    bar = tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True)
-    with torch.set_grad_enabled(training):
-        for images, targets in bar:
-            images, targets = images.to(device), targets.to(device)
-            logits = model(images)
-            loss = criterion(logits, targets)
-            if training:
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            n = targets.shape[0]
-            total_loss += loss.item() * n
-            correct += int((logits.argmax(1) == targets).sum())
-            seen += n
-            bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}")
-    return total_loss / max(seen, 1), correct / max(seen, 1)
+    val_ds = ImageDataset(split.val_samples, split.val_labels, EvalPreset(spec))
+    kw: dict[str, Any] = {
+        "batch_size": args.batch_size,
+        "num_workers": args.workers,
+        "persistent_workers": args.workers > 0,
+        "pin_memory": args.device.startswith("cuda"),
+        "worker_init_fn": seed_worker if args.workers > 0 else None,
+    }
+    sampler = None
+    if info.enabled:
+        sampler = DistributedSampler(train_ds, info.world_size, info.rank, seed=args.seed)
+        train_loader = DataLoader(train_ds, sampler=sampler, **kw)
+    else:
+        train_loader = DataLoader(train_ds, shuffle=True, generator=generator, **kw)
+    val_sampler = ShardSampler(len(val_ds), info.rank, info.world_size)
+    return train_loader, DataLoader(val_ds, sampler=val_sampler, **kw), sampler
 
 
 def build_optimizer(args: argparse.Namespace, model: nn.Module) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+    groups = parameter_groups(model, args.lr, args.head_lr_mult, args.weight_decay)
     if args.opt == "sgd":
-        return torch.optim.SGD(
-            params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay
-        )
-    return torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+        return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum)
+    return torch.optim.AdamW(groups, lr=args.lr)
 
 
 def build_scheduler(
     args: argparse.Namespace, optimizer: torch.optim.Optimizer
 ) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-epoch schedule: cosine (to --lr-min), step or constant, after a linear warm-up."""
+    sched = torch.optim.lr_scheduler
+    warmup = max(0, min(args.lr_warmup_epochs, args.epochs - 1))
     if args.lr_scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
-    return torch.optim.lr_scheduler.StepLR(
-        optimizer, step_size=args.lr_step_size, gamma=args.lr_gamma
-    )
+        main: sched.LRScheduler = sched.CosineAnnealingLR(
+            optimizer, T_max=max(1, args.epochs - warmup), eta_min=args.lr_min
+        )
+    elif args.lr_scheduler == "step":
+        main = sched.StepLR(optimizer, step_size=args.lr_step_size, gamma=args.lr_gamma)
+    else:
+        main = sched.LambdaLR(optimizer, lambda _: 1.0)
+    if not warmup:
+        return main
+    ramp = sched.LinearLR(optimizer, start_factor=args.lr_warmup_decay, total_iters=warmup)
+    return sched.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
+
+
+def amp_settings(
+    args: argparse.Namespace, device: torch.device
+) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
+    """(autocast dtype, grad scaler): bf16 or fp16 autocast on CUDA, nothing on CPU."""
+    if not args.amp:
+        return None, None
+    if device.type != "cuda":
+        print("--amp: mixed precision is for CUDA; training in float32 on CPU")
+        return None, None
+    bf16 = args.amp_dtype == "bf16" or (args.amp_dtype == "auto" and torch.cuda.is_bf16_supported())
+    if bf16:
+        return torch.bfloat16, None
+    return torch.float16, torch.amp.GradScaler("cuda")
+
+
+def _wrap(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:
+    if not info.enabled:
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
 
 
 def train(args: argparse.Namespace) -> TrainResult:
-    """Run the training described by `args` (from get_args_parser) and return its summary."""
+    """Run the training described by `args` (from parse_args) and return its summary."""
     args = resolve_args(args)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda, but no CUDA device is available")
+    info = init_distributed(args.device)
+    try:
+        return _train(args, info)
+    finally:
+        cleanup(info)
+
+
+def _train(args: argparse.Namespace, info: DistInfo) -> TrainResult:
+    main_proc = info.is_main
+
+    def log(*parts: object) -> None:
+        if main_proc:
+            print(*parts, flush=True)
+
     out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if main_proc:
+        out.mkdir(parents=True, exist_ok=True)
+    use_deterministic(args.deterministic)
     generator = seed_everything(args.seed)
-    device = torch.device(args.device)
-    spec = preprocessing_from_args(args)
+    device = process_device(args.device, info)
 
-    split = load_split(args.dataset, args.data_path, args.val_fraction, args.split_seed)
-    print(f"dataset {args.dataset}: {len(split.class_names)} classes\n{format_class_counts(split)}")
-    train_ds = ImageDataset(
-        split.train_samples, split.train_labels, TrainPreset(spec, args.augmentation)
+    split = load_split(
+        args.dataset, args.data_path, args.val_fraction, args.split_seed, not args.no_image_check
     )
-    val_ds = ImageDataset(split.val_samples, split.val_labels, EvalPreset(spec))
-    loader_kw: dict[str, Any] = {
-        "batch_size": args.batch_size,
-        "num_workers": args.workers,
-        "persistent_workers": args.workers > 0,
-        "pin_memory": device.type == "cuda",
-    }
-    train_loader = DataLoader(train_ds, shuffle=True, generator=generator, **loader_kw)
-    val_loader = DataLoader(val_ds, shuffle=False, **loader_kw)
+    classes = split.class_names
+    log(f"dataset {args.dataset}: {len(classes)} classes\n{format_class_counts(split)}")
+    if split.skipped:
+        log(f"skipped {len(split.skipped)} unreadable image file(s), listed in skipped_images.txt")
+        for path, reason in split.skipped[:10]:
+            log(f"  {path}: {reason}")
+        if main_proc:
+            lines = [f"{p}\t{r}" for p, r in split.skipped]
+            (out / "skipped_images.txt").write_text("\n".join(lines) + "\n")
+    train_loader, val_loader, train_sampler = build_loaders(args, split, info, generator)
 
-    model = build_model(args.model, len(split.class_names), args.weights).to(device)
+    resume = ckpt_mod.load_checkpoint(args.resume) if args.resume else None
+    if resume is not None:
+        if resume["class_names"] != classes:
+            raise ValueError(f"{args.resume} was trained on other classes: {resume['class_names']}")
+        model = create_model(args.model, len(classes), **resume.get("model_kwargs", {}))
+    else:
+        kwargs = size_kwargs(args.model, args.input_size)
+        if kwargs:
+            log(f"{args.model} at input size {args.input_size}: training without its aux head")
+        model = build_model(args.model, len(classes), args.weights, **kwargs)
+    meta = {
+        "args": saved_args(args),
+        "architecture": args.model,
+        "model_kwargs": rebuild_kwargs(model),
+        "class_names": list(classes),
+        "data": {
+            "train_images": len(split.train_labels),
+            "val_images": len(split.val_labels),
+            "skipped_files": len(split.skipped),
+        },
+        "preprocessing": {
+            "input_size": [args.input_size, args.input_size],
+            "resize_size": args.resize_size,
+            "interpolation": args.interpolation,
+            "mean": list(args.mean),
+            "std": list(args.std),
+        },
+    }
+    frozen = bool(args.freeze_backbone or args.freeze_until)
+    if frozen:
+        freeze_backbone(model, args.freeze_until)
+    trainable, total = count_trainable(model)
+    log(f"model {args.model}: {total:,} parameters, {trainable:,} trainable")
+    if args.sync_bn and info.enabled:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    fmt = torch.channels_last if args.channels_last else torch.preserve_format
+    model.to(device, memory_format=fmt)
+
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     optimizer = build_optimizer(args, model)
     scheduler = build_scheduler(args, optimizer)
-
-    start_epoch, best_acc, best_epoch = 0, -1.0, 0
+    amp_dtype, scaler = amp_settings(args, device)
+    ema = ema_model(model, args.model_ema_decay) if args.model_ema else None
+    state = ckpt_mod.RunState()
     history: list[dict[str, float]] = []
-    if args.resume:
-        ckpt = torch.load(args.resume, map_location="cpu", weights_only=True)
-        if ckpt["class_names"] != split.class_names:
-            raise ValueError(f"{args.resume} was trained on other classes: {ckpt['class_names']}")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["lr_scheduler"])
-        start_epoch = int(ckpt["epoch"])
-        best_acc, best_epoch = float(ckpt["best_val_acc"]), int(ckpt["best_epoch"])
-        history = [r for r in read_history(out / "history.csv") if r["epoch"] <= start_epoch]
-        print(f"resumed from {args.resume} after epoch {start_epoch}")
-    write_json(out / "args.json", vars(args))
+    if resume is not None:
+        state = ckpt_mod.restore(
+            resume,
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            scaler=scaler,
+            ema=ema,
+            generator=generator,
+        )
+        history = [r for r in read_history(out / "history.csv") if r["epoch"] <= state.epoch]
+        log(f"resumed from {args.resume} after epoch {state.epoch}")
+    if info.enabled:
+        torch.manual_seed(args.seed + info.rank + 1000 * state.epoch)  # distinct augmentations
+    if main_proc:
+        write_args(out, args)
 
-    progress = not args.no_progress
+    opts = StepOptions(
+        device=device,
+        dist=info,
+        amp_dtype=amp_dtype,
+        scaler=scaler,
+        clip_grad_norm=args.clip_grad_norm,
+        aux_loss_weight=args.aux_loss_weight,
+        channels_last=args.channels_last,
+        ema=ema,
+        ema_steps=args.model_ema_steps,
+        progress=not args.no_progress,
+    )
+    if args.test_only:
+        val_loss, val_acc = evaluate(model, criterion, val_loader, opts, "test")
+        log(f"test-only: val loss {val_loss:.4f} acc {val_acc:.4f} on {len(split.val_labels)}")
+        if ema is not None:
+            ema_loss, ema_acc = evaluate(ema.module, criterion, val_loader, opts, "test EMA")
+            log(f"test-only: EMA val loss {ema_loss:.4f} acc {ema_acc:.4f}")
+        return TrainResult(out, state.epoch, val_acc, max(state.best_acc, val_acc), state.epoch)
+
+    tensorboard = TensorBoard(out / "tensorboard", args.tensorboard and main_proc)
+    train_model = _wrap(model, info, device)
+    if info.enabled:
+        global_batch = args.batch_size * info.world_size
+        log(f"distributed: {info.world_size} processes, global batch {global_batch}")
     val_acc = history[-1]["val_acc"] if history else float("nan")
-    for epoch in range(start_epoch, args.epochs):
+    for epoch in range(state.epoch, args.epochs):
+        if state.stopped_early:
+            break
+        if frozen and args.unfreeze_at_epoch is not None and epoch >= args.unfreeze_at_epoch:
+            unfreeze(model)
+            frozen = False
+            train_model = _wrap(model, info, device)
+            log(f"epoch {epoch + 1}: backbone unfrozen ({count_trainable(model)[0]:,} trainable)")
+        if train_sampler is not None:
+            train_sampler.set_epoch(epoch)
         started = time.monotonic()
         lr = optimizer.param_groups[0]["lr"]
         desc = f"epoch {epoch + 1}/{args.epochs}"
-        train_loss, train_acc = run_epoch(
-            model, criterion, train_loader, device, optimizer, desc + " train", progress
+        train_loss, train_acc, state.step = train_one_epoch(
+            train_model, criterion, optimizer, train_loader, opts, desc + " train", state.step
         )
         scheduler.step()
-        val_loss, val_acc = run_epoch(
-            model, criterion, val_loader, device, None, desc + " val", progress
-        )
+        val_loss, val_acc = evaluate(model, criterion, val_loader, opts, desc + " val")
         row = {
             "epoch": epoch + 1,
             "train_loss": train_loss,
@@ -263,49 +283,62 @@ def train(args: argparse.Namespace) -> TrainResult:
             "val_loss": val_loss,
             "val_acc": val_acc,
             "lr": lr,
-            "time_s": round(time.monotonic() - started, 3),
+            "time_s": 0.0,
         }
+        if ema is not None:
+            row["ema_val_loss"], row["ema_val_acc"] = evaluate(
+                ema.module, criterion, val_loader, opts, desc + " val EMA"
+            )
+        row["time_s"] = round(time.monotonic() - started, 3)
         history.append(row)
-        improved = val_acc > best_acc
+        monitored = row["ema_val_acc"] if ema is not None else val_acc
+        improved = monitored > state.best_acc + args.min_delta
         if improved:
-            best_acc, best_epoch = val_acc, epoch + 1
-        checkpoint = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "lr_scheduler": scheduler.state_dict(),
-            "epoch": epoch + 1,
-            "args": plain(vars(args)),
-            "architecture": args.model,
-            "class_names": list(split.class_names),
-            "preprocessing": preprocessing_dict(spec),
-            "val_acc": val_acc,
-            "best_val_acc": best_acc,
-            "best_epoch": best_epoch,
-        }
-        _save(checkpoint, out / "checkpoint.pth")
-        if improved:
-            _save(checkpoint, out / "best.pth")
-        write_history(out / "history.csv", history)
-        plot_history(history, out)
-        print(
+            state.best_acc, state.best_epoch, state.bad_epochs = monitored, epoch + 1, 0
+        else:
+            state.bad_epochs += 1
+        state.epoch = epoch + 1
+        state.stopped_early = bool(args.patience) and state.bad_epochs >= args.patience
+        if main_proc:
+            checkpoint = ckpt_mod.make_checkpoint(
+                model=model,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                scaler=scaler,
+                ema=ema,
+                state=state,
+                generator=generator,
+                meta=meta,
+                metrics=row,
+            )
+            atomic_save(checkpoint, out / "checkpoint.pth")
+            if improved:
+                atomic_save(checkpoint, out / "best.pth")
+            write_history(out / "history.csv", history)
+            plot_history(history, out, title=f"{args.model} on {args.dataset}")
+            tensorboard.log(row)
+        ema_text = f" (EMA {row['ema_val_acc']:.4f})" if ema is not None else ""
+        log(
             f"{desc}: train loss {train_loss:.4f} acc {train_acc:.4f} | "
-            f"val loss {val_loss:.4f} acc {val_acc:.4f} | lr {lr:.4g} | {row['time_s']:.1f}s"
-            + (" *" if improved else ""),
-            flush=True,
+            f"val loss {val_loss:.4f} acc {val_acc:.4f}{ema_text} | lr {lr:.4g} | "
+            f"{row['time_s']:.1f}s" + (" *" if improved else "")
         )
-    print(f"best val acc {best_acc:.4f} (epoch {best_epoch}); artefacts in {out}")
-    return TrainResult(out, args.epochs, val_acc, best_acc, best_epoch)
-
-
-def _save(obj: dict[str, Any], path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+        if state.stopped_early:
+            log(f"early stopping: no improvement for {state.bad_epochs} epochs (--patience)")
+    tensorboard.close()
+    log(f"best val acc {state.best_acc:.4f} (epoch {state.best_epoch}); artefacts in {out}")
+    return TrainResult(
+        out, state.epoch, val_acc, state.best_acc, state.best_epoch, state.stopped_early
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    train(args)
+    args = parse_args(argv, get_args_parser())
+    try:
+        train(args)
+    except (ValueError, FileNotFoundError, WeightsUnavailable) as exc:
+        print(f"train failed: {exc}")
+        return 1
     return 0
 
 

@@ -144,7 +144,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelConfigRequest, context: Ctx
     ) -> pb.ModelConfigResponse:
         model = self.manager.get(request.name, parse_version(request.version))
-        return pb.ModelConfigResponse(config=model_config(model))
+        return pb.ModelConfigResponse(
+            config=model_config(model, self.core.settings.max_images_per_request)
+        )
 
     @maps_errors
     async def ModelStatistics(
@@ -238,7 +240,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         result = await self.core.infer(
             request.model_name,
             lambda model: request_images(
-                request, model.engine.info.input_name, model.max_batch_size
+                request, model.engine.info.input_name, self.core.settings.max_images_per_request
             ),
             version=version,
             deadline=deadline,

@@ -55,8 +55,11 @@ def _version_policy(model: ServedModel) -> mc.ModelVersionPolicy:
     )
 
 
-def model_config(model: ServedModel) -> mc.ModelConfig:
-    """A Triton-style config (perf_analyzer and Triton's image_client read it)."""
+def model_config(model: ServedModel, max_request_images: int) -> mc.ModelConfig:
+    """A Triton-style config (perf_analyzer and Triton's image_client read it).
+
+    `max_batch_size` is what one request may carry (the server splits a request into images
+    and batches them itself, up to the model's own batch size, which may be smaller)."""
     cfg = model.config
     if cfg.image_input:
         inputs = [mc.ModelInput(name=IMAGE_INPUT, data_type=mc.TYPE_STRING, dims=[1])]
@@ -84,7 +87,7 @@ def model_config(model: ServedModel) -> mc.ModelConfig:
         platform=PLATFORM,
         backend="onnxruntime",
         version_policy=_version_policy(model),
-        max_batch_size=model.max_batch_size,
+        max_batch_size=max_request_images,
         input=inputs,
         output=outputs,
         dynamic_batching=mc.ModelDynamicBatching(

@@ -44,13 +44,33 @@ def test_split_is_deterministic_disjoint_exhaustive_and_stratified() -> None:
     assert not np.array_equal(other_val, val_a)
 
 
-def test_digits_and_evaluation_modules_do_not_import_torch() -> None:
+def test_datasets_and_evaluation_modules_do_not_import_torch() -> None:
     code = (
         "import sys\n"
-        "import training.digits, training.folders, training.evaluate\n"
+        "import training.digits, training.folders, training.builtin, training.evaluate\n"
         "print(','.join(m for m in ('torch', 'torchvision', 'timm') if m in sys.modules))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == ""
+
+
+def test_lfw_faces_is_built_in_with_its_own_split() -> None:
+    from training.builtin import BUILTIN_DATASETS, load_builtin_split
+
+    assert set(BUILTIN_DATASETS) == {"digits", "lfw_faces"}
+    images, labels, names = load_builtin_split("lfw_faces", "all")
+    assert names == ["face", "not_face"] and len(images) == 200
+    assert images[0].mode == "RGB" and images[0].size == (25, 25)
+    assert np.bincount(labels).tolist() == [100, 100]
+    _, val_labels, _ = load_builtin_split("lfw_faces", "val")
+    train, _, _ = load_builtin_split("lfw_faces", "train")
+    assert np.bincount(val_labels).tolist() == [20, 20] and len(train) == 160
+    digits_val = load_builtin_split("digits", "val")[1]
+    assert np.array_equal(digits_val, labels_of_digits_val())
+
+
+def labels_of_digits_val() -> np.ndarray:
+    _, labels, _ = load_digits_images()
+    return labels[digits_split(labels)[1]]

@@ -1,4 +1,6 @@
-"""training.export: a real (tiny) export, its parity check, and that broken parity fails."""
+"""training.export / onnx_export / parity: a real (tiny) export with the dynamo exporter, its
+parity check, the variants (softmax, float16, uint8 with the normalisation baked in), and
+that broken parity or a failing exporter fails loudly."""
 
 from __future__ import annotations
 
@@ -14,8 +16,12 @@ import onnx  # noqa: E402
 
 from service.modelmeta import ModelMetadata  # noqa: E402
 from training import export as export_mod  # noqa: E402
+from training import onnx_export, parity  # noqa: E402
 from training.architectures import build_model  # noqa: E402
 from training.digits import digits_split, load_digits_images  # noqa: E402
+from training.evaluate import OnnxClassifier  # noqa: E402
+from training.export import ExportOptions  # noqa: E402
+from training.graphs import FP16, FP32, UINT8  # noqa: E402
 from training.presets import EvalPreset  # noqa: E402
 
 METADATA = ModelMetadata(
@@ -34,13 +40,22 @@ def tiny_model() -> torch.nn.Module:
     return build_model("digits_cnn_w4", 10).eval()
 
 
+LEGACY = ExportOptions(exporter="legacy")
+
+
 @pytest.fixture(scope="module")
-def val_inputs() -> torch.Tensor:
-    """Six real held-out digits through the eval preset."""
+def val_images() -> list:
+    """Six real held-out digits."""
     images, labels, _ = load_digits_images()
     _, val_idx = digits_split(labels)
+    return [images[i] for i in val_idx[:6]]
+
+
+@pytest.fixture(scope="module")
+def val_inputs(val_images: list) -> torch.Tensor:
+    """The six digits through the eval preset."""
     preset = EvalPreset(METADATA.preprocessing)
-    return torch.stack([preset(images[i]) for i in val_idx[:6]])
+    return torch.stack([preset(img) for img in val_images])
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +72,10 @@ def test_export_writes_a_checked_model_that_passed_parity(
     assert exported.path.name == "model.onnx" and exported.path.is_file()
     assert not list(exported.path.parent.glob(".*tmp"))
     onnx.checker.check_model(str(exported.path), full_check=True)
-    parity = exported.parity
-    assert parity.ok and parity.batch_sizes == (1, 6) and parity.num_images == 6
-    assert parity.max_abs_diff <= export_mod.PARITY_ATOL
+    report = exported.parity
+    assert report.ok and report.batch_sizes == (1, 7, 32) and report.num_images == 6
+    assert report.max_abs_diff <= parity.PARITY_ATOL
+    assert exported.exporter == "dynamo"
 
 
 def test_batch_axis_is_dynamic(
@@ -70,8 +86,8 @@ def test_batch_axis_is_dynamic(
     assert (inp.name, out.name) == ("input", "logits")
     assert isinstance(inp.shape[0], str) and inp.shape[1:] == [3, 32, 32]
     assert inp.type == "tensor(float)"
-    for batch in (1, 3):
-        x = val_inputs[:batch]
+    for batch in (1, 7, 33):
+        x = val_inputs[torch.arange(batch) % len(val_inputs)]
         got = session.run(None, {"input": x.numpy()})[0]
         with torch.no_grad():
             want = tiny_model(x).numpy()
@@ -87,16 +103,19 @@ def test_metadata_round_trips(exported: export_mod.ExportResult) -> None:
     assert meta.labels == METADATA.labels and meta.preprocessing == METADATA.preprocessing
     prov = meta.provenance
     assert prov["architecture"] == "digits_cnn_w4" and prov["val_accuracy"] == 0.1
-    assert prov["opset"] == 17 and prov["torch_version"] == torch.__version__
+    assert prov["opset"] == 18 and prov["exporter"] == "torch.onnx dynamo"
+    assert prov["torch_version"] == torch.__version__.split("+")[0]
     assert prov["onnx_version"] == onnx.__version__ and "exported_at" in prov
-    assert prov["parity_atol"] == export_mod.PARITY_ATOL
+    assert prov["parity_atol"] == parity.PARITY_ATOL and prov["parity_batch_sizes"] == [1, 7, 32]
+    assert prov["input_dtype"] == "float32" and meta.output == "logits"
 
 
 def test_impossible_tolerance_fails_and_writes_nothing(
     tiny_model: torch.nn.Module, val_inputs: torch.Tensor, tmp_path: Path
 ) -> None:
+    options = ExportOptions(exporter="legacy", atol=-1.0, rtol=0.0)
     with pytest.raises(export_mod.ParityError):
-        export_mod.export_model(tiny_model, METADATA, tmp_path, val_inputs, atol=-1.0, rtol=0.0)
+        export_mod.export_model(tiny_model, METADATA, tmp_path, val_inputs, options)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -106,10 +125,10 @@ def test_perturbed_onnx_output_fails(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    real = export_mod.run_onnx
-    monkeypatch.setattr(export_mod, "run_onnx", lambda s, x: real(s, x) + 1e-2)
+    real = parity.run_onnx
+    monkeypatch.setattr(parity, "run_onnx", lambda s, x: real(s, x) + 1e-2)
     with pytest.raises(export_mod.ParityError, match=r"max \|diff\| 0\.01"):
-        export_mod.export_model(tiny_model, METADATA, tmp_path, val_inputs)
+        export_mod.export_model(tiny_model, METADATA, tmp_path, val_inputs, LEGACY)
     assert not (tmp_path / "model.onnx").exists()
 
 
@@ -119,7 +138,7 @@ def test_top1_disagreement_fails_even_within_tolerance(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    real = export_mod.run_onnx
+    real = parity.run_onnx
 
     def swap_top_two(session: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
         out = real(session, x)
@@ -129,9 +148,10 @@ def test_top1_disagreement_fails_even_within_tolerance(
         out[rows, first], out[rows, second] = out[rows, second], out[rows, first]
         return out
 
-    monkeypatch.setattr(export_mod, "run_onnx", swap_top_two)
+    monkeypatch.setattr(parity, "run_onnx", swap_top_two)
+    options = ExportOptions(exporter="legacy", atol=1e3)
     with pytest.raises(export_mod.ParityError, match=r"top-1 mismatches [1-9]"):
-        export_mod.export_model(tiny_model, METADATA, tmp_path, val_inputs, atol=1e3)
+        export_mod.export_model(tiny_model, METADATA, tmp_path, val_inputs, options)
 
 
 def test_label_count_must_match_outputs(
@@ -141,7 +161,7 @@ def test_label_count_must_match_outputs(
 
     wrong = dataclasses.replace(METADATA, labels=["a", "b"])
     with pytest.raises(export_mod.ExportError, match="10 outputs but 2 labels"):
-        export_mod.export_model(tiny_model, wrong, tmp_path, val_inputs)
+        export_mod.export_model(tiny_model, wrong, tmp_path, val_inputs, LEGACY)
 
 
 def test_next_version(tmp_path: Path) -> None:
@@ -149,3 +169,76 @@ def test_next_version(tmp_path: Path) -> None:
     for name in ("1", "3", "notes"):
         (tmp_path / name).mkdir()
     assert export_mod.next_version(tmp_path) == 4
+
+
+def test_variants_softmax_float16_and_uint8(
+    tiny_model: torch.nn.Module, val_images: list, tmp_path: Path
+) -> None:
+    out_dirs = {v: tmp_path / f"digits{v.suffix}" / "1" for v in (FP32, FP16, UINT8)}
+    options = ExportOptions(exporter="legacy", softmax=True)
+    results = onnx_export.export_variants(tiny_model, METADATA, out_dirs, val_images, options)
+    assert [r.variant for r in results] == ["fp32", "fp16", "uint8"]
+    assert all(r.parity.ok for r in results) and results[1].parity.top1_only
+    sessions = [
+        ort.InferenceSession(str(r.path), providers=["CPUExecutionProvider"]) for r in results
+    ]
+    types = [(s.get_inputs()[0].type, s.get_inputs()[0].shape[1:]) for s in sessions]
+    assert types == [
+        ("tensor(float)", [3, 32, 32]),
+        ("tensor(float16)", [3, 32, 32]),
+        ("tensor(uint8)", [32, 32, 3]),
+    ]
+    assert [s.get_outputs()[0].name for s in sessions] == ["probabilities"] * 3
+    meta = ModelMetadata.from_props(sessions[1].get_modelmeta().custom_metadata_map)
+    assert meta.output == "probabilities" and meta.provenance["input_dtype"] == "float16"
+    props = sessions[2].get_modelmeta().custom_metadata_map
+    assert props["input_layout"] == '"NHWC"' and props["input_dtype"] == '"uint8"'
+    with pytest.raises(ValueError, match="input_layout must be one of"):
+        ModelMetadata.from_props(props)  # what the current server reads: refused clearly
+
+    # Every variant classifies the real digits as PyTorch does (probabilities summing to 1).
+    with torch.no_grad():
+        want = torch.softmax(
+            tiny_model(torch.stack([EvalPreset(METADATA.preprocessing)(i) for i in val_images])), 1
+        )
+    for result in results:
+        got = OnnxClassifier(result.path).probabilities(val_images)
+        np.testing.assert_allclose(got.sum(1), 1.0, atol=2e-3)
+        assert (got.argmax(1) == want.numpy().argmax(1)).all(), result.variant
+        tolerance = 2e-3 if result.variant == "fp16" else 1e-5
+        np.testing.assert_allclose(got, want.numpy(), atol=tolerance)
+
+
+def test_dynamo_below_opset_18_is_refused(
+    tiny_model: torch.nn.Module, val_inputs: torch.Tensor, tmp_path: Path
+) -> None:
+    with pytest.raises(export_mod.ExportError, match=r"opset >= 18.*--legacy-exporter"):
+        export_mod.export_model(tiny_model, METADATA, tmp_path, val_inputs, ExportOptions(opset=17))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_dynamo_failure_is_never_silent(
+    tiny_model: torch.nn.Module,
+    val_inputs: torch.Tensor,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    real = onnx_export.export_graph
+
+    def dynamo_breaks(module, example, opset, exporter, output_name):
+        if exporter == "dynamo":
+            raise RuntimeError("unsupported operator aten::frobnicate")
+        return real(module, example, opset, exporter, output_name)
+
+    monkeypatch.setattr(onnx_export, "export_graph", dynamo_breaks)
+    with pytest.raises(export_mod.ExportError, match=r"frobnicate.*--legacy-exporter"):
+        export_mod.export_model(tiny_model, METADATA, tmp_path / "a", val_inputs)
+    assert not (tmp_path / "a").exists()
+
+    options = ExportOptions(fallback_to_legacy=True)
+    result = export_mod.export_model(tiny_model, METADATA, tmp_path / "b", val_inputs, options)
+    assert "WARNING: the dynamo exporter failed" in capsys.readouterr().out
+    prov = result.metadata.provenance
+    assert result.exporter == "legacy" and prov["exporter"] == "torch.onnx torchscript (legacy)"
+    assert "frobnicate" in prov["exporter_fallback"] and prov["opset"] == 17

@@ -1,0 +1,65 @@
+"""training.config: a YAML --config that flags override, its checks, and the resolved defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+
+import yaml
+
+from training.config import parse_args, resolve_args, saved_args
+
+
+def test_flags_override_the_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "model: resnet18\nlr: 0.02\nepochs: 7\nfreeze-backbone: true\n"
+        "output_dir: runs/x\nmean: [0.5, 0.5, 0.5]\nlr_scheduler: step\n"
+    )
+    args = parse_args(["--config", str(config), "--lr", "0.5", "--data-path", "data"])
+    assert (args.model, args.lr, args.epochs, args.freeze_backbone) == ("resnet18", 0.5, 7, True)
+    assert args.output_dir == Path("runs/x") and args.data_path == Path("data")
+    assert args.mean == [0.5, 0.5, 0.5] and args.lr_scheduler == "step"
+
+
+def test_bad_config_files_are_refused(tmp_path: Path, capsys) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("learning_rate: 0.1\n")
+    with pytest.raises(SystemExit):
+        parse_args(["--config", str(config)])
+    assert "unknown argument 'learning_rate'" in capsys.readouterr().err
+    config.write_text("opt: adam\n")
+    with pytest.raises(SystemExit):
+        parse_args(["--config", str(config)])
+    assert "opt must be one of ['sgd', 'adamw'], got 'adam'" in capsys.readouterr().err
+
+
+def test_saved_arguments_reproduce_the_run(tmp_path: Path) -> None:
+    args = resolve_args(parse_args(["--dataset", "digits", "--epochs", "3", "--model-ema"]))
+    (tmp_path / "args.yaml").write_text(yaml.safe_dump(saved_args(args)))
+    again = resolve_args(parse_args(["--config", str(tmp_path / "args.yaml")]))
+    assert saved_args(again) == saved_args(args)
+
+
+def test_defaults_follow_the_model_and_dataset() -> None:
+    digits = resolve_args(parse_args(["--dataset", "digits"]))
+    assert (digits.input_size, digits.resize_size, digits.augmentation) == (32, 32, "digits")
+    photos = resolve_args(parse_args(["--data-path", "x", "--model", "inception_v3"]))
+    assert (photos.input_size, photos.resize_size, photos.augmentation) == (299, 342, "imagenet")
+    lite0 = resolve_args(parse_args(["--data-path", "x", "--model", "tf_efficientnet_lite0"]))
+    assert lite0.mean == [0.5, 0.5, 0.5] and lite0.interpolation == "bicubic"
+    small = resolve_args(
+        parse_args(["--data-path", "x", "--model", "resnet18", "--input-size", "64"])
+    )
+    assert small.resize_size == 73  # 64 * 256 / 224
+    faces = resolve_args(parse_args(["--dataset", "lfw_faces"]))
+    assert (faces.input_size, faces.augmentation) == (32, "flip")
+    with pytest.raises(ValueError, match="needs --input-size >= 75"):
+        resolve_args(
+            parse_args(["--data-path", "x", "--model", "inception_v3", "--input-size", "64"])
+        )
+    with pytest.raises(ValueError, match="not both"):
+        resolve_args(parse_args(["--freeze-backbone", "--freeze-until", "layer1"]))

@@ -1,0 +1,127 @@
+"""``imgclf models``: the architectures ``imgclf train --model`` takes, with their inputs and
+pretrained weights (and whether those are already in the local cache).
+
+    imgclf models                        # digits_cnn and every torchvision classifier
+    imgclf models --filter efficientnet  # names containing a string
+    imgclf models --timm 'convnext*'     # timm models matching a pattern
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from training.architectures import DIGITS_CNN, model_defaults, torchvision_names
+
+
+def _torchvision_weights(name: str) -> list[dict[str, Any]]:
+    import torch
+    import torchvision
+
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    rows = []
+    for w in torchvision.models.get_model_weights(name):
+        metrics = w.meta.get("_metrics", {}).get("ImageNet-1K", {})
+        rows.append(
+            {
+                "name": w.name,
+                "acc@1": metrics.get("acc@1"),
+                "cached": (cache / Path(w.url).name).is_file(),
+            }
+        )
+    return rows
+
+
+def list_models(filter_text: str = "", timm_pattern: str | None = None) -> list[dict[str, Any]]:
+    """One row per model: name, family, default input, weights."""
+    rows: list[dict[str, Any]] = []
+    names = [(DIGITS_CNN, "ours")] + [(n, "torchvision") for n in torchvision_names()]
+    if timm_pattern is not None:
+        import timm
+
+        names += [(f"timm:{n}", "timm") for n in timm.list_models(timm_pattern or "*")]
+    for name, family in names:
+        if filter_text and filter_text.lower() not in name.lower():
+            continue
+        defaults = model_defaults(name)
+        row: dict[str, Any] = {
+            "name": name,
+            "family": family,
+            "input_size": defaults.input_size,
+            "resize_size": defaults.resize_size,
+        }
+        if family == "torchvision":
+            row["weights"] = _torchvision_weights(name)
+        elif family == "timm":
+            import timm
+
+            from training.weights import PACKAGE_WEIGHTS
+
+            tags = timm.list_pretrained(f"{name.removeprefix('timm:')}.*")
+            row["weights"] = [{"name": "pretrained", "tags": tags}] if tags else []
+            row["weights"] += [
+                {"name": package, "package": True}
+                for package, (arch, _) in PACKAGE_WEIGHTS.items()
+                if arch == name.removeprefix("timm:")
+            ]
+        else:
+            row["weights"] = []
+        rows.append(row)
+    return rows
+
+
+def _weights_text(row: dict[str, Any]) -> str:
+    if row["family"] == "ours":
+        return "none (train from scratch, or --weights FILE)"
+    if row["family"] == "timm":
+        names = [w["name"] for w in row["weights"]]
+        return (
+            ", ".join(f"{n} (installed package)" if n != "pretrained" else n for n in names) or "-"
+        )
+    parts = []
+    for w in row["weights"]:
+        acc = f" {w['acc@1']:.1f}%" if w["acc@1"] else ""
+        parts.append(f"{w['name']}{acc}{' (cached)' if w['cached'] else ''}")
+    return ", ".join(parts)
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imgclf models",
+        description="List the architectures `imgclf train --model` takes.",
+        add_help=add_help,
+    )
+    parser.add_argument("--filter", default="", help="only names containing this text")
+    parser.add_argument(
+        "--timm",
+        nargs="?",
+        const="*",
+        metavar="PATTERN",
+        help="also list timm models matching PATTERN (all of them without one)",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    rows = list_models(args.filter, args.timm)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    width = max((len(r["name"]) for r in rows), default=10)
+    print(f"{'model':<{width}}  {'family':<11}  {'input':>5}  weights (--weights)")
+    for r in rows:
+        print(f"{r['name']:<{width}}  {r['family']:<11}  {r['input_size']:>5}  {_weights_text(r)}")
+    if args.timm is None:
+        import timm
+
+        print(f"\nplus {len(timm.list_models())} timm models: imgclf models --timm 'PATTERN'")
+    print(f"\n{len(rows)} models; imgclf train --model NAME [--weights W]")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
