@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import grpc
 import numpy as np
@@ -12,6 +11,7 @@ from service._generated.imgclf.v1 import image_classifier_pb2 as pb
 from service._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
 from service.core import ClassifyResult, Core, ImageInput
 from service.errors import InvalidInput
+from service.grpc import deadline_of
 from service.grpc.errors import maps_errors
 
 DTYPES = {pb.FLOAT32: np.dtype("<f4"), pb.FLOAT16: np.dtype("<f2"), pb.UINT8: np.dtype("u1")}
@@ -61,12 +61,6 @@ def response_to_pb(result: ClassifyResult) -> pb.ClassifyResponse:
             for r in result.results
         ],
     )  # fmt: skip
-
-
-def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
-    """The client's gRPC deadline as a time.monotonic() instant, if it set one."""
-    remaining = context.time_remaining()
-    return None if remaining is None else time.monotonic() + remaining
 
 
 class ImageClassifierServicer(pb_grpc.ImageClassifierServicer):

@@ -20,6 +20,7 @@ from service._generated.inference import grpc_service_pb2 as pb
 from service._generated.inference import grpc_service_pb2_grpc as pb_grpc
 from service.core import Core
 from service.errors import ImgclfError, InvalidInput, Unsupported
+from service.grpc import deadline_of
 from service.grpc.errors import GENERIC_INTERNAL, maps_errors, public_message
 from service.grpc.oip_config import model_config, model_metadata, model_statistics, output_names
 from service.grpc.oip_tensors import (
@@ -63,6 +64,13 @@ def _param(value: pb.InferParameter) -> object:
     return getattr(value, kind) if kind else None
 
 
+def _int_param(value: object, minimum: int, message: str) -> int:
+    """An integer parameter value of at least `minimum`, or InvalidInput(message)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise InvalidInput(message)
+    return value
+
+
 def request_policy(
     request: pb.ModelInferRequest, grpc_deadline: float | None
 ) -> tuple[float | None, int]:
@@ -72,15 +80,12 @@ def request_policy(
     for key, value in request.parameters.items():
         v = _param(value)
         if key == "timeout":
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise InvalidInput("parameter 'timeout' must be a non-negative integer (µs)")
+            v = _int_param(v, 0, "parameter 'timeout' must be a non-negative integer (µs)")
             if v:
                 mine = time.monotonic() + v / 1e6
                 deadline = mine if deadline is None else min(deadline, mine)
         elif key == "priority":
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise InvalidInput("parameter 'priority' must be a non-negative integer")
-            priority = v
+            priority = _int_param(v, 0, "parameter 'priority' must be a non-negative integer")
         elif key in IGNORED_PARAMETERS:
             if v not in (0, False, None, ""):
                 raise Unsupported(f"parameter {key!r}: sequence batching is not supported")
@@ -90,11 +95,6 @@ def request_policy(
                 reason="unknown_parameter",
             )
     return deadline, priority
-
-
-def _grpc_deadline(context: grpc.aio.ServicerContext) -> float | None:
-    remaining = context.time_remaining()
-    return None if remaining is None else time.monotonic() + remaining
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -213,8 +213,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             for key, value in out.parameters.items():
                 v = _param(value)
                 if key == "classification":
-                    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                        raise InvalidInput("output parameter 'classification' must be >= 1")
+                    v = _int_param(v, 1, "output parameter 'classification' must be >= 1")
                     class_count = min(v, self.core.settings.max_top_k)
                 elif key != "binary_data":
                     raise InvalidInput(
@@ -271,7 +270,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
-        return await self._infer(request, _grpc_deadline(context))
+        return await self._infer(request, deadline_of(context))
 
     async def ModelStreamInfer(
         self,
@@ -282,7 +281,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         A failed request answers with `error_message`; the stream goes on."""
         replies: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         pending: set[asyncio.Task[None]] = set()
-        deadline = _grpc_deadline(context)
+        deadline = deadline_of(context)
 
         async def handle(request: pb.ModelInferRequest) -> None:
             try:
