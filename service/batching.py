@@ -1,12 +1,22 @@
 """Dynamic batching: a bounded priority queue per model version, batches formed by size or delay.
 
 Producers never block: when the queue holds `max_queue_size` items, `submit` raises QueueFull
-at once. One worker per model instance takes the most urgent item (lowest priority level
-first, then arrival order), waits at most `max_delay_s` for more (up to `max_batch_size`, or
-until a preferred batch size is reached and nothing else is waiting), drops items whose caller
-gave up or whose deadline passed, runs the batch off the event loop on its own instance, and
-fans the result (or the failure) out to every waiter of that batch.
-All asyncio objects are created inside the running loop (in `start`).
+at once. One worker thread per model instance takes the most urgent item (lowest priority
+level first, then arrival order), waits at most `max_delay_s` for more (up to
+`max_batch_size`, or until a preferred batch size is reached and nothing else is waiting),
+drops items whose caller gave up or whose deadline passed, runs the batch on its instance,
+and hands the result (or the failure) back to the event loop for every waiter of that batch.
+
+The workers are plain threads, not event-loop tasks: a worker that finishes a batch takes
+the next one at once, whatever the event loop is busy with, so an instance never idles
+waiting for the loop (ONNX Runtime releases the GIL while it runs). The loop hears from a
+worker once per batch (`call_soon_threadsafe`).
+
+An optional *solo* runner (an instance whose intra-op threads span every core) takes a batch
+that is all the work there is: no other batch running or waiting. While it runs, the other
+workers hold their batches until it is done, so the cores are never oversubscribed. On CPU
+this gives a lone request the latency of all cores and concurrent requests the throughput of
+one single-threaded instance per core.
 """
 
 from __future__ import annotations
@@ -16,9 +26,9 @@ import contextlib
 import heapq
 import itertools
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,7 +42,8 @@ RunBatch = Callable[[np.ndarray], np.ndarray]
 
 @dataclass
 class BatchStats:
-    """What one batch observed; handed to the `on_batch` hook (metrics, statistics)."""
+    """What one batch observed; handed to the `on_batch` hook (metrics, statistics) on the
+    event loop."""
 
     size: int
     queue_seconds: list[float]
@@ -42,6 +53,8 @@ class BatchStats:
     """The engine run."""
     expired: int
     """Items dropped because their deadline passed in the queue."""
+    solo: bool = False
+    """Whether the batch ran on the solo runner."""
 
 
 class Admission:
@@ -52,6 +65,11 @@ class Admission:
         self.remaining = images
 
     def release(self, images: int) -> None:
+        with self._batcher._lock:
+            self._release(images)
+
+    def _release(self, images: int) -> None:
+        """`release` for a caller that holds the batcher's lock."""
         images = min(images, self.remaining)
         self.remaining -= images
         self._batcher._waiting -= images
@@ -66,20 +84,6 @@ class _Item:
     enqueued: float = field(compare=False)
     deadline: float | None = field(default=None, compare=False)
     admission: Admission | None = field(default=None, compare=False)
-
-
-class _Queue(asyncio.PriorityQueue[_Item]):
-    """A priority queue from which a caller that gave up can take its item back."""
-
-    def discard(self, item: _Item) -> bool:
-        """Remove `item` if it is still queued (no worker took it); True when removed."""
-        try:
-            self._queue.remove(item)  # type: ignore[attr-defined]
-        except ValueError:
-            return False
-        heapq.heapify(self._queue)  # type: ignore[attr-defined]
-        self.task_done()
-        return True
 
 
 class Batcher:
@@ -97,12 +101,14 @@ class Batcher:
         on_batch: Callable[[BatchStats], None] | None = None,
         on_depth: Callable[[int], None] | None = None,
         name: str = "model",
+        solo: RunBatch | None = None,
     ) -> None:
         if not runners:
             raise ValueError("a batcher needs at least one runner")
         if not 1 <= default_priority_level <= priority_levels:
             raise ValueError("default_priority_level must be within 1..priority_levels")
         self._runners = list(runners)
+        self._solo = solo
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
         self.max_queue_size = max_queue_size
@@ -111,30 +117,43 @@ class Batcher:
         self.default_priority_level = default_priority_level
         self._on_batch = on_batch
         self._on_depth = on_depth
-        self._executor = ThreadPoolExecutor(
-            max_workers=len(self._runners), thread_name_prefix=f"infer-{name}"
-        )
+        self._name = name
         self._seq = itertools.count()
-        self._queue: _Queue | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._threads: list[threading.Thread] = []
+        # Everything below is guarded by _lock. `_arrived` wakes workers waiting for items;
+        # `_solo_done` wakes workers holding a batch while the solo runner runs.
+        self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
+        self._solo_done = threading.Condition(self._lock)
+        self._heap: list[_Item] = []
         self._closing = False
         self._waiting = 0
         """Admitted images no worker has picked up yet."""
+        self._holding = 0
+        """Workers holding a batch (collecting it, waiting to run it, or running it)."""
+        self._solo_running = False
         self._seconds_per_image = 0.0
         """Moving average of inference time per image (for the retry hint)."""
 
     @property
     def depth(self) -> int:
-        return self._queue.qsize() if self._queue else 0
+        return len(self._heap)
 
     @property
     def instances(self) -> int:
         return len(self._runners)
 
     def start(self) -> None:
-        self._queue = _Queue()
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._work(run)) for run in self._runners]
+        self._loop = asyncio.get_running_loop()
+        self._threads = [
+            threading.Thread(
+                target=self._work, args=(run,), name=f"infer-{self._name}_{i}", daemon=True
+            )
+            for i, run in enumerate(self._runners)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def level_of(self, priority: int) -> int:
         """Priority 0 means the default level; 1 is the most urgent."""
@@ -149,16 +168,17 @@ class Batcher:
 
         Waiting images (being decoded or queued) are bounded by `max_queue_size`; images
         already running on an instance no longer count."""
-        if self._queue is None or self._closing:
+        if self._loop is None or self._closing:
             raise ModelNotReady("model is not accepting requests")
-        if self._waiting + images > self.max_queue_size:
-            raise QueueFull(
-                f"model is at capacity ({self._waiting} of {self.max_queue_size} images "
-                "waiting); retry later",
-                retry_after_ms=self.retry_after_ms(),
-            )
-        admission = Admission(self, images)
-        self._waiting += images
+        with self._lock:
+            if self._waiting + images > self.max_queue_size:
+                raise QueueFull(
+                    f"model is at capacity ({self._waiting} of {self.max_queue_size} images "
+                    "waiting); retry later",
+                    retry_after_ms=self.retry_after_ms(),
+                )
+            admission = Admission(self, images)
+            self._waiting += images
         try:
             yield admission
         finally:
@@ -177,14 +197,9 @@ class Batcher:
         admission: Admission | None = None,
     ) -> np.ndarray:
         """Queue one image tensor; returns its output row. Raises QueueFull when full."""
-        if self._queue is None or self._closing:
+        loop = self._loop
+        if loop is None or self._closing:
             raise ModelNotReady("model is not accepting requests")
-        if self._queue.qsize() >= self.max_queue_size:
-            raise QueueFull(
-                f"queue is full ({self.max_queue_size} images waiting); retry later",
-                retry_after_ms=self.retry_after_ms(),
-            )
-        loop = asyncio.get_running_loop()
         item = _Item(
             self.level_of(priority),
             next(self._seq),
@@ -194,112 +209,155 @@ class Batcher:
             deadline,
             admission,
         )
-        self._queue.put_nowait(item)
-        self._report_depth()
+        with self._lock:
+            if len(self._heap) >= self.max_queue_size:
+                raise QueueFull(
+                    f"queue is full ({self.max_queue_size} images waiting); retry later",
+                    retry_after_ms=self.retry_after_ms(),
+                )
+            heapq.heappush(self._heap, item)
+            self._report_depth()
+            self._arrived.notify()
         try:
             return await item.future
         except asyncio.CancelledError:
             # The caller gave up: free its queue slot now, not when a worker reaches it,
             # or the queue stays full of dead items while admission (released by the
             # caller) lets new requests in, to be decoded and then refused here.
-            if self._queue.discard(item):
+            with self._lock, contextlib.suppress(ValueError):
+                self._heap.remove(item)
+                heapq.heapify(self._heap)
                 self._report_depth()
             raise
 
     async def close(self) -> None:
         """Stop taking items, finish every queued one, then stop the workers."""
-        self._closing = True
-        if self._queue is not None:
-            await self._queue.join()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._executor.shutdown(wait=True)
+        with self._lock:
+            self._closing = True
+            self._arrived.notify_all()
+        threads, self._threads = self._threads, []
+        if threads:
+            # Joined off the loop: the workers hand their last results to it meanwhile.
+            await asyncio.to_thread(lambda: [t.join() for t in threads])
 
     def _report_depth(self) -> None:
-        if self._on_depth is not None and self._queue is not None:
-            self._on_depth(self._queue.qsize())
+        """Caller holds the lock, so reports land in the order the depth changed."""
+        if self._on_depth is not None:
+            self._on_depth(len(self._heap))
 
-    async def _collect(self) -> list[_Item]:
-        assert self._queue is not None
-        items = [await self._queue.get()]
-        until = time.monotonic() + self.max_delay_s
-        while len(items) < self.max_batch_size:
-            if not self._queue.empty():
-                items.append(self._queue.get_nowait())
-                continue
-            if len(items) in self.preferred_batch_sizes:
-                break
-            remaining = until - time.monotonic()
-            if remaining <= 0:
-                break
-            try:
-                items.append(await asyncio.wait_for(self._queue.get(), remaining))
-            except asyncio.TimeoutError:
-                break
-        for item in items:
-            if item.admission is not None:
-                item.admission.release(1)
-        self._report_depth()
-        return items
+    # --- worker threads ---------------------------------------------------------------------
 
-    async def _work(self, run: RunBatch) -> None:
-        assert self._queue is not None
-        loop = asyncio.get_running_loop()
-        while True:
-            items = await self._collect()
+    def _take(self) -> tuple[list[_Item], bool] | None:
+        """Wait for a batch; returns it and whether to run it solo, or None once closing and
+        nothing is left. The caller then owns one `_holding` count."""
+        with self._lock:
+            while not self._heap:
+                if self._closing:
+                    return None
+                self._arrived.wait()
+            items = [heapq.heappop(self._heap)]
+            self._holding += 1
+            until = time.monotonic() + self.max_delay_s
+            while len(items) < self.max_batch_size:
+                if self._heap:
+                    items.append(heapq.heappop(self._heap))
+                    continue
+                if len(items) in self.preferred_batch_sizes:
+                    break
+                remaining = until - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._arrived.wait(remaining)
+            for item in items:
+                if item.admission is not None:
+                    item.admission._release(1)
+            self._report_depth()
+            solo = self._solo is not None and self._holding == 1 and not self._heap
+            if solo:
+                self._solo_running = True
+            else:
+                while self._solo_running:
+                    self._solo_done.wait()
+            return items, solo
+
+    def _work(self, run: RunBatch) -> None:
+        while (taken := self._take()) is not None:
+            items, solo = taken
             try:
-                await self._run(items, run, loop)
+                self._run(items, self._solo if solo and self._solo is not None else run, solo)
             except Exception:  # never let the worker die; _run already failed its waiters
                 log.exception("batch worker error")
             finally:
-                for _ in items:
-                    self._queue.task_done()
+                with self._lock:
+                    self._holding -= 1
+                    if solo:
+                        self._solo_running = False
+                        self._solo_done.notify_all()
 
-    async def _run(
-        self, items: list[_Item], run: RunBatch, loop: asyncio.AbstractEventLoop
-    ) -> None:
+    def _run(self, items: list[_Item], run: RunBatch, solo: bool) -> None:
         now = time.monotonic()
         live: list[_Item] = []
-        expired = 0
+        expired: list[_Item] = []
         for item in items:
             if item.future.done():  # the caller gave up (cancelled)
                 continue
             if item.deadline is not None and now >= item.deadline:
-                item.future.set_exception(DeadlineExceeded("deadline passed while queued"))
-                expired += 1
+                expired.append(item)
                 continue
             live.append(item)
         if not live:
+            self._hand_back(self._deliver, [], None, expired, None)
             return
         started = time.monotonic()
         try:
-            batch = np.stack([item.tensor for item in live])
+            batch = live[0].tensor[None] if len(live) == 1 else np.stack([i.tensor for i in live])
             assembled = time.monotonic()
-            out = await loop.run_in_executor(self._executor, run, batch)
+            out = run(batch)
             if len(out) != len(live):
                 raise RuntimeError(f"model returned {len(out)} rows for a batch of {len(live)}")
         except Exception as exc:
             log.error("inference failed on a batch of %d: %r", len(live), exc, exc_info=exc)
+            self._hand_back(self._deliver, live, None, expired, None)
+            return
+        finished = time.monotonic()
+        self._seconds_per_image = 0.9 * self._seconds_per_image + 0.1 * (
+            finished - assembled
+        ) / len(live)
+        stats = BatchStats(
+            size=len(live),
+            queue_seconds=[started - item.enqueued for item in live],
+            input_seconds=assembled - started,
+            inference_seconds=finished - assembled,
+            expired=len(expired),
+            solo=solo,
+        )
+        self._hand_back(self._deliver, live, out, expired, stats)
+
+    def _hand_back(self, deliver: Callable[..., None], *args: object) -> None:
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(deliver, *args)
+        except RuntimeError:  # the loop is closed: nobody waits for these results any more
+            log.warning("batch finished after its event loop closed; results dropped")
+
+    def _deliver(
+        self,
+        live: list[_Item],
+        out: np.ndarray | None,
+        expired: list[_Item],
+        stats: BatchStats | None,
+    ) -> None:
+        """On the event loop: answer every waiter of one batch (`out` None: it failed)."""
+        for item in expired:
+            if not item.future.done():
+                item.future.set_exception(DeadlineExceeded("deadline passed while queued"))
+        if out is None:
             for item in live:
                 if not item.future.done():
                     item.future.set_exception(InferenceFailed("inference failed"))
-            return
-        finished = time.monotonic()
-        per_image = (finished - assembled) / len(live)
-        self._seconds_per_image = 0.9 * self._seconds_per_image + 0.1 * per_image
-        for item, row in zip(live, out, strict=True):
-            if not item.future.done():
-                item.future.set_result(row)
-        if self._on_batch is not None:
-            self._on_batch(
-                BatchStats(
-                    size=len(live),
-                    queue_seconds=[started - item.enqueued for item in live],
-                    input_seconds=assembled - started,
-                    inference_seconds=finished - assembled,
-                    expired=expired,
-                )
-            )
+        else:
+            for item, row in zip(live, out, strict=True):
+                if not item.future.done():
+                    item.future.set_result(row)
+        if stats is not None and self._on_batch is not None:
+            self._on_batch(stats)

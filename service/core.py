@@ -20,7 +20,7 @@ from service.batching import Admission
 from service.errors import ImgclfError, InvalidInput, ModelNotReady
 from service.imaging import normalize, preprocess_bytes
 from service.manager import ModelManager
-from service.metrics import Metrics
+from service.metrics import Metrics, ModelSeries
 from service.model import ServedModel
 from service.settings import ServerSettings
 
@@ -76,9 +76,18 @@ Images = Sequence[ImageInput] | Callable[[ServedModel], Sequence[ImageInput]]
 
 def top_k(probabilities: np.ndarray, k: int, labels: list[str]) -> list[ClassScore]:
     """The k most probable classes, most probable first (ties: lower index first)."""
-    k = min(k, probabilities.shape[0])
-    idx = np.argsort(-probabilities, kind="stable")[:k]
-    return [ClassScore(int(i), labels[i], float(probabilities[i])) for i in idx]
+    n = probabilities.shape[0]
+    k = min(k, n)
+    candidates = None
+    if k < n:  # only the classes at or above the k-th largest value need sorting
+        kth = np.partition(probabilities, n - k)[n - k]
+        candidates = np.flatnonzero(probabilities >= kth)
+        if len(candidates) < k:  # NaN in the way: sort everything
+            candidates = None
+    if candidates is None:
+        candidates = np.arange(n)
+    order = np.argsort(-probabilities[candidates], kind="stable")[:k]
+    return [ClassScore(int(i), labels[i], float(probabilities[i])) for i in candidates[order]]
 
 
 class Core:
@@ -91,6 +100,8 @@ class Core:
         self._preprocess_pool = ThreadPoolExecutor(
             max_workers=settings.preprocess_workers, thread_name_prefix="preprocess"
         )
+        self._unknown = metrics.series("", "")
+        """Requests that named no model the server serves."""
         self._started = False
         self._draining = False
         self._closed = False
@@ -169,8 +180,7 @@ class Core:
     def reject(self, error: ImgclfError) -> None:
         """Count a request refused before it named a model the core could look up (e.g. a
         malformed version or parameter), so that every refusal shows in the metrics."""
-        self._account(None, {"model": "", "version": ""}, time.monotonic(), error.code,
-                      error.reason)  # fmt: skip
+        self._account(None, self._unknown, time.monotonic(), error.code, error.reason)
 
     async def _serve(
         self,
@@ -188,14 +198,14 @@ class Core:
         request against the model first; `count`, when known before conversion, is checked
         against the limits before any image is converted."""
         started = time.monotonic()
-        labels = {"model": "", "version": ""}
+        series = self._unknown
         model: ServedModel | None = None
         self.metrics.inflight.inc()
         try:
             if self._closed or not self._started:
                 raise ModelNotReady("server is not ready (starting up or shutting down)")
             model = self.manager.get(model_name, version)
-            labels = {"model": model.name, "version": str(model.version)}
+            series = model.series
             with model.use():
                 if check is not None:
                     check(model)
@@ -216,39 +226,39 @@ class Core:
                 result = finish(model, np.stack(rows))
                 out_seconds = time.monotonic() - out_started
         except ImgclfError as exc:
-            self._account(model, labels, started, exc.code, exc.reason)
+            self._account(model, series, started, exc.code, exc.reason)
             raise
         except asyncio.CancelledError:
             if deadline is not None and time.monotonic() >= deadline:  # the client's deadline
-                self._account(model, labels, started, "DEADLINE_EXCEEDED", "deadline_exceeded")
+                self._account(model, series, started, "DEADLINE_EXCEEDED", "deadline_exceeded")
             else:
-                self._account(model, labels, started, "CANCELLED", "cancelled")
+                self._account(model, series, started, "CANCELLED", "cancelled")
             raise
         except Exception:
-            self._account(model, labels, started, "INTERNAL", "internal")
+            self._account(model, series, started, "INTERNAL", "internal")
             raise
         finally:
             self.metrics.inflight.dec()
-        self.metrics.compute_output_duration.labels(**labels).observe(out_seconds)
+        series.compute_output_duration.observe(out_seconds)
         model.stats.record_output(out_seconds, len(images))
-        self.metrics.images.labels(**labels).inc(len(images))
-        self._account(model, labels, started, "OK", None)
+        series.images.inc(len(images))
+        self._account(model, series, started, "OK", None)
         return result
 
     def _account(
         self,
         model: ServedModel | None,
-        labels: dict[str, str],
+        series: ModelSeries,
         started: float,
         code: str,
         reason: str | None,
     ) -> None:
         seconds = time.monotonic() - started
-        self.metrics.requests.labels(**labels, code=code).inc()
+        series.requests(code).inc()
         if reason is not None:
-            self.metrics.failures.labels(**labels, reason=reason).inc()
+            series.failures(reason).inc()
         else:
-            self.metrics.request_duration.labels(**labels).observe(seconds)
+            series.request_duration.observe(seconds)
         if model is not None:
             model.stats.record_request(seconds, ok=reason is None)
 
@@ -319,7 +329,5 @@ class Core:
             # Always off the event loop: even a few hundred bytes may declare millions of pixels.
             loop = asyncio.get_running_loop()
             tensor = await loop.run_in_executor(self._preprocess_pool, preprocess_bytes, *args)
-            self.metrics.preprocess_duration.labels(
-                model=model.name, version=str(model.version)
-            ).observe(time.monotonic() - started)
+            model.series.preprocess_duration.observe(time.monotonic() - started)
         return await model.batcher.submit(tensor, deadline, level, admission)

@@ -7,6 +7,8 @@ grow the label set.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -33,6 +35,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self._series: dict[tuple[str, str], ModelSeries] = {}
         r = self.registry
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
@@ -76,6 +79,11 @@ class Metrics:
             "Time to turn a request's model outputs into its reply (softmax, top-k).",
             MV, buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
+        self.solo_batches = Counter(
+            "imgclf_solo_batches",
+            "Batches run on the solo session (every core), nothing else running or waiting.",
+            MV, registry=r,
+        )  # fmt: skip
         self.batch_size = Histogram(
             "imgclf_batch_size", "Images per inference batch.", MV,
             buckets=BATCH_BUCKETS, registry=r,
@@ -113,3 +121,47 @@ class Metrics:
             "Time to load and warm up a model version.",
             MV, registry=r,
         )  # fmt: skip
+
+    def series(self, model: str, version: str) -> ModelSeries:
+        """One model version's series, looked up once (a label lookup costs more than the
+        observation itself on the request path)."""
+        key = (model, version)
+        found = self._series.get(key)
+        if found is None:
+            found = self._series[key] = ModelSeries(self, {"model": model, "version": version})
+        return found
+
+
+class ModelSeries:
+    """The per-request and per-batch series of one model version (model="" for requests
+    that named no model the server knows)."""
+
+    def __init__(self, metrics: Metrics, labels: dict[str, str]) -> None:
+        self._metrics = metrics
+        self.labels = labels
+        self.images = metrics.images.labels(**labels)
+        self.request_duration = metrics.request_duration.labels(**labels)
+        self.preprocess_duration = metrics.preprocess_duration.labels(**labels)
+        self.queue_duration = metrics.queue_duration.labels(**labels)
+        self.compute_input_duration = metrics.compute_input_duration.labels(**labels)
+        self.inference_duration = metrics.inference_duration.labels(**labels)
+        self.compute_output_duration = metrics.compute_output_duration.labels(**labels)
+        self.batch_size = metrics.batch_size.labels(**labels)
+        self.queue_depth = metrics.queue_depth.labels(**labels)
+        self.solo_batches = metrics.solo_batches.labels(**labels)
+        self._requests: dict[str, Any] = {}
+        self._failures: dict[str, Any] = {}
+
+    def requests(self, code: str) -> Any:
+        child = self._requests.get(code)
+        if child is None:
+            child = self._requests[code] = self._metrics.requests.labels(**self.labels, code=code)
+        return child
+
+    def failures(self, reason: str) -> Any:
+        child = self._failures.get(reason)
+        if child is None:
+            child = self._failures[reason] = self._metrics.failures.labels(
+                **self.labels, reason=reason
+            )
+        return child

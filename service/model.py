@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ import numpy as np
 from service.batching import Batcher, BatchStats
 from service.cpus import cpus
 from service.engine import CPU, Engine, ExecutionOptions, softmax
-from service.metrics import Metrics
+from service.metrics import Metrics, ModelSeries
 from service.modelmeta import ModelMetadata
 from service.repository import ModelConfig, ModelEntry
 from service.settings import ServerSettings
@@ -31,23 +32,38 @@ PROVIDER_OF_KIND = {"cpu": "cpu", "gpu": "cuda"}
 
 
 @dataclass
+class Engines:
+    """A model version's ONNX Runtime sessions."""
+
+    instances: list[Engine]
+    """One batch at a time each."""
+    solo: Engine | None = None
+    """CPU only: a session over every core for a batch that is all the work there is."""
+
+    @property
+    def all(self) -> list[Engine]:
+        return self.instances + ([self.solo] if self.solo is not None else [])
+
+
+@dataclass
 class ServedModel:
     name: str
     version: int
     metadata: ModelMetadata
     config: ModelConfig
-    engines: list[Engine]
+    engines: Engines
     batcher: Batcher
     max_batch_size: int
     default_timeout_s: float | None
     fingerprint: tuple[int, int, int]
+    series: ModelSeries
     stats: ModelStats = field(default_factory=ModelStats)
     _users: int = 0
     _idle: asyncio.Event | None = None
 
     @property
     def engine(self) -> Engine:
-        return self.engines[0]
+        return self.engines.instances[0]
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
@@ -118,39 +134,40 @@ def execution_options(
     )
 
 
-def create_engines(
-    path: Path, config: ModelConfig, settings: ServerSettings
-) -> tuple[list[Engine], int]:
-    """The model's sessions, and how many batches each runs at once.
+def create_engines(path: Path, config: ModelConfig, settings: ServerSettings) -> Engines:
+    """The model's instances (no solo session yet: see `add_solo`).
 
-    Configured (`instances` N): N sessions, one batch at a time each, the cores divided among
-    them. Auto: one session whose intra-op pool spans every core; on the CPU it runs one batch
-    per core at once, so a lone request gets every core (lowest latency) and concurrent ones
-    share them; on a GPU one batch at a time. On 2 cores this measured best of the three
-    layouts tried, within the noise of the others (docs/performance.md)."""
+    Configured (`instances` N): N sessions, the cores divided among them. Auto: on a GPU one
+    session; on CPU one single-threaded session per core, which the limit measurements show
+    gives the most images per second under concurrent load (docs/performance.md). (A GPU
+    session's CPU threads only run the few nodes left on the CPU.)"""
     count = config.instances or settings.instances
-    if count:
-        engines = [
-            Engine(path, execution_options(config, settings, i, count)) for i in range(count)
-        ]
-        return engines, 1
-    engine = Engine(path, execution_options(config, settings, 0, 1))
-    return [engine], (cpus() if engine.info.provider == CPU else 1)
+    first = Engine(path, execution_options(config, settings, 0, count or cpus()))
+    if not count:
+        count = cpus() if first.info.provider == CPU else 1
+    rest = [Engine(path, execution_options(config, settings, i, count)) for i in range(1, count)]
+    return Engines([first, *rest])
+
+
+def solo_options(config: ModelConfig, settings: ServerSettings) -> ExecutionOptions:
+    """The solo session's options: one intra-op thread per core, spinning as configured."""
+    options = execution_options(config, settings, 0, 1)
+    return dataclasses.replace(
+        options,
+        intra_op_threads=cpus(),
+        allow_spinning=options.allow_spinning or settings.solo_spinning,
+    )
 
 
 AUTO_MAX_BATCH = 8
 BATCHING_PAYS_BELOW_S = 0.005
+"""On CPU: below this time per image, per-call overhead dominates a run. Batches amortise it;
+intra-op threads (the solo session) do not pay, and their spinning costs the cores more than
+it saves."""
 
 
-def auto_batch_size(engine: Engine, sample_shape: tuple[int, ...], limit: int) -> int:
-    """The max batch size when none is configured. On a GPU batches pay: `limit`. On CPU cores
-    a model that needs milliseconds per image computes as fast one image at a time (measured
-    for EfficientNet-Lite0 on 2 cores: batch 4 costs more per image than batch 1), and batches
-    only add waiting; a model that takes well under a few milliseconds is dominated by per-call
-    overhead, which batches amortise. So: time one image (the best of 5 runs) and batch only
-    below BATCHING_PAYS_BELOW_S."""
-    if engine.info.provider != CPU:
-        return limit
+def seconds_per_image(engine: Engine, sample_shape: tuple[int, ...]) -> float:
+    """The best of 5 timed single-image runs (after one untimed)."""
     batch = np.zeros((1, *sample_shape), dtype=np.float32)
     engine.run(batch)
     best = float("inf")
@@ -158,7 +175,30 @@ def auto_batch_size(engine: Engine, sample_shape: tuple[int, ...], limit: int) -
         started = time.perf_counter()
         engine.run(batch)
         best = min(best, time.perf_counter() - started)
-    return limit if best < BATCHING_PAYS_BELOW_S else 1
+    return best
+
+
+def auto_batch_size(per_image: float | None, limit: int) -> int:
+    """The max batch size when none is configured, from the CPU seconds per image (None on a
+    GPU, where batches pay: `limit`). On CPU cores a model that needs milliseconds per image
+    computes as fast one image at a time (measured for EfficientNet-Lite0 on 2 cores: batch 4
+    costs more per image than batch 1), and batches only add waiting; a model that takes well
+    under a few milliseconds is dominated by per-call overhead, which batches amortise. So
+    batch only below BATCHING_PAYS_BELOW_S per image."""
+    return limit if per_image is None or per_image < BATCHING_PAYS_BELOW_S else 1
+
+
+def wants_solo(engines: Engines, settings: ServerSettings) -> bool:
+    """Whether a solo session could pay: on CPU with more than one core, unless an instance
+    already spans every core. It is then added for models slow enough that intra-op threads
+    pay (BATCHING_PAYS_BELOW_S per image or more on one instance); it runs a request that
+    arrives alone at the latency of every core."""
+    engine = engines.instances[0]
+    return (
+        settings.solo_session
+        and engine.info.provider == CPU
+        and engine.options.intra_op_threads < cpus()
+    )
 
 
 def load_model(
@@ -167,8 +207,8 @@ def load_model(
     """Open the ONNX file, read and check its metadata, create its instances, warm them up."""
     started = time.monotonic()
     fingerprint = entry.fingerprint()
-    engines, runs_per_engine = create_engines(entry.path, config, settings)
-    engine = engines[0]
+    engines = create_engines(entry.path, config, settings)
+    engine = engines.instances[0]
     metadata = ModelMetadata.from_props(engine.metadata_props, overrides=entry.read_sidecar())
     h, w = metadata.input_size
     engine.check_sample_shape((3, h, w))
@@ -189,26 +229,30 @@ def load_model(
             f"model output has shape {list(shape)} for one image, but the metadata names "
             f"{len(metadata.labels)} labels"
         )
-    if not (config.max_batch_size or settings.max_batch_size):
-        max_batch = auto_batch_size(engine, (3, h, w), max_batch)
+    auto_batch = not (config.max_batch_size or settings.max_batch_size)
+    per_image = None
+    if engine.info.provider == CPU and (auto_batch or wants_solo(engines, settings)):
+        per_image = seconds_per_image(engine, (3, h, w))
+    if auto_batch:
+        max_batch = auto_batch_size(per_image, max_batch)
+    if wants_solo(engines, settings) and per_image and per_image >= BATCHING_PAYS_BELOW_S:
+        engines.solo = Engine(entry.path, solo_options(config, settings))
     if settings.warmup:
         sizes = list(range(1, max_batch + 1))
-        for e in engines:
+        for e in engines.all:
             e.warmup(sizes, (3, h, w))
-    labels = {"model": entry.name, "version": str(entry.version)}
+    series = metrics.series(entry.name, str(entry.version))
     stats = ModelStats()
 
     def on_batch(b: BatchStats) -> None:
         stats.record_batch(b.size, b.queue_seconds, b.input_seconds, b.inference_seconds)
-        metrics.batch_size.labels(**labels).observe(b.size)
-        metrics.compute_input_duration.labels(**labels).observe(b.input_seconds)
-        metrics.inference_duration.labels(**labels).observe(b.inference_seconds)
-        queue = metrics.queue_duration.labels(**labels)
+        series.batch_size.observe(b.size)
+        series.compute_input_duration.observe(b.input_seconds)
+        series.inference_duration.observe(b.inference_seconds)
         for seconds in b.queue_seconds:
-            queue.observe(seconds)
-
-    def on_depth(depth: int) -> None:
-        metrics.queue_depth.labels(**labels).set(depth)
+            series.queue_duration.observe(seconds)
+        if b.solo:
+            series.solo_batches.inc()
 
     delay_ms = config.max_queue_delay_ms
     if delay_ms is None:
@@ -217,7 +261,7 @@ def load_model(
     if timeout_ms is None:
         timeout_ms = settings.default_timeout_ms
     batcher = Batcher(
-        [e.run for e in engines for _ in range(runs_per_engine)],
+        [e.run for e in engines.instances],
         max_batch_size=max_batch,
         max_delay_s=delay_ms / 1000.0,
         max_queue_size=config.max_queue_size or settings.max_queue_size,
@@ -225,17 +269,20 @@ def load_model(
         priority_levels=config.priority_levels,
         default_priority_level=config.default_priority_level,
         on_batch=on_batch,
-        on_depth=on_depth,
+        on_depth=series.queue_depth.set,
         name=entry.name,
+        solo=engines.solo.run if engines.solo is not None else None,
     )
-    metrics.queue_capacity.labels(**labels).set(batcher.max_queue_size)
+    metrics.queue_capacity.labels(**series.labels).set(batcher.max_queue_size)
     elapsed = time.monotonic() - started
-    metrics.model_load_duration.labels(**labels).set(elapsed)
+    metrics.model_load_duration.labels(**series.labels).set(elapsed)
     log.info(
         "model %s version %s loaded in %.2fs: %d classes, input %dx%d, max batch %d, "
-        "%d session(s) x %d concurrent run(s) on %s (%s)",
+        "%d instance(s) x %d intra-op thread(s)%s on %s (%s)",
         entry.name, entry.version, elapsed, len(metadata.labels), h, w, max_batch,
-        len(engines), runs_per_engine, engine.info.provider, engine.info.reason,
+        len(engines.instances), engine.options.intra_op_threads,
+        f" + solo session x {engines.solo.options.intra_op_threads}" if engines.solo else "",
+        engine.info.provider, engine.info.reason,
     )  # fmt: skip
     return ServedModel(
         name=entry.name,
@@ -247,5 +294,6 @@ def load_model(
         max_batch_size=max_batch,
         default_timeout_s=timeout_ms / 1000.0 if timeout_ms else None,
         fingerprint=fingerprint,
+        series=series,
         stats=stats,
     )

@@ -71,8 +71,15 @@ class ServerSettings(BaseSettings):
     """On CUDA/TensorRT, run batches through an ONNX Runtime IOBinding."""
     instances: int = Field(0, ge=0)
     """ONNX Runtime sessions per model, each running one batch at a time, the cores divided
-    among them (0: auto, one session over every core, running one batch per core at once on
-    CPU)."""
+    among them (0: auto, one single-threaded session per core on CPU, one session on a
+    GPU)."""
+    solo_session: bool = True
+    """On CPU, one more session per model whose intra-op threads span every core; it runs a
+    batch that is all the work there is (nothing else running or waiting), so a lone request
+    gets every core while concurrent ones run one per instance."""
+    solo_spinning: bool = True
+    """Let the solo session's threads spin between operators and briefly after a run (a
+    lone request's latency; the session is idle under load)."""
     intra_op_threads: int = Field(0, ge=0)
     """ONNX Runtime intra-op threads per session (0: the cores divided among the sessions)."""
     preprocess_threads: int = Field(0, ge=0)

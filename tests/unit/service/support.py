@@ -77,10 +77,11 @@ def add_version(root: Path, name: str, version: int, **model_kwargs: Any) -> Pat
 
 
 def server_settings(repo: Path, **settings: Any) -> ServerSettings:
-    """Settings over `repo` for unit tests: CPU, one instance with one intra-op thread, small
-    thread pools."""
+    """Settings over `repo` for unit tests: CPU, one instance with one intra-op thread, no solo
+    session, small thread pools."""
     settings.setdefault("providers", "cpu")
     settings.setdefault("instances", 1)
+    settings.setdefault("solo_session", False)
     settings.setdefault("max_batch_size", 8)  # fixed: the auto size is timed on the machine
     settings.setdefault("intra_op_threads", 1)
     settings.setdefault("preprocess_threads", 2)

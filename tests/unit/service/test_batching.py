@@ -528,3 +528,78 @@ def test_close_drains_every_instance():
         a.gate.set()
         b_.gate.set()
     assert sorted(s for m in (a, b_) for batch in m.sums for s in batch) == [2, 4, 6, 8, 10]
+
+
+# --- the solo runner ------------------------------------------------------------------------
+
+
+def test_a_lone_item_runs_solo_and_reports_it(model):
+    instance = FakeModel()
+    stats: list[BatchStats] = []
+
+    async def main() -> float:
+        b = Batcher([instance], max_batch_size=1, max_delay_s=0.0, solo=model,
+                    on_batch=stats.append)  # fmt: skip
+        b.start()
+        got = await asyncio.wait_for(b.submit(row(3)), HANG)
+        await b.close()
+        return float(got[0])
+
+    assert asyncio.run(main()) == 6.0
+    assert model.sums == [[6.0]]
+    assert instance.batches == []
+    assert [s.solo for s in stats] == [True]
+
+
+def test_instances_wait_while_solo_runs_then_share_the_load(model):
+    """The solo runner holds item 1 (on one worker's thread); items 2 and 3 arrive meanwhile:
+    the other worker takes item 2 but starts it only once the solo run is over (no
+    oversubscribed cores); then both instances share the rest, none of it solo."""
+    a, b_ = FakeModel(), FakeModel()
+    model.gate.clear()
+
+    async def main() -> list[float]:
+        b = Batcher([a, b_], max_batch_size=1, max_delay_s=0.0, solo=model)
+        b.start()
+        first = asyncio.ensure_future(b.submit(row(1)))
+        await model.wait_started()
+        rest = [asyncio.ensure_future(b.submit(row(v))) for v in (2, 3)]
+        await asyncio.sleep(0.2)  # time enough for a worker to start a run, were it allowed
+        assert a.batches == [] and b_.batches == []
+        assert b.depth == 1  # item 2 taken by the free worker and held at the gate
+        model.gate.set()
+        got = await asyncio.wait_for(asyncio.gather(first, *rest), HANG)
+        await b.close()
+        return [float(r[0]) for r in got]
+
+    try:
+        assert asyncio.run(main()) == [2.0, 4.0, 6.0]
+    finally:
+        model.gate.set()
+    assert model.sums == [[2.0]]
+    assert sorted(a.sums + b_.sums) == [[4.0], [6.0]]
+
+
+def test_no_solo_run_while_items_wait(model):
+    """Items queued while the solo run holds the only worker run on the instance, except
+    the last one, which finds nothing else to do and runs solo again."""
+    instance = FakeModel()
+    model.gate.clear()
+
+    async def main() -> None:
+        b = Batcher([instance], max_batch_size=1, max_delay_s=0.0, solo=model)
+        b.start()
+        first = asyncio.ensure_future(b.submit(row(0)))
+        await model.wait_started()
+        rest = [asyncio.ensure_future(b.submit(row(v))) for v in range(1, 5)]
+        await let_run()
+        model.gate.set()
+        await asyncio.wait_for(asyncio.gather(first, *rest), HANG)
+        await b.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        model.gate.set()
+    assert model.sums == [[0.0], [8.0]]
+    assert instance.sums == [[2.0], [4.0], [6.0]]

@@ -185,6 +185,22 @@ def test_top_k_helper_ties_lower_index_first():
     assert [(s.index, s.label) for s in scores] == [(1, "b"), (2, "c"), (0, "a")]
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_top_k_helper_matches_a_full_stable_sort(seed):
+    """Partial selection gives the same classes in the same order as sorting all of them,
+    ties at the k-th place included (values drawn from a few levels so ties abound)."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 40))
+    p = rng.integers(0, 5, size=n).astype(np.float32) / 4
+    if seed % 5 == 0:
+        p[rng.integers(0, n)] = np.nan
+    labels = [str(i) for i in range(n)]
+    for k in (1, 2, 3, n // 2 + 1, n, n + 3):
+        want = np.argsort(-p, kind="stable")[: min(k, n)]
+        got = [s.index for s in top_k(p, k, labels)]
+        assert got == want.tolist(), (k, p)
+
+
 # --- refusals -------------------------------------------------------------------------------
 
 

@@ -168,8 +168,8 @@ def test_every_instance_is_warmed_up(tmp_path, warmups):
     make_repo(tmp_path)
     write_config(tmp_path, "tiny", {"instances": 2, "max_batch_size": 2})
     model = load(tmp_path)
-    assert len(model.engines) == 2
-    assert model.engines[0] is not model.engines[1]
+    assert len(model.engines.instances) == 2
+    assert model.engines.instances[0] is not model.engines.instances[1]
     assert model.batcher.instances == 2
     assert warmups == [[1, 2], [1, 2]]
 
@@ -353,13 +353,61 @@ def test_use_before_start_is_a_programming_error(tmp_path):
         pass
 
 
-def test_auto_instances_one_session_over_every_core_one_batch_per_core(tmp_path, warmups):
+@pytest.fixture
+def slow(monkeypatch) -> None:
+    """Every model counts as slow enough for intra-op threads (the tiny one is not)."""
+    monkeypatch.setattr("service.model.BATCHING_PAYS_BELOW_S", 0.0)
+
+
+def test_auto_instances_one_single_threaded_session_per_core_and_a_solo(tmp_path, warmups, slow):
     make_repo(tmp_path)
-    model = load(tmp_path, instances=0, intra_op_threads=0, max_batch_size=2)
-    assert len(model.engines) == 1
-    assert model.engines[0].options.intra_op_threads == cpus()
-    assert model.batcher.instances == cpus()  # concurrent runs on the one session
-    assert warmups == [[1, 2]]
+    model = load(tmp_path, instances=0, intra_op_threads=0, max_batch_size=2, solo_session=True)
+    assert len(model.engines.instances) == cpus()
+    assert all(e.options.intra_op_threads == 1 for e in model.engines.instances)
+    assert model.batcher.instances == cpus()
+    if cpus() > 1:
+        solo = model.engines.solo
+        assert solo is not None
+        assert solo.options.intra_op_threads == cpus()
+        assert solo.options.allow_spinning  # solo_spinning defaults on
+        assert warmups == [[1, 2]] * (cpus() + 1)  # every session, the solo one too
+    else:
+        assert model.engines.solo is None
+
+
+def test_auto_on_many_cores(tmp_path, monkeypatch, slow):
+    """Counted on a pretend 4-core machine: four 1-thread instances and a 4-thread solo."""
+    monkeypatch.setattr("service.model.cpus", lambda: 4)
+    make_repo(tmp_path)
+    model = load(tmp_path, instances=0, intra_op_threads=0, warmup=False, solo_session=True,
+                 solo_spinning=False)  # fmt: skip
+    assert [e.options.intra_op_threads for e in model.engines.instances] == [1, 1, 1, 1]
+    assert model.engines.solo is not None
+    assert model.engines.solo.options.intra_op_threads == 4
+    assert model.engines.solo.options.allow_spinning is False
+
+
+def test_no_solo_when_an_instance_spans_every_core_or_when_off(tmp_path, monkeypatch, slow):
+    monkeypatch.setattr("service.model.cpus", lambda: 4)
+    make_repo(tmp_path)
+    wide = load(tmp_path, instances=1, intra_op_threads=0, warmup=False, solo_session=True)
+    assert wide.engines.instances[0].options.intra_op_threads == 4
+    assert wide.engines.solo is None
+    off = load(tmp_path, instances=0, intra_op_threads=0, warmup=False, solo_session=False)
+    assert len(off.engines.instances) == 4
+    assert off.engines.solo is None
+    two = load(tmp_path, instances=2, intra_op_threads=0, warmup=False, solo_session=True)
+    assert [e.options.intra_op_threads for e in two.engines.instances] == [2, 2]
+    assert two.engines.solo is not None
+
+
+def test_no_solo_for_a_fast_model(tmp_path, monkeypatch):
+    """The tiny model runs an image in microseconds: intra-op threads cannot pay."""
+    monkeypatch.setattr("service.model.cpus", lambda: 4)
+    make_repo(tmp_path)
+    model = load(tmp_path, instances=0, intra_op_threads=0, warmup=False, solo_session=True)
+    assert len(model.engines.instances) == 4
+    assert model.engines.solo is None
 
 
 def test_auto_batch_size_batches_a_fast_model_on_cpu(tmp_path, warmups):
@@ -369,7 +417,6 @@ def test_auto_batch_size_batches_a_fast_model_on_cpu(tmp_path, warmups):
     assert warmups == [list(range(1, 9))]
 
 
-def test_auto_batch_size_is_one_for_a_slow_model_on_cpu(tmp_path, monkeypatch):
+def test_auto_batch_size_is_one_for_a_slow_model_on_cpu(tmp_path, slow):
     make_repo(tmp_path)
-    monkeypatch.setattr("service.model.BATCHING_PAYS_BELOW_S", 0.0)  # every model is "slow"
     assert load(tmp_path, max_batch_size=0).max_batch_size == 1
