@@ -38,6 +38,20 @@ SERVICE_NAMES = (
 )
 
 
+def grpc_server_options(s: ServerSettings) -> list[tuple[str, int]]:
+    """The gRPC server's channel options (also used by `imgclf bench --floor`)."""
+    return [
+        ("grpc.max_receive_message_length", s.max_message_bytes),
+        ("grpc.max_send_message_length", s.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+        # gRPC core cancels calls the application has not picked up yet beyond these
+        # (defaults 1000/3000): a burst should queue and meet our own admission control
+        # (RESOURCE_EXHAUSTED with a retry hint), not vanish as CANCELLED.
+        ("grpc.server.max_pending_requests", 10_000),
+        ("grpc.server.max_pending_requests_hard_limit", 30_000),
+    ]
+
+
 class Server:
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
@@ -77,16 +91,7 @@ class Server:
         )
         self._http = http
         self.metrics_port = http.server_port
-        options = [
-            ("grpc.max_receive_message_length", s.max_message_bytes),
-            ("grpc.max_send_message_length", s.max_message_bytes),
-            ("grpc.so_reuseport", 0),
-            # gRPC core cancels calls the application has not picked up yet beyond these
-            # (defaults 1000/3000): a burst should queue and meet our own admission control
-            # (RESOURCE_EXHAUSTED with a retry hint), not vanish as CANCELLED.
-            ("grpc.server.max_pending_requests", 10_000),
-            ("grpc.server.max_pending_requests_hard_limit", 30_000),
-        ]
+        options = grpc_server_options(s)
         token = read_token(s.auth_token, s.auth_token_file)
         interceptors = [TokenAuthInterceptor(token)] if token else []
         self._grpc = grpc.aio.server(options=options, interceptors=interceptors)

@@ -128,6 +128,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="start `imgclf serve` on free ports for the run, stop it after",
     )
     m.add_argument("--server-args", default="", help="extra `imgclf serve` arguments")
+    m.add_argument(
+        "--floor",
+        action="store_true",
+        help="also drive a bare gRPC server (same options, canned reply, no model) with the "
+        "same requests at each load point: what the gRPC stack alone costs",
+    )
     o = parser.add_argument_group("output")
     o.add_argument("--json", type=Path, help="write everything as JSON here")
     o.add_argument("--plot", type=Path, help="PNG: throughput and latency (matplotlib)")

@@ -115,6 +115,19 @@ def stage_table(points: list[dict]) -> str | None:
     return "server stages (mean ms, from /metrics deltas):\n" + table(head, rows)
 
 
+def floor_table(points: list[dict]) -> str | None:
+    rows = [
+        [p["load"], fmt(f["throughput_rps"]), fmt(f["p50_ms"], ".2f"), fmt(f["p99_ms"], ".2f"),
+         str(f["errors"]), fmt(f["served_over_floor"], ".2f"),
+         fmt(f["p50_minus_floor_ms"], "+.2f"), fmt(f["client_cpu_cores"], ".2f")]
+        for p in points if (f := p.get("floor"))
+    ]  # fmt: skip
+    if not rows:
+        return None
+    return table(["load", "req/s", "p50 ms", "p99 ms", "errors", "served/floor",
+                  "p50-floor_p50 ms", "client cores"], rows)  # fmt: skip
+
+
 def write_json(path: Path, report: dict) -> None:
     def default(o: object) -> object:
         if hasattr(o, "item"):
@@ -198,4 +211,8 @@ def text(result: dict) -> str:
         stages = stage_table(result["points"])
         if stages:
             lines += ["", stages]
+        floor = floor_table(result["points"])
+        if floor:
+            lines += ["\nfloor (a bare gRPC server, same options and requests, canned reply, "
+                      "no model):", floor]  # fmt: skip
     return "\n".join(lines)

@@ -15,6 +15,7 @@ import time
 import grpc
 
 from service.bench import inputs, limit, load, report, stats, wire
+from service.bench.floor import FloorServer
 from service.bench.server import StartedServer
 
 
@@ -178,6 +179,14 @@ def execute(args: argparse.Namespace) -> dict:
             runner = stack.enter_context(load.LoadRunner(
                 connection, method, payloads, args.client_processes, args.request_timeout
             ))  # fmt: skip
+            floor_runner = None
+            if args.floor:
+                say("starting the floor server (bare gRPC answering the probe's reply)")
+                floor = stack.enter_context(FloorServer(method, reply))
+                floor_runner = stack.enter_context(load.LoadRunner(
+                    wire.Connection(floor.target), method, payloads, args.client_processes,
+                    args.request_timeout,
+                ))  # fmt: skip
             for r in range(args.rounds):
                 if r and args.limit:
                     run_limit()
@@ -187,7 +196,11 @@ def execute(args: argparse.Namespace) -> dict:
                     tag = f" (round {r + 1}/{args.rounds})" if args.rounds > 1 else ""
                     say(f"served {point.label}: {args.warmup:g}s warm-up + "
                         f"{args.duration:g}s{tag} ...")  # fmt: skip
-                    point_rounds[-1].append(measure_point(runner, point, metrics_url, args, lim))
+                    measured = measure_point(runner, point, metrics_url, args, lim)
+                    if floor_runner is not None:
+                        say(f"floor {point.label} ...")
+                        measured["floor"] = measure_floor(floor_runner, point, args, measured)
+                    point_rounds[-1].append(measured)
         elif args.limit:
             for _ in range(args.rounds - 1):
                 run_limit()
@@ -216,3 +229,22 @@ def measure_point(
         "rate": point.rate, "duration_s": point.duration, "summary": summary,
         "server": got.server, "vs_limit": report.vs_limit(summary, lim, got.server),
     }  # fmt: skip
+
+
+def measure_floor(
+    runner: load.LoadRunner, point: load.Point, args: argparse.Namespace, served: dict
+) -> dict:
+    """The same point against the floor server, and the served point over it."""
+    got = runner.run(point, None, args.model)
+    summary = stats.summarise(got.records, *got.window, args.batch_size).as_dict()
+    rps, p50 = summary["throughput_rps"], summary["latency_ms"]["p50"]
+    s = served["summary"]
+    return {
+        "throughput_rps": rps,
+        "p50_ms": p50,
+        "p99_ms": summary["latency_ms"]["p99"],
+        "errors": sum(summary["errors"].values()),
+        "client_cpu_cores": summary["client_cpu_cores"],
+        "served_over_floor": s["throughput_rps"] / rps if rps else None,
+        "p50_minus_floor_ms": s["latency_ms"]["p50"] - p50 if p50 is not None else None,
+    }

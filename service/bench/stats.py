@@ -222,6 +222,12 @@ def combine_points(rounds: list[dict]) -> dict:
         "errors": dict(sorted(errors.items())),
     }  # fmt: skip
     out["vs_limit"] = {k: median([p["vs_limit"][k] for p in rounds]) for k in rounds[0]["vs_limit"]}
+    if all("floor" in p for p in rounds):
+        out["floor"] = {
+            k: median([p["floor"][k] for p in rounds])
+            if all(p["floor"][k] is not None for p in rounds) else None
+            for k in rounds[0]["floor"]
+        }  # fmt: skip
     out["rounds"] = [
         {"throughput_ips": p["summary"]["throughput_ips"],
          "p50_ms": p["summary"]["latency_ms"]["p50"], **p["vs_limit"]}

@@ -83,6 +83,19 @@ def test_bench_starts_its_own_server_and_compares_with_the_limit(
     assert (tmp_path / "bench.png").stat().st_size > 0
 
 
+def test_bench_floor_drives_a_bare_grpc_server_with_the_same_requests(
+    tiny_server: ServerProcess, tmp_path: Path
+) -> None:
+    result = bench(
+        tmp_path, "--target", tiny_server.target, "--metrics-url", "", "--input", "tensor",
+        "--concurrency", "2", "--floor", "--rounds", "2",
+    )  # fmt: skip
+    assert_served_cleanly(result, 1)
+    floor = result["points"][0]["floor"]
+    assert floor["throughput_rps"] > 0 and floor["errors"] == 0
+    assert floor["served_over_floor"] > 0 and floor["p50_ms"] > 0
+
+
 def test_bench_says_what_failed(tiny_server: ServerProcess, tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "service.bench", "--target", tiny_server.target,
