@@ -21,9 +21,13 @@ def encoded_image(data: bytes) -> pb.Image:
 
 
 def tensor_image(tensor: np.ndarray) -> pb.Image:
-    """An image message from a float32 tensor already preprocessed to the model input (CHW)."""
-    arr = np.ascontiguousarray(tensor, dtype="<f4")
-    return pb.Image(tensor=pb.Tensor(shape=arr.shape, dtype=pb.FLOAT32, data=arr.tobytes()))
+    """An image message from a tensor at the model input: float32 (CHW, preprocessed) or
+    uint8 pixels (sent as UINT8)."""
+    if tensor.dtype == np.uint8:
+        arr, dtype = np.ascontiguousarray(tensor), pb.UINT8
+    else:
+        arr, dtype = np.ascontiguousarray(tensor, dtype="<f4"), pb.FLOAT32
+    return pb.Image(tensor=pb.Tensor(shape=arr.shape, dtype=dtype, data=arr.tobytes()))
 
 
 def open_channel(

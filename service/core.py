@@ -18,7 +18,7 @@ import numpy as np
 
 from service.batching import Admission
 from service.errors import ImgclfError, InvalidInput, ModelNotReady
-from service.imaging import normalize, preprocess_bytes
+from service.imaging import normalize, pixels_from_bytes, preprocess_bytes
 from service.manager import ModelManager
 from service.metrics import Metrics, ModelSeries
 from service.model import ServedModel
@@ -36,7 +36,8 @@ class ImageInput:
     tensor: np.ndarray | None = None
     """float32 CHW, already preprocessed to the model input."""
     pixels: np.ndarray | None = None
-    """uint8 CHW pixels at the model's input size: normalised by the server (mean/std)."""
+    """uint8 pixels at the model's input size, in its input layout: CHW, normalised by the
+    server (mean/std), or HWC for a model that takes pixels (normalised in its graph)."""
 
 
 @dataclass(frozen=True)
@@ -277,6 +278,13 @@ class Core:
         for i, image in enumerate(images):
             array = image.tensor if image.tensor is not None else image.pixels
             if array is not None:
+                if image.tensor is not None and model.metadata.pixel_input:
+                    h, w = model.metadata.input_size
+                    raise InvalidInput(
+                        f"image {i}: this model takes uint8 pixels ({h}x{w}x3, NHWC, "
+                        "normalised in the model); send encoded images or UINT8 pixels",
+                        reason="bad_dtype",
+                    )
                 try:
                     model.engine.check_sample_shape(tuple(array.shape))
                 except InvalidInput as exc:
@@ -321,13 +329,17 @@ class Core:
         if image.tensor is not None:
             tensor = image.tensor
         elif image.pixels is not None:
-            tensor = normalize(image.pixels.transpose(1, 2, 0), spec)
+            pixels = image.pixels
+            tensor = (
+                pixels if model.metadata.pixel_input else normalize(pixels.transpose(1, 2, 0), spec)
+            )
         else:
             assert image.encoded is not None
             started = time.monotonic()
             args = (image.encoded, spec, self.settings.max_pixels, self.settings.jpeg_draft)
             # Always off the event loop: even a few hundred bytes may declare millions of pixels.
             loop = asyncio.get_running_loop()
-            tensor = await loop.run_in_executor(self._preprocess_pool, preprocess_bytes, *args)
+            convert = pixels_from_bytes if model.metadata.pixel_input else preprocess_bytes
+            tensor = await loop.run_in_executor(self._preprocess_pool, convert, *args)
             model.series.preprocess_duration.observe(time.monotonic() - started)
         return await model.batcher.submit(tensor, deadline, level, admission)

@@ -32,7 +32,11 @@ CPU = "CPUExecutionProvider"
 PROVIDER_CHOICES = ("auto", "cpu", "cuda", "tensorrt")
 CONV_ALGO_SEARCHES = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
 ARENA_EXTEND_STRATEGIES = ("kNextPowerOfTwo", "kSameAsRequested")
-INPUT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+INPUT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(uint8)": np.uint8,
+}
 
 INTRA_OP_SPINNING = "session.intra_op.allow_spinning"
 INTER_OP_SPINNING = "session.inter_op.allow_spinning"
@@ -287,7 +291,7 @@ class EngineInfo:
     output_shape: tuple[int | str | None, ...]
     input_type: str
     """The model's input type (ORT type string). For tensor(float16), `run` casts the
-    float32 batch to float16 and the output back to float32."""
+    float32 batch to float16 and the output back to float32; tensor(uint8) takes pixels."""
     io_binding: bool = False
     """Whether `run` goes through an IOBinding."""
 
@@ -324,7 +328,9 @@ class Engine:
         if len(inp) != 1:
             raise ValueError(f"{path}: a classifier must have exactly one input, found {len(inp)}")
         if inp[0].type not in INPUT_TYPES:
-            raise ValueError(f"{path}: input must be float32 or float16, found {inp[0].type}")
+            raise ValueError(
+                f"{path}: input must be float32, float16 or uint8, found {inp[0].type}"
+            )
         self._input_dtype = INPUT_TYPES[inp[0].type]
         self._bind = options.io_binding and active in (CUDA, TENSORRT)
         self.info = EngineInfo(
@@ -353,7 +359,8 @@ class Engine:
             )
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """Run one batch (N, C, H, W) float32; returns the first output (N, classes) float32."""
+        """Run one batch (N, C, H, W) float32, or (N, H, W, C) uint8 pixels for a uint8 model;
+        returns the first output (N, classes) float32."""
         batch = np.ascontiguousarray(batch, dtype=self._input_dtype)
         if self._bind:
             # Output bound to CPU memory: ONNX Runtime copies it back within the run.

@@ -164,17 +164,29 @@ def preprocess_image(img: Image.Image, spec: Preprocessing) -> np.ndarray:
     return normalize(np.asarray(img, dtype=np.uint8), spec)
 
 
-def preprocess_bytes(
+def pixels_from_bytes(
     data: bytes,
     spec: Preprocessing,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     jpeg_draft: bool = False,
 ) -> np.ndarray:
-    """Encoded image bytes -> the float32 CHW tensor the model takes.
+    """Encoded image bytes -> uint8 HWC RGB pixels, resized and center-cropped to the input
+    size: the eval preset up to, not including, the normalisation (which a uint8 model does
+    in its graph).
 
     `jpeg_draft` lets large JPEGs decode at a reduced scale that still covers the resize (see
     decode_image); results then differ slightly from a full decode (same class, not the same
     bits)."""
     min_side = spec.resize_size if jpeg_draft else 0
     img = decode_image(data, max_pixels=max_pixels, min_shorter_side=min_side)
-    return preprocess_image(img, spec)
+    return np.asarray(resize_and_crop(img, spec), dtype=np.uint8)
+
+
+def preprocess_bytes(
+    data: bytes,
+    spec: Preprocessing,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    jpeg_draft: bool = False,
+) -> np.ndarray:
+    """Encoded image bytes -> the float32 CHW tensor the model takes (see pixels_from_bytes)."""
+    return normalize(pixels_from_bytes(data, spec, max_pixels, jpeg_draft), spec)

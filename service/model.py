@@ -67,8 +67,7 @@ class ServedModel:
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
-        h, w = self.metadata.input_size
-        return (3, h, w)
+        return self.metadata.sample_shape
 
     @property
     def num_classes(self) -> int:
@@ -211,7 +210,14 @@ def load_model(
     engine = engines.instances[0]
     metadata = ModelMetadata.from_props(engine.metadata_props, overrides=entry.read_sidecar())
     h, w = metadata.input_size
-    engine.check_sample_shape((3, h, w))
+    sample = metadata.sample_shape
+    if metadata.pixel_input != (engine.info.input_type == "tensor(uint8)"):
+        raise ValueError(
+            f"{entry.path}: input {engine.info.input_type} with layout {metadata.input_layout}; "
+            "a uint8 input takes NHWC pixels (input_layout NHWC, normalisation in the graph), "
+            "a float input NCHW tensors"
+        )
+    engine.check_sample_shape(sample)
     max_batch = config.max_batch_size or settings.max_batch_size or AUTO_MAX_BATCH
     batch_dim = engine.info.input_shape[0]
     if isinstance(batch_dim, int):
@@ -223,7 +229,7 @@ def load_model(
         max_batch = 1
     # One real run: the output must be (batch, classes) with a column per label, whatever the
     # graph declares (its class axis may be symbolic).
-    shape = engine.output_shape_for_one((3, h, w))
+    shape = engine.output_shape_for_one(sample)
     if len(shape) != 2 or shape[1] != len(metadata.labels):
         raise ValueError(
             f"model output has shape {list(shape)} for one image, but the metadata names "
@@ -232,7 +238,7 @@ def load_model(
     auto_batch = not (config.max_batch_size or settings.max_batch_size)
     per_image = None
     if engine.info.provider == CPU and (auto_batch or wants_solo(engines, settings)):
-        per_image = seconds_per_image(engine, (3, h, w))
+        per_image = seconds_per_image(engine, sample)
     if auto_batch:
         max_batch = auto_batch_size(per_image, max_batch)
     if wants_solo(engines, settings) and per_image and per_image >= BATCHING_PAYS_BELOW_S:
@@ -240,7 +246,7 @@ def load_model(
     if settings.warmup:
         sizes = list(range(1, max_batch + 1))
         for e in engines.all:
-            e.warmup(sizes, (3, h, w))
+            e.warmup(sizes, sample)
     series = metrics.series(entry.name, str(entry.version))
     stats = ModelStats()
 

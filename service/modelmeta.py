@@ -15,7 +15,9 @@ from service.imaging import Preprocessing
 
 REQUIRED_KEYS = ("labels", "input_size", "resize_size", "mean", "std")
 OUTPUT_KINDS = ("logits", "probabilities")
-LAYOUTS = ("NCHW",)
+LAYOUTS = ("NCHW", "NHWC")
+"""NCHW: float input, preprocessed by the server. NHWC: uint8 pixels, resized and cropped by
+the server, normalised in the graph (`imgclf export --bake-preprocessing`)."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,17 @@ class ModelMetadata:
         if len(self.mean) != 3 or len(self.std) != 3 or not all(self.std):
             raise ValueError(f"mean and std need 3 values, std non-zero: {self.mean}, {self.std}")
         self.preprocessing  # noqa: B018 - validates sizes and interpolation at load time
+
+    @property
+    def pixel_input(self) -> bool:
+        """The model takes uint8 NHWC pixels and normalises them itself."""
+        return self.input_layout == "NHWC"
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """One image's input shape: (3, H, W), or (H, W, 3) for a pixel-input model."""
+        h, w = self.input_size
+        return (h, w, 3) if self.pixel_input else (3, h, w)
 
     @property
     def preprocessing(self) -> Preprocessing:

@@ -2,7 +2,9 @@
 
 Input (N, 3, H, W) float32 -> global average pool -> linear -> logits (N, classes), with imgclf
 metadata. Its weights make the mean red/green/blue intensity decide the class, so real images
-with a dominant colour give a predictable answer.
+with a dominant colour give a predictable answer. The pixel-input variant takes uint8
+(N, H, W, 3) and scales it to [0, 1] in the graph (mean 0, std 1: what the server does for the
+float one), as `imgclf export --bake-preprocessing` models do.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ def make_tiny_model(
     labels: list[str] | None = None,
     with_metadata: bool = True,
     batch: int | str = "N",
+    pixel_input: bool = False,
 ) -> Path:
     labels = labels or LABELS
     k = len(labels)
@@ -31,16 +34,29 @@ def make_tiny_model(
     for i in range(k):
         weight[i % 3, i] = 4.0
     bias = np.zeros((k,), dtype=np.float32)
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["nchw"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
+        helper.make_node("Gemm", ["flat", "W", "B"], ["logits"]),
+    ]
+    initializers = [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "B")]
+    if pixel_input:
+        nodes[:0] = [
+            helper.make_node("Cast", ["input"], ["float_hwc"], to=TensorProto.FLOAT),
+            helper.make_node("Transpose", ["float_hwc"], ["float_chw"], perm=[0, 3, 1, 2]),
+            helper.make_node("Mul", ["float_chw", "scale"], ["nchw"]),
+        ]
+        initializers.append(numpy_helper.from_array(np.float32(1 / 255), "scale"))
+        inp = helper.make_tensor_value_info("input", TensorProto.UINT8, [batch, size, size, 3])
+    else:
+        nodes.insert(0, helper.make_node("Identity", ["input"], ["nchw"]))
+        inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, size, size])
     graph = helper.make_graph(
-        [
-            helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
-            helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
-            helper.make_node("Gemm", ["flat", "W", "B"], ["logits"]),
-        ],
+        nodes,
         "tiny",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, size, size])],
+        [inp],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, k])],
-        initializer=[numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "B")],
+        initializer=initializers,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -51,6 +67,7 @@ def make_tiny_model(
             resize_size=size,
             mean=(0.0, 0.0, 0.0),
             std=(1.0, 1.0, 1.0),
+            input_layout="NHWC" if pixel_input else "NCHW",
             provenance={"architecture": "tiny-test"},
         )
         helper.set_model_props(model, meta.to_props())

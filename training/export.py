@@ -12,7 +12,7 @@ written only after every variant asked for passed:
 Variants: ``--softmax`` bakes the softmax in (metadata ``output: probabilities``); ``--fp16``
 also writes ``<name>_fp16`` (float16 weights and input; the server casts float32 batches);
 ``--bake-preprocessing`` also writes ``<name>_uint8`` (uint8 NHWC input of input_size pixels,
-normalisation in the graph; the current server does not serve it yet, see docs/training.md).
+normalisation in the graph: the server resizes and crops, the model normalises).
 """
 
 from __future__ import annotations
@@ -183,11 +183,6 @@ def export_checkpoint(args: argparse.Namespace) -> list[ExportResult]:
     results = export_variants(model, metadata, out_dirs, images, options)
     for r in results:
         print(f"wrote {r.path} ({r.variant}, {r.exporter})")
-    if args.bake_preprocessing:
-        print(
-            f"note: {args.name}_uint8 takes uint8 NHWC pixels; the imgclf server does not serve "
-            "that input yet (it reports the model as FAILED to load and serves the others)"
-        )
     return results
 
 

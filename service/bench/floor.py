@@ -99,6 +99,14 @@ class FloorServer:
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    def cpu_seconds(self) -> float | None:
+        """CPU seconds the server process has used (Linux /proc; None elsewhere)."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def _wait_listening(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:

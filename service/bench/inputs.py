@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from service.bench import BENCH_EXTRA, IMAGE_SIZES, MissingDependency
-from service.imaging import Preprocessing, preprocess_bytes
+from service.imaging import Preprocessing, pixels_from_bytes, preprocess_bytes
 from service.modelmeta import ModelMetadata
 
 JPEG_QUALITY = 90
@@ -112,7 +112,7 @@ class ModelSpec:
 
     name: str
     input_shape: tuple[int, int, int]
-    """One image's input (C, H, W)."""
+    """One image's input: (C, H, W), or (H, W, C) for a pixel-input model."""
     preprocessing: Preprocessing
     source: str
     """Where the preprocessing came from (for the report)."""
@@ -121,6 +121,8 @@ class ModelSpec:
     input_name: str = "input"
     output_name: str = ""
     notes: list[str] = field(default_factory=list)
+    pixel_input: bool = False
+    """The model takes uint8 HWC pixels (resized and cropped) and normalises them itself."""
 
     def as_dict(self) -> dict[str, object]:
         p = self.preprocessing
@@ -128,6 +130,7 @@ class ModelSpec:
             "name": self.name,
             "path": str(self.path) if self.path else None,
             "input_shape": list(self.input_shape),
+            "pixel_input": self.pixel_input,
             "input_name": self.input_name,
             "output_name": self.output_name,
             "preprocessing": {
@@ -159,23 +162,23 @@ def spec_from_onnx(name: str, path: Path) -> ModelSpec:
     overrides = json.loads(sidecar.read_text()) if sidecar.is_file() else None
     meta = ModelMetadata.from_props(props, overrides)
     inp, out = session.get_inputs()[0], session.get_outputs()[0]
-    h, w = meta.input_size
     return ModelSpec(
-        name, (3, h, w), meta.preprocessing, f"ONNX metadata of {path}", path,
-        input_name=inp.name, output_name=out.name,
+        name, meta.sample_shape, meta.preprocessing, f"ONNX metadata of {path}", path,
+        input_name=inp.name, output_name=out.name, pixel_input=meta.pixel_input,
     )  # fmt: skip
 
 
 def spec_from_shape(name: str, shape: tuple[int, int, int], source: str) -> ModelSpec:
     """Preprocessing guessed from the input shape (ImageNet-style resize 256/224, mean/std):
     tensors of the right shape and scale; what matters for timing."""
-    _, h, w = shape
+    pixels = shape[-1] == 3 and shape[0] != 3  # (H, W, 3): a pixel-input model
+    h, w = shape[:2] if pixels else shape[1:]
     spec = Preprocessing(input_size=(h, w), resize_size=round(min(h, w) * 256 / 224))
     note = (
         f"preprocessing: input shape from {source}; resize/mean/std are ImageNet defaults "
         "(give --model-path for the model's own)"
     )
-    return ModelSpec(name, shape, spec, source, notes=[note])
+    return ModelSpec(name, shape, spec, source, notes=[note], pixel_input=pixels)
 
 
 def remote_input_shape(
@@ -211,6 +214,8 @@ def remote_input_shape(
     return None
 
 
-def tensors(images: list[tuple[str, bytes]], spec: Preprocessing) -> list[tuple[str, np.ndarray]]:
-    """The photos through the model's eval preprocessing: float32 CHW each."""
-    return [(name, preprocess_bytes(data, spec)) for name, data in images]
+def tensors(images: list[tuple[str, bytes]], spec: ModelSpec) -> list[tuple[str, np.ndarray]]:
+    """The photos through the model's eval preprocessing: float32 CHW each, or uint8 HWC
+    pixels (resized and cropped) for a pixel-input model."""
+    convert = pixels_from_bytes if spec.pixel_input else preprocess_bytes
+    return [(name, convert(data, spec.preprocessing)) for name, data in images]

@@ -80,6 +80,8 @@ class Job:
     warmup: float
     duration: float
     jpeg_draft: bool
+    pixel_input: bool = False
+    """The model takes uint8 HWC pixels (resized and cropped), normalised in its graph."""
 
 
 def _worker(job: Job, barrier: threading.Barrier, results: mp.Queue, index: int) -> None:
@@ -88,7 +90,7 @@ def _worker(job: Job, barrier: threading.Barrier, results: mp.Queue, index: int)
         import onnxruntime as ort
 
         from service.engine import ExecutionOptions, session_options
-        from service.imaging import preprocess_bytes
+        from service.imaging import pixels_from_bytes, preprocess_bytes
 
         options = ExecutionOptions(
             providers="cpu", intra_op_threads=cfg.threads, allow_spinning=cfg.spinning
@@ -100,14 +102,15 @@ def _worker(job: Job, barrier: threading.Barrier, results: mp.Queue, index: int)
         n, b = len(items), cfg.batch
         encoded = isinstance(items[0], bytes)
         stacked = [] if encoded else [
-            np.stack([items[(s + j) % n] for j in range(b)]).astype(np.float32) for s in range(n)
+            np.stack([items[(s + j) % n] for j in range(b)]) for s in range(n)
         ]  # fmt: skip
 
         kw = {"jpeg_draft": True} if job.jpeg_draft else {}
+        convert = pixels_from_bytes if job.pixel_input else preprocess_bytes
 
         def one(i: int) -> None:
             if encoded:
-                batch = np.stack([preprocess_bytes(items[(i + j) % n], spec, **kw)
+                batch = np.stack([convert(items[(i + j) % n], spec, **kw)
                                   for j in range(b)])  # fmt: skip
             else:
                 batch = stacked[i % n]
@@ -144,13 +147,13 @@ def _worker(job: Job, barrier: threading.Barrier, results: mp.Queue, index: int)
 
 def measure(
     cfg: LimitConfig, model_path: Path, items: list, spec: Preprocessing, warmup: float,
-    duration: float, jpeg_draft: bool = False,
+    duration: float, jpeg_draft: bool = False, pixel_input: bool = False,
 ) -> dict[str, object]:  # fmt: skip
     """Run one configuration in spawned processes: images/s and per-call latency."""
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(cfg.processes)
     results = ctx.Queue()
-    job = Job(str(model_path), items, spec, cfg, warmup, duration, jpeg_draft)
+    job = Job(str(model_path), items, spec, cfg, warmup, duration, jpeg_draft, pixel_input)
     procs = [
         ctx.Process(target=_worker, args=(job, barrier, results, i), daemon=True)
         for i in range(cfg.processes)
@@ -191,13 +194,16 @@ def measure(
 
 def measure_limit(
     model_path: Path, items: list, spec: Preprocessing, *, configs: list[LimitConfig],
-    warmup: float, duration: float, jpeg_draft: bool = False, progress=print,
+    warmup: float, duration: float, jpeg_draft: bool = False, pixel_input: bool = False,
+    progress=print,
 ) -> dict[str, object]:  # fmt: skip
     """Every configuration in turn; the best throughput and the single-image p50."""
     rows = []
     for cfg in configs:
         progress(f"limit {cfg.name:<10} {cfg.describe()} ...")
-        rows.append(measure(cfg, model_path, items, spec, warmup, duration, jpeg_draft))
+        rows.append(
+            measure(cfg, model_path, items, spec, warmup, duration, jpeg_draft, pixel_input)
+        )
     cores = max(c.processes * c.threads for c in configs)
     out = summarise_limit(rows, cores, model_path)
     out["jpeg_draft"] = jpeg_draft

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import multiprocessing as mp
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import grpc
@@ -182,7 +183,12 @@ class LoadRunner:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def run(self, point: Point, metrics_url: str | None, model: str) -> PointResult:
+    def run(
+        self, point: Point, metrics_url: str | None, model: str,
+        cpu_seconds: Callable[[], float | None] | None = None,
+    ) -> PointResult:  # fmt: skip
+        """Run one point; scrape `metrics_url` (the server's stage breakdown) at the window's
+        edges, or read `cpu_seconds` there (a server without metrics: its CPU use)."""
         procs = len(self.procs)
         t0 = time.monotonic() + START_MARGIN_S
         shares = split_evenly(point.concurrency, procs)
@@ -193,11 +199,19 @@ class LoadRunner:
         ws, we = t0 + point.warmup, t0 + point.warmup + point.duration
         before = after = None
         t_before = t_after = 0.0
+        cpu = None
         if metrics_url:
             time.sleep(max(0.0, ws - time.monotonic()))
             before, t_before = try_fetch(metrics_url), time.monotonic()
             time.sleep(max(0.0, we - time.monotonic()))
             after, t_after = try_fetch(metrics_url), time.monotonic()
+        elif cpu_seconds is not None:
+            time.sleep(max(0.0, ws - time.monotonic()))
+            cpu_before, t_before = cpu_seconds(), time.monotonic()
+            time.sleep(max(0.0, we - time.monotonic()))
+            cpu_after, t_after = cpu_seconds(), time.monotonic()
+            if cpu_before is not None and cpu_after is not None:
+                cpu = (cpu_after - cpu_before) / (t_after - t_before)
         parts = []
         errors = []
         for pipe in self.pipes:
@@ -208,6 +222,8 @@ class LoadRunner:
         server: dict[str, object] = {}
         if before is not None and after is not None:
             server = scrape.breakdown(before, after, model, t_after - t_before)
+        elif cpu is not None:
+            server = {"server_cpu_cores": cpu}
         return PointResult(point, merge(parts), (ws, we), server)
 
     def close(self) -> None:

@@ -119,13 +119,15 @@ def floor_table(points: list[dict]) -> str | None:
     rows = [
         [p["load"], fmt(f["throughput_rps"]), fmt(f["p50_ms"], ".2f"), fmt(f["p99_ms"], ".2f"),
          str(f["errors"]), fmt(f["served_over_floor"], ".2f"),
-         fmt(f["p50_minus_floor_ms"], "+.2f"), fmt(f["client_cpu_cores"], ".2f")]
+         fmt(f["p50_minus_floor_ms"], "+.2f"), fmt(f.get("server_cpu_ms_per_request"), ".2f"),
+         fmt(f.get("served_cpu_ms_per_request"), ".2f"), fmt(f["client_cpu_cores"], ".2f")]
         for p in points if (f := p.get("floor"))
     ]  # fmt: skip
     if not rows:
         return None
     return table(["load", "req/s", "p50 ms", "p99 ms", "errors", "served/floor",
-                  "p50-floor_p50 ms", "client cores"], rows)  # fmt: skip
+                  "p50-floor_p50 ms", "floor cpu ms/req", "served cpu ms/req", "client cores"],
+                 rows)  # fmt: skip
 
 
 def write_json(path: Path, report: dict) -> None:

@@ -11,6 +11,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 
 import grpc
 
@@ -79,7 +80,7 @@ def execute(args: argparse.Namespace) -> dict:
     def items_for(model_spec: inputs.ModelSpec | None) -> list:
         if args.input == "jpeg":
             return [b for _, b in photos]
-        return [t for _, t in inputs.tensors(photos, model_spec.preprocessing)]
+        return [t for _, t in inputs.tensors(photos, model_spec)]
 
     if args.perf_analyzer_data:  # a utility: write the inputs for perf_analyzer, nothing else
         if args.input == "tensor" and spec is None:
@@ -110,7 +111,8 @@ def execute(args: argparse.Namespace) -> dict:
             f"{', JPEG draft decoding' if draft and args.input == 'jpeg' else ''}")  # fmt: skip
         got = limit.measure_limit(
             path, items_for(spec), spec.preprocessing, configs=configs, jpeg_draft=draft,
-            warmup=min(args.warmup, 2.0), duration=args.limit_duration, progress=say,
+            pixel_input=spec.pixel_input, warmup=min(args.warmup, 2.0),
+            duration=args.limit_duration, progress=say,
         )  # fmt: skip
         limit_rounds.append(got)
         return got
@@ -183,6 +185,7 @@ def execute(args: argparse.Namespace) -> dict:
             if args.floor:
                 say("starting the floor server (bare gRPC answering the probe's reply)")
                 floor = stack.enter_context(FloorServer(method, reply))
+                floor_cpu = floor.cpu_seconds
                 floor_runner = stack.enter_context(load.LoadRunner(
                     wire.Connection(floor.target), method, payloads, args.client_processes,
                     args.request_timeout,
@@ -199,7 +202,9 @@ def execute(args: argparse.Namespace) -> dict:
                     measured = measure_point(runner, point, metrics_url, args, lim)
                     if floor_runner is not None:
                         say(f"floor {point.label} ...")
-                        measured["floor"] = measure_floor(floor_runner, point, args, measured)
+                        measured["floor"] = measure_floor(
+                            floor_runner, point, args, measured, floor_cpu
+                        )
                     point_rounds[-1].append(measured)
         elif args.limit:
             for _ in range(args.rounds - 1):
@@ -232,10 +237,12 @@ def measure_point(
 
 
 def measure_floor(
-    runner: load.LoadRunner, point: load.Point, args: argparse.Namespace, served: dict
-) -> dict:
-    """The same point against the floor server, and the served point over it."""
-    got = runner.run(point, None, args.model)
+    runner: load.LoadRunner, point: load.Point, args: argparse.Namespace, served: dict,
+    cpu_seconds: Callable[[], float | None],
+) -> dict:  # fmt: skip
+    """The same point against the floor server, and the served point over it; the CPU
+    milliseconds per request of both servers, when known."""
+    got = runner.run(point, None, args.model, cpu_seconds)
     summary = stats.summarise(got.records, *got.window, args.batch_size).as_dict()
     rps, p50 = summary["throughput_rps"], summary["latency_ms"]["p50"]
     s = served["summary"]
@@ -247,4 +254,12 @@ def measure_floor(
         "client_cpu_cores": summary["client_cpu_cores"],
         "served_over_floor": s["throughput_rps"] / rps if rps else None,
         "p50_minus_floor_ms": s["latency_ms"]["p50"] - p50 if p50 is not None else None,
+        "server_cpu_ms_per_request": per_request_ms(got.server.get("server_cpu_cores"), rps),
+        "served_cpu_ms_per_request": per_request_ms(
+            served["server"].get("server_cpu_cores"), s["throughput_rps"]
+        ),
     }
+
+
+def per_request_ms(cores: object, rps: float) -> float | None:
+    return 1000.0 * cores / rps if isinstance(cores, float) and rps else None

@@ -102,10 +102,11 @@ def build_payloads(
                     name=image_input_name, datatype="BYTES", shape=[batch, 1]
                 )
             else:
-                arr = np.ascontiguousarray(np.stack(group), dtype="<f4")
+                pixels = group[0].dtype == np.uint8  # type: ignore[union-attr]
+                arr = np.ascontiguousarray(np.stack(group), dtype="u1" if pixels else "<f4")
                 raw = arr.tobytes()
                 tensor = oip.ModelInferRequest.InferInputTensor(
-                    name=input_name, datatype="FP32", shape=list(arr.shape)
+                    name=input_name, datatype="UINT8" if pixels else "FP32", shape=list(arr.shape)
                 )
             outputs = [oip.ModelInferRequest.InferRequestedOutputTensor(name=output_name)]
             req = oip.ModelInferRequest(

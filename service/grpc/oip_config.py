@@ -28,7 +28,8 @@ def model_metadata(model: ServedModel, versions: list[int]) -> pb.ModelMetadataR
     if model.config.image_input:
         inputs = [T(name=IMAGE_INPUT, datatype="BYTES", shape=[-1, 1])]
     else:
-        inputs = [T(name=model.engine.info.input_name, datatype="FP32",
+        datatype = "UINT8" if model.metadata.pixel_input else "FP32"
+        inputs = [T(name=model.engine.info.input_name, datatype=datatype,
                     shape=[-1, *model.sample_shape])]  # fmt: skip
     outputs = [
         T(name=n, datatype="FP32", shape=[-1, model.num_classes]) for n in output_names(model)
@@ -67,8 +68,10 @@ def model_config(model: ServedModel, max_request_images: int) -> mc.ModelConfig:
         inputs = [
             mc.ModelInput(
                 name=model.engine.info.input_name,
-                data_type=mc.TYPE_FP32,
-                format=mc.ModelInput.FORMAT_NCHW,
+                data_type=mc.TYPE_UINT8 if model.metadata.pixel_input else mc.TYPE_FP32,
+                format=mc.ModelInput.FORMAT_NHWC
+                if model.metadata.pixel_input
+                else mc.ModelInput.FORMAT_NCHW,
                 dims=list(model.sample_shape),
             )
         ]

@@ -2,7 +2,8 @@
 
 Inputs a classifier accepts (one input per request):
 - the model's tensor input, FP32 / FP16 (preprocessed, NCHW) or UINT8 (pixels, NCHW, the
-  server normalises), shape [N, 3, H, W], in `raw_input_contents` or typed `contents`;
+  server normalises), shape [N, 3, H, W], in `raw_input_contents` or typed `contents`; for
+  a model that normalises in its graph, UINT8 pixels [N, H, W, 3] only;
 - a BYTES input named `image`, shape [N] or [N, 1], one encoded image per element, decoded
   server-side with the model's own preprocessing.
 BYTES elements on the wire: each is a 4-byte little-endian length, then the bytes.
@@ -138,14 +139,15 @@ def request_images(
     elif tensor.name == input_name:
         array = decode_tensor(tensor, raw)
         if array.ndim != 4:
-            raise InvalidInput(f"input {tensor.name!r} must be [N, 3, H, W], got "
-                               f"{list(array.shape)}", reason="bad_shape")  # fmt: skip
+            raise InvalidInput(f"input {tensor.name!r} must be [N, 3, H, W] ([N, H, W, 3] for "
+                               f"a pixel-input model), got {list(array.shape)}",
+                               reason="bad_shape")  # fmt: skip
         key = "pixels" if array.dtype == np.uint8 else "tensor"
         images = [ImageInput(**{key: row}) for row in array]
     else:
         raise InvalidInput(
-            f"unknown input {tensor.name!r}; this model takes {input_name!r} (FP32/FP16/UINT8 "
-            f"NCHW) or {IMAGE_INPUT!r} (BYTES, encoded images)",
+            f"unknown input {tensor.name!r}; this model takes {input_name!r} (a tensor in its "
+            f"input layout, see its metadata) or {IMAGE_INPUT!r} (BYTES, encoded images)",
             reason="unknown_input",
         )
     if len(images) > max_batch_size:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.server_process import ServerProcess
+from tests.tiny_model import make_tiny_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHORT = ["--duration", "1", "--warmup", "0.5"]
@@ -104,3 +105,18 @@ def test_bench_says_what_failed(tiny_server: ServerProcess, tmp_path: Path) -> N
     )  # fmt: skip
     assert proc.returncode == 1
     assert "probe request failed: NOT_FOUND" in proc.stderr
+
+
+@pytest.mark.parametrize("api", ["imgclf", "oip"])
+def test_bench_drives_a_pixel_input_model(tmp_path: Path, api: str) -> None:
+    """A model with uint8 NHWC input (normalisation in its graph): the bench sends UINT8
+    pixels [H, W, 3] through either API and feeds the same pixels to the limit."""
+    make_tiny_model(tmp_path / "repo" / "tiny" / "1" / "model.onnx", pixel_input=True)
+    result = bench(
+        tmp_path, "--start-server", "--model-repository", str(tmp_path / "repo"), "--api", api,
+        "--input", "tensor", "--concurrency", "2", "--limit", "--limit-duration", "0.5",
+        "--limit-batch", "1",
+    )  # fmt: skip
+    assert_served_cleanly(result, 1)
+    assert result["model"]["pixel_input"] and result["model"]["input_shape"] == [16, 16, 3]
+    assert result["limit"]["images_per_s"] > 0

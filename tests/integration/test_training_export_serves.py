@@ -17,11 +17,12 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+triton = pytest.importorskip("tritonclient.grpc")
 
 from torch.optim.swa_utils import update_bn  # noqa: E402
 
 from service.client import Client  # noqa: E402
-from service.imaging import decode_image  # noqa: E402
+from service.imaging import decode_image, resize_and_crop  # noqa: E402
 from tests.server_process import start_server  # noqa: E402
 from tests.unit.training.trees import (  # noqa: E402
     PHOTOS,
@@ -36,6 +37,8 @@ from training.export import checkpoint_metadata  # noqa: E402
 from training.presets import EvalPreset  # noqa: E402
 
 FAMILIES = ("resnet18", "mobilenet_v3_small", "efficientnet_b0")
+PIXEL_FAMILY = FAMILIES[0]
+"""Also exported with its normalisation in the graph (uint8 NHWC input)."""
 one_thread = pytest.fixture(autouse=True, scope="module")(one_torch_thread)
 
 
@@ -75,10 +78,13 @@ def exported(
         argv += ["--epochs", "1", "-b", "8", "--lr", "0.01", "-j", "0", "--no-progress"]
         assert train.main([*argv, "--output-dir", str(run)]) == 0
         calibrate_bn(run / "checkpoint.pth", photo_tree)
-        args = export.get_args_parser().parse_args(
-            [str(run / "checkpoint.pth"), "--name", family, "--model-repository", str(repo)]
-        )
-        (results[family],) = export.export_checkpoint(args)
+        argv = [str(run / "checkpoint.pth"), "--name", family, "--model-repository", str(repo)]
+        if family == PIXEL_FAMILY:
+            argv.append("--bake-preprocessing")
+        args = export.get_args_parser().parse_args(argv)
+        results[family], *pixels = export.export_checkpoint(args)
+        if pixels:
+            results[f"{family}_uint8"] = pixels[0]
     return repo, results
 
 
@@ -92,7 +98,9 @@ def test_each_family_exports_with_dynamo_and_passes_parity(
         assert result.parity.ok and result.parity.batch_sizes == (1, 7, 32), family
         prov = result.metadata.provenance
         assert prov["opset"] == 18 and prov["exporter"] == "torch.onnx dynamo"
-        assert prov["architecture"] == family and prov["input_dtype"] == "float32"
+        architecture = family.removesuffix("_uint8")
+        assert prov["architecture"] == architecture
+        assert prov["input_dtype"] == ("uint8" if family.endswith("_uint8") else "float32")
         print(f"{family}: {result.parity}")
 
 
@@ -112,13 +120,15 @@ def test_server_answers_what_onnx_runtime_and_pytorch_answer(
         payloads.append(buffer.getvalue())
 
     server = start_server(repo, tmp_path)  # zero configuration: the metadata is all it needs
+    pixel_probs: dict[str, np.ndarray] = {}
     try:
         with Client(server.target) as client:
             served = {m.name: m for m in client.list_models().models}
-            assert set(served) == set(FAMILIES)
+            assert set(served) == {*FAMILIES, f"{PIXEL_FAMILY}_uint8"}
             for family, result in results.items():
                 assert list(served[family].labels) == list(PHOTOS)
-                assert list(served[family].input_shape) == [3, 64, 64]
+                pixels = family.endswith("_uint8")  # uint8 NHWC, normalised in the graph
+                assert list(served[family].input_shape) == ([64, 64, 3] if pixels else [3, 64, 64])
                 reply = client.classify(payloads, model=family, top_k=3)
                 server_probs = np.asarray([list(r.probabilities) for r in reply.results])
                 onnx_probs = evaluate.OnnxClassifier(result.path).probabilities(images)
@@ -130,7 +140,22 @@ def test_server_answers_what_onnx_runtime_and_pytorch_answer(
                 assert server_probs.argmax(1).tolist() == onnx_probs.argmax(1).tolist(), family
                 assert onnx_probs.argmax(1).tolist() == torch_top1, family
                 np.testing.assert_allclose(server_probs, onnx_probs, atol=1e-5)
+                if pixels:
+                    pixel_probs[family] = server_probs
                 assert [r.top[0].label for r in reply.results] == [PHOTOS[i] for i in torch_top1]
+
+        # The pixel model through the Open Inference Protocol, as a Triton client would call it:
+        # its metadata says UINT8 [-1, 64, 64, 3]; the resized, cropped pixels go as they are.
+        name = f"{PIXEL_FAMILY}_uint8"
+        with triton.InferenceServerClient(server.target) as oip:
+            (inp,) = oip.get_model_metadata(name).inputs
+            assert (inp.datatype, list(inp.shape)) == ("UINT8", [-1, 64, 64, 3])
+            spec = results[name].metadata.preprocessing
+            batch = np.stack([np.asarray(resize_and_crop(img, spec)) for img in images])
+            tensor = triton.InferInput(inp.name, list(batch.shape), "UINT8")
+            tensor.set_data_from_numpy(batch)
+            out = oip.infer(name, [tensor], outputs=[triton.InferRequestedOutput("probabilities")])
+            np.testing.assert_allclose(out.as_numpy("probabilities"), pixel_probs[name], atol=1e-5)
 
         # imgclf evaluate --server gives the same report as through ONNX Runtime.
         family = FAMILIES[0]

@@ -656,3 +656,55 @@ def test_model_statistics_follow_requests(core):
     assert stats.queue.count == 3
     assert stats.compute_output.count == 1  # once per successful request
     assert (stats.success.count, stats.fail.count) == (1, 1)
+
+
+# --- models that take pixels (normalisation in the graph) -----------------------------------
+
+
+def test_a_pixel_input_model_answers_as_its_float_twin(tmp_path):
+    """The uint8 NHWC model (scaling in its graph) and the float NCHW model (scaled by the
+    server) give the same outputs for the same PNG and for the same pixels in each model's own
+    layout; the pixel model refuses float tensors, whose normalisation it would repeat."""
+    make_repo(tmp_path, name="float")
+    make_repo(tmp_path, name="pixels", pixel_input=True)
+    core = make_core(tmp_path)
+    hwc = np.random.default_rng(3).integers(0, 256, (TINY_SIZE, TINY_SIZE, 3), dtype=np.uint8)
+    png = encode(hwc, "PNG")
+
+    async def main():
+        async with serving(core):
+            pixel_model = core.manager.get("pixels")
+            assert pixel_model.sample_shape == (TINY_SIZE, TINY_SIZE, 3)
+            assert pixel_model.engine.info.input_type == "tensor(uint8)"
+            a = await core.infer("float", [ImageInput(encoded=png)])
+            b = await core.infer("pixels", [ImageInput(encoded=png)])
+            c = await core.infer("pixels", [ImageInput(pixels=hwc)])
+            d = await core.infer("float", [ImageInput(pixels=hwc.transpose(2, 0, 1))])
+            with pytest.raises(InvalidInput, match="takes uint8 pixels") as refused:
+                await core.infer(
+                    "pixels",
+                    [ImageInput(tensor=normalize(hwc, pixel_model.metadata.preprocessing))],
+                )
+            assert refused.value.reason == "bad_dtype"
+            with pytest.raises(InvalidInput, match="does not match the model input"):
+                await core.infer("pixels", [ImageInput(pixels=hwc.transpose(2, 0, 1).copy())])
+            return a, b, c, d
+
+    a, b, c, d = asyncio.run(main())
+    for other in (b, c, d):
+        np.testing.assert_allclose(other.outputs, a.outputs, atol=1e-5)
+
+
+def test_layout_and_input_type_must_agree(tmp_path, caplog):
+    """A uint8 model must declare NHWC pixels; a float model declaring NHWC is refused."""
+    make_repo(tmp_path, name="tiny")
+    (tmp_path / "tiny" / "1" / "config.json").write_text(json.dumps({"input_layout": "NHWC"}))
+    core = make_core(tmp_path)
+
+    async def main():
+        async with serving(core):
+            pass
+
+    with pytest.raises(RuntimeError, match="no model could be loaded"):
+        asyncio.run(main())
+    assert "input tensor(float) with layout NHWC; a uint8 input takes NHWC pixels" in caplog.text

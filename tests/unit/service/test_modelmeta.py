@@ -116,7 +116,15 @@ def test_bad_output_kind_rejected():
 
 def test_bad_layout_rejected():
     with pytest.raises(ValueError, match="input_layout"):
-        ModelMetadata.from_props(minimal_props() | {"input_layout": "NHWC"})
+        ModelMetadata.from_props(minimal_props() | {"input_layout": "CHWN"})
+
+
+def test_nhwc_layout_means_pixel_input():
+    meta = ModelMetadata.from_props(minimal_props() | {"input_layout": '"NHWC"'})
+    h, w = meta.input_size
+    assert meta.pixel_input and meta.sample_shape == (h, w, 3)
+    plain = ModelMetadata.from_props(minimal_props())
+    assert not plain.pixel_input and plain.sample_shape == (3, h, w)
 
 
 def test_empty_labels_rejected():

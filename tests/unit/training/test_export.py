@@ -193,8 +193,8 @@ def test_variants_softmax_float16_and_uint8(
     assert meta.output == "probabilities" and meta.provenance["input_dtype"] == "float16"
     props = sessions[2].get_modelmeta().custom_metadata_map
     assert props["input_layout"] == '"NHWC"' and props["input_dtype"] == '"uint8"'
-    with pytest.raises(ValueError, match="input_layout must be one of"):
-        ModelMetadata.from_props(props)  # what the current server reads: refused clearly
+    served = ModelMetadata.from_props(props)  # what the server reads: a pixel-input model
+    assert served.pixel_input and served.sample_shape == (*served.input_size, 3)
 
     # Every variant classifies the real digits as PyTorch does (probabilities summing to 1).
     with torch.no_grad():
