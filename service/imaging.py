@@ -164,6 +164,14 @@ def preprocess_image(img: Image.Image, spec: Preprocessing) -> np.ndarray:
     return normalize(np.asarray(img, dtype=np.uint8), spec)
 
 
+DRAFT_MARGIN = 2
+"""Draft decoding keeps at least this many times the resize's shorter side, so the resize
+still downsamples at least 2x through its own antialiasing filter. Measured on six photos at
+12 MP with EfficientNet-Lite0: with margin 1 (decode just covering the resize) the top-1
+changed on 2 of 6 against a full decode (near-ties), max probability change 0.04; with 2, 6 of
+6 agree, max change 0.018, and the decode takes 31 ms instead of 17 (a full decode: 120)."""
+
+
 def pixels_from_bytes(
     data: bytes,
     spec: Preprocessing,
@@ -174,10 +182,10 @@ def pixels_from_bytes(
     size: the eval preset up to, not including, the normalisation (which a uint8 model does
     in its graph).
 
-    `jpeg_draft` lets large JPEGs decode at a reduced scale that still covers the resize (see
-    decode_image); results then differ slightly from a full decode (same class, not the same
-    bits)."""
-    min_side = spec.resize_size if jpeg_draft else 0
+    `jpeg_draft` lets large JPEGs decode at a reduced scale that still covers DRAFT_MARGIN
+    times the resize (see decode_image); results then differ slightly from a full decode (not
+    the same bits)."""
+    min_side = DRAFT_MARGIN * spec.resize_size if jpeg_draft else 0
     img = decode_image(data, max_pixels=max_pixels, min_shorter_side=min_side)
     return np.asarray(resize_and_crop(img, spec), dtype=np.uint8)
 

@@ -104,7 +104,7 @@ class ServerSettings(BaseSettings):
     """Most images one Classify request may carry."""
     jpeg_draft: bool = True
     """Decode large JPEGs at 1/2, 1/4 or 1/8 scale in the DCT domain when that still covers
-    the model's resize (much faster; same class, not bit-identical to a full decode)."""
+    twice the model's resize (much faster; not bit-identical to a full decode)."""
     max_pixels: int = Field(40_000_000, ge=1)
     """Largest image (width x height) accepted, checked before decoding."""
     max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024)
