@@ -52,8 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--tls-key", type=Path, help="client private key (PEM), mutual TLS")
     t.add_argument("--token-file", type=Path, help="file with a bearer token")
     i = parser.add_argument_group("inputs")
-    i.add_argument("--input", choices=("jpeg", "tensor"), default="jpeg",
-                   help="jpeg: real photos, encoded; tensor: preprocessed float32")  # fmt: skip
+    i.add_argument("--input", choices=("jpeg", "tensor", "pixels"), default="jpeg",
+                   help="jpeg: real photos, encoded; tensor: preprocessed float32; pixels: "
+                        "uint8 at the model input size, resized and cropped (the server "
+                        "normalises them, or the model does)")  # fmt: skip
     i.add_argument(
         "--image-size",
         default="0.3mp",

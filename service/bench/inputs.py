@@ -214,6 +214,18 @@ def remote_input_shape(
     return None
 
 
+def pixels(images: list[tuple[str, bytes]], spec: ModelSpec) -> list[tuple[str, np.ndarray]]:
+    """The photos resized and cropped to the model input, uint8 in the model's layout: CHW
+    (the server normalises them), or HWC for a pixel-input model (it normalises them)."""
+    out = []
+    for name, data in images:
+        hwc = pixels_from_bytes(data, spec.preprocessing)
+        out.append(
+            (name, hwc if spec.pixel_input else np.ascontiguousarray(hwc.transpose(2, 0, 1)))
+        )
+    return out
+
+
 def tensors(images: list[tuple[str, bytes]], spec: ModelSpec) -> list[tuple[str, np.ndarray]]:
     """The photos through the model's eval preprocessing: float32 CHW each, or uint8 HWC
     pixels (resized and cropped) for a pixel-input model."""

@@ -3,13 +3,12 @@
 On the SAME inputs and the SAME ONNX file with the SAME execution provider (CPU, with the
 server's session options: full graph optimisation, one inter-op thread), each iteration does
 what the server must do for a request: decode + preprocess (`service.imaging.preprocess_bytes`,
-JPEG input only, with the server's JPEG draft decoding unless told otherwise) and one ONNX
-Runtime run. Every configuration runs in freshly spawned
+JPEG input only, with the server's JPEG draft decoding unless told otherwise; for uint8
+pixels sent to a float model, the normalisation) and one ONNX Runtime run. Every configuration runs in freshly spawned
 processes, started together behind a barrier, nothing else of ours running:
 
   a       one process per core, each a 1-thread session, spinning off, looping on its own;
-  b       one process, one session with one intra-op thread per core, spinning off (the
-          server's default session);
+  b       one process, one session with one intra-op thread per core, spinning off;
   b+spin  the same with ONNX Runtime's worker threads spinning;
 
 each at every batch size asked for (1, and 4 by default: the server batches too). The limit is
@@ -90,7 +89,7 @@ def _worker(job: Job, barrier: threading.Barrier, results: mp.Queue, index: int)
         import onnxruntime as ort
 
         from service.engine import ExecutionOptions, session_options
-        from service.imaging import pixels_from_bytes, preprocess_bytes
+        from service.imaging import normalize, pixels_from_bytes, preprocess_bytes
 
         options = ExecutionOptions(
             providers="cpu", intra_op_threads=cfg.threads, allow_spinning=cfg.spinning
@@ -107,10 +106,15 @@ def _worker(job: Job, barrier: threading.Barrier, results: mp.Queue, index: int)
 
         kw = {"jpeg_draft": True} if job.jpeg_draft else {}
         convert = pixels_from_bytes if job.pixel_input else preprocess_bytes
+        # uint8 CHW pixels for a float model: the server normalises them, and so does this.
+        normalise = not encoded and items[0].dtype == np.uint8 and not job.pixel_input
 
         def one(i: int) -> None:
             if encoded:
                 batch = np.stack([convert(items[(i + j) % n], spec, **kw)
+                                  for j in range(b)])  # fmt: skip
+            elif normalise:
+                batch = np.stack([normalize(items[(i + j) % n].transpose(1, 2, 0), spec)
                                   for j in range(b)])  # fmt: skip
             else:
                 batch = stacked[i % n]

@@ -189,7 +189,9 @@ def text(result: dict) -> str:
         what = f"jpeg {inp['size']} ({photos}, mean {inp['mean_jpeg_bytes'] / 1e3:.0f} kB)"
     else:
         shape = "x".join(map(str, result["model"].get("input_shape", []))) or "?"
-        what = f"tensor float32 {shape} ({photos} at {inp['size']}, preprocessed)"
+        kind = "tensor float32" if inp["kind"] == "tensor" else "pixels uint8"
+        how = "preprocessed" if inp["kind"] == "tensor" else "resized and cropped"
+        what = f"{kind} {shape} ({photos} at {inp['size']}, {how})"
     lines = [
         f"\nmodel {result['model']['name']} | {result['api']} API | input {what} | "
         f"{inp['images_per_request']} image(s)/request | "

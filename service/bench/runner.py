@@ -80,10 +80,12 @@ def execute(args: argparse.Namespace) -> dict:
     def items_for(model_spec: inputs.ModelSpec | None) -> list:
         if args.input == "jpeg":
             return [b for _, b in photos]
+        if args.input == "pixels":
+            return [t for _, t in inputs.pixels(photos, model_spec)]
         return [t for _, t in inputs.tensors(photos, model_spec)]
 
     if args.perf_analyzer_data:  # a utility: write the inputs for perf_analyzer, nothing else
-        if args.input == "tensor" and spec is None:
+        if args.input != "jpeg" and spec is None:
             raise ValueError(
                 "--perf-analyzer-data with tensors needs the model file (--model-path)"
             )
@@ -145,7 +147,7 @@ def execute(args: argparse.Namespace) -> dict:
                     found = inputs.remote_input_shape(
                         ch, args.model, args.input_name or "input", connection.metadata
                     )
-                if found is None and args.input == "tensor":
+                if found is None and args.input != "jpeg":
                     raise ValueError(
                         f"cannot tell {args.model}'s input shape: no local model "
                         "file and the server does not say; give --model-path"

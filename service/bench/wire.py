@@ -150,7 +150,8 @@ def perf_analyzer_data(
 ) -> dict:  # fmt: skip
     """The same inputs as a perf_analyzer --input-data JSON document (one batch-1 entry per
     item): encoded images as the BYTES input (base64 of the length-prefixed element, as
-    perf_analyzer wants it), tensors as the FP32 input (base64 of the little-endian floats)."""
+    perf_analyzer wants it), tensors as the FP32 input (base64 of the little-endian floats),
+    uint8 pixels as they are."""
     import base64
 
     def b64(raw: bytes) -> str:
@@ -161,5 +162,6 @@ def perf_analyzer_data(
         if isinstance(item, bytes):
             entries.append({image_input_name: {"b64": b64(bytes_tensor([item]))}})
         else:
-            entries.append({input_name: {"b64": b64(np.ascontiguousarray(item, "<f4").tobytes())}})
+            dtype = "u1" if item.dtype == np.uint8 else "<f4"
+            entries.append({input_name: {"b64": b64(np.ascontiguousarray(item, dtype).tobytes())}})
     return {"data": entries}

@@ -120,3 +120,16 @@ def test_bench_drives_a_pixel_input_model(tmp_path: Path, api: str) -> None:
     assert_served_cleanly(result, 1)
     assert result["model"]["pixel_input"] and result["model"]["input_shape"] == [16, 16, 3]
     assert result["limit"]["images_per_s"] > 0
+
+
+def test_bench_sends_uint8_pixels_the_server_normalises(tiny_repo: Path, tmp_path: Path) -> None:
+    """--input pixels to a float model: UINT8 [3, H, W] through the Open Inference Protocol,
+    normalised by the server and, in the limit, by the limit's own loop."""
+    result = bench(
+        tmp_path, "--start-server", "--model-repository", str(tiny_repo), "--api", "oip",
+        "--input", "pixels", "--concurrency", "2", "--limit", "--limit-duration", "0.5",
+        "--limit-batch", "1",
+    )  # fmt: skip
+    assert_served_cleanly(result, 1)
+    assert result["inputs"]["kind"] == "pixels" and result["model"]["input_shape"] == [3, 16, 16]
+    assert result["limit"]["images_per_s"] > 0
