@@ -49,7 +49,7 @@ class Target:
 @contextlib.contextmanager
 def started_server(repository: Path, *args: str) -> Iterator[Target]:
     """`imgclf serve` on free ports on 127.0.0.1, SERVING, stopped (SIGTERM) on exit."""
-    from tests.server_process import start_server
+    from service.bench.server import start_server
 
     with tempfile.TemporaryDirectory(prefix="imgclf-reliability-") as workdir:
         server = start_server(repository, Path(workdir), *args)

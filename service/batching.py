@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service.errors import DeadlineExceeded, InferenceFailed, ModelNotReady, QueueFull
+from service.osthreads import name_this_thread
 
 log = logging.getLogger(__name__)
 
@@ -281,6 +282,7 @@ class Batcher:
             return items, solo
 
     def _work(self, run: RunBatch) -> None:
+        name_this_thread(threading.current_thread().name)
         while (taken := self._take()) is not None:
             items, solo = taken
             try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ from service.imaging import normalize, pixels_from_bytes, preprocess_bytes
 from service.manager import ModelManager
 from service.metrics import Metrics, ModelSeries
 from service.model import ServedModel
+from service.osthreads import name_this_thread
 from service.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -99,7 +101,9 @@ class Core:
         self.metrics = metrics
         self.manager = manager
         self._preprocess_pool = ThreadPoolExecutor(
-            max_workers=settings.preprocess_workers, thread_name_prefix="preprocess"
+            max_workers=settings.preprocess_workers,
+            thread_name_prefix="preprocess",
+            initializer=lambda: name_this_thread(threading.current_thread().name),
         )
         self._unknown = metrics.series("", "")
         """Requests that named no model the server serves."""

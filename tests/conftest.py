@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from service.bench.server import ServerProcess, start_server
 from tests.images import encode
-from tests.server_process import ServerProcess, start_server
 from tests.tiny_model import make_tiny_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -4,8 +4,9 @@ On the SAME inputs and the SAME ONNX file with the SAME execution provider (CPU,
 server's session options: full graph optimisation, one inter-op thread), each iteration does
 what the server must do for a request: decode + preprocess (`service.imaging.preprocess_bytes`,
 JPEG input only, with the server's JPEG draft decoding unless told otherwise; for uint8
-pixels sent to a float model, the normalisation) and one ONNX Runtime run. Every configuration runs in freshly spawned
-processes, started together behind a barrier, nothing else of ours running:
+pixels sent to a float model, the normalisation) and one ONNX Runtime run. Every
+configuration runs in freshly spawned processes, started together behind a barrier, nothing
+else of ours running:
 
   a       one process per core, each a 1-thread session, spinning off, looping on its own;
   b       one process, one session with one intra-op thread per core, spinning off;

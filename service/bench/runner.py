@@ -17,7 +17,7 @@ import grpc
 
 from service.bench import inputs, limit, load, report, stats, wire
 from service.bench.floor import FloorServer
-from service.bench.server import StartedServer
+from service.bench.server import serving
 
 
 def say(msg: str) -> None:
@@ -131,15 +131,15 @@ def execute(args: argparse.Namespace) -> dict:
         if serve:
             if args.start_server:
                 say(f"starting imgclf serve {args.server_args}".rstrip())
-                server = stack.enter_context(StartedServer(args.model_repository, args.server_args))
+                server = stack.enter_context(serving(
+                    args.model_repository, args.server_args,
+                    tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                ))  # fmt: skip
                 target = server.target
                 metrics_url = server.metrics_url if metrics_url is None else metrics_url
             connection = wire.Connection.from_files(
                 target, args.tls_ca, args.tls_cert, args.tls_key, args.token_file
             )
-            if args.start_server:
-                with connection.channel() as ch:
-                    server.wait_serving(ch)
             if metrics_url is None:
                 metrics_url = f"http://{target.rsplit(':', 1)[0]}:8002/metrics"
             if spec is None:

@@ -29,10 +29,10 @@ import yaml
 
 from deploy.checks import dashboard
 from deploy.checks.prometheus import ADAPTER_VALUES, CONFIG, RULES
+from service.bench.server import ServerProcess, free_port
 from service.client import Client
 from service.metrics import LATENCY_BUCKETS
 from tests.deploy.conftest import require_binary
-from tests.server_process import ServerProcess, free_port
 
 pytestmark = pytest.mark.slow
 

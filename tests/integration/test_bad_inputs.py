@@ -35,10 +35,10 @@ from service._generated.imgclf.v1 import image_classifier_pb2 as pb
 from service._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
 from service._generated.inference import grpc_service_pb2 as oip_pb
 from service._generated.inference import grpc_service_pb2_grpc as oip_grpc
+from service.bench.server import ServerProcess, start_server
 from service.client import open_channel
 from service.modelmeta import ModelMetadata
 from tests.images import encode
-from tests.server_process import ServerProcess, start_server
 from tests.tiny_model import make_tiny_model
 from tests.unit.service.support import png_declaring
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.server_process import ServerProcess
+from service.bench.server import ServerProcess
 from tests.tiny_model import make_tiny_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

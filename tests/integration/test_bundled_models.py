@@ -8,9 +8,9 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from service.bench.server import ServerProcess
 from service.client import Client
 from tests.images import encode
-from tests.server_process import ServerProcess
 from training.digits import digits_split, load_digits_images
 
 CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat"}

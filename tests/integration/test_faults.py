@@ -37,10 +37,10 @@ from benchmarks import Target
 from benchmarks import overload as overload_bench
 from service._generated.imgclf.v1 import image_classifier_pb2 as pb
 from service._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
+from service.bench.server import ServerProcess, free_port, start_server
 from service.client import Client, open_channel, tensor_image
 from service.modelmeta import ModelMetadata
 from tests.images import encode
-from tests.server_process import ServerProcess, free_port, start_server
 from tests.tiny_model import LABELS, make_tiny_model
 
 SIZE = 16

@@ -16,10 +16,10 @@ import pytest
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
+from service.bench.server import start_server
 from service.client import Client
 from tests.images import encode
 from tests.integration.test_server import sample, scrape
-from tests.server_process import start_server
 from tests.tiny_model import make_tiny_model
 
 RED = encode(np.full((20, 20, 3), (230, 10, 10), dtype=np.uint8), "PNG")

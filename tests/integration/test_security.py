@@ -10,10 +10,10 @@ import grpc
 import numpy as np
 import pytest
 
+from service.bench.server import start_server
 from service.client import Client
 from tests.images import encode
 from tests.pki import make_pki
-from tests.server_process import start_server
 
 RED = encode(np.full((20, 20, 3), (230, 10, 10), dtype=np.uint8), "PNG")
 

@@ -13,9 +13,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.bench.server import ServerProcess, free_port
 from service.client import Client
 from tests.images import encode
-from tests.server_process import ServerProcess, free_port
 
 RED = np.full((30, 40, 3), (220, 20, 30), dtype=np.uint8)
 BLUE = np.full((50, 20, 3), (10, 30, 240), dtype=np.uint8)

@@ -12,9 +12,9 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from service.bench.server import start_server
 from service.client import Client
 from tests.images import encode
-from tests.server_process import start_server
 
 CLIENTS = 12
 # A request that started this long before SIGTERM has certainly reached the server

@@ -21,9 +21,9 @@ triton = pytest.importorskip("tritonclient.grpc")
 
 from torch.optim.swa_utils import update_bn  # noqa: E402
 
+from service.bench.server import start_server  # noqa: E402
 from service.client import Client  # noqa: E402
 from service.imaging import decode_image, resize_and_crop  # noqa: E402
-from tests.server_process import start_server  # noqa: E402
 from tests.unit.training.trees import (  # noqa: E402
     PHOTOS,
     one_torch_thread,
