@@ -133,3 +133,20 @@ def test_bench_sends_uint8_pixels_the_server_normalises(tiny_repo: Path, tmp_pat
     assert_served_cleanly(result, 1)
     assert result["inputs"]["kind"] == "pixels" and result["model"]["input_shape"] == [3, 16, 16]
     assert result["limit"]["images_per_s"] > 0
+
+
+def test_models_benchmark_spreads_the_load_over_copies(tiny_repo: Path, tmp_path: Path) -> None:
+    out = tmp_path / "models.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.models", "--model-repository", str(tiny_repo),
+         "--model", "tiny", "--counts", "1,2", "--concurrency", "2", *SHORT,
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=240, cwd=REPO_ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    rows = json.loads(out.read_text())
+    assert [r["models"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["images_per_s"] > 0 and r["errors"] == 0
+        assert r["idle_rss_mib"] > 0 and r["threads"] > 0
+    assert rows[1]["threads"] > rows[0]["threads"]  # each model brings its own workers
