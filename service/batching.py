@@ -13,10 +13,11 @@ waiting for the loop (ONNX Runtime releases the GIL while it runs). The loop hea
 worker once per batch (`call_soon_threadsafe`).
 
 An optional *solo* runner (an instance whose intra-op threads span every core) takes a batch
-that is all the work there is: no other batch running or waiting. While it runs, the other
-workers hold their batches until it is done, so the cores are never oversubscribed. On CPU
-this gives a lone request the latency of all cores and concurrent requests the throughput of
-one single-threaded instance per core.
+that is all the work there is: nothing else queued or admitted (being decoded) for the model,
+and no batch of any model running or image being decoded in the process (`Cores`, shared by
+every CPU model). While it runs, every other worker holds its batch until it is done, so the
+cores are never oversubscribed. On CPU this gives a lone request the latency of all cores and
+concurrent requests the throughput of one single-threaded instance per core.
 """
 
 from __future__ import annotations
@@ -56,6 +57,47 @@ class BatchStats:
     """Items dropped because their deadline passed in the queue."""
     solo: bool = False
     """Whether the batch ran on the solo runner."""
+
+
+class Cores:
+    """The CPU work of the whole process, shared by every CPU model's batcher: batches
+    running and images being decoded, and whether a solo run (every core) is on. A solo run
+    starts only when nothing else is at work; other batches wait for it to end."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._solo_done = threading.Condition(self._lock)
+        self._working = 0
+        self._solo = False
+
+    @property
+    def working(self) -> int:
+        return self._working
+
+    def try_solo(self) -> bool:
+        """Take every core if nothing else is at work (returns whether it did)."""
+        with self._lock:
+            if self._working or self._solo:
+                return False
+            self._solo = True
+            return True
+
+    def end_solo(self) -> None:
+        with self._lock:
+            self._solo = False
+            self._solo_done.notify_all()
+
+    def begin_batch(self) -> None:
+        """A batch is about to run on one core: wait while a solo run holds them all."""
+        with self._lock:
+            while self._solo:
+                self._solo_done.wait()
+            self._working += 1
+
+    def note(self, delta: int) -> None:
+        """Count work that must not wait (decoding, +1 then -1): it only keeps solo runs off."""
+        with self._lock:
+            self._working += delta
 
 
 class Admission:
@@ -103,6 +145,7 @@ class Batcher:
         on_depth: Callable[[int], None] | None = None,
         name: str = "model",
         solo: RunBatch | None = None,
+        cores: Cores | None = None,
     ) -> None:
         if not runners:
             raise ValueError("a batcher needs at least one runner")
@@ -110,6 +153,7 @@ class Batcher:
             raise ValueError("default_priority_level must be within 1..priority_levels")
         self._runners = list(runners)
         self._solo = solo
+        self._cores = cores if cores is not None else Cores()
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
         self.max_queue_size = max_queue_size
@@ -122,18 +166,15 @@ class Batcher:
         self._seq = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._threads: list[threading.Thread] = []
-        # Everything below is guarded by _lock. `_arrived` wakes workers waiting for items;
-        # `_solo_done` wakes workers holding a batch while the solo runner runs.
+        # Everything below is guarded by _lock. `_arrived` wakes workers waiting for items.
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
-        self._solo_done = threading.Condition(self._lock)
         self._heap: list[_Item] = []
         self._closing = False
         self._waiting = 0
         """Admitted images no worker has picked up yet."""
         self._holding = 0
         """Workers holding a batch (collecting it, waiting to run it, or running it)."""
-        self._solo_running = False
         self._seconds_per_image = 0.0
         """Moving average of inference time per image (for the retry hint)."""
 
@@ -273,13 +314,11 @@ class Batcher:
                 if item.admission is not None:
                     item.admission._release(1)
             self._report_depth()
-            solo = self._solo is not None and self._holding == 1 and not self._heap
-            if solo:
-                self._solo_running = True
-            else:
-                while self._solo_running:
-                    self._solo_done.wait()
-            return items, solo
+            alone = self._holding == 1 and not self._heap and self._waiting == 0
+        solo = self._solo is not None and alone and self._cores.try_solo()
+        if not solo:
+            self._cores.begin_batch()  # waits while a solo run (of any model) holds the cores
+        return items, solo
 
     def _work(self, run: RunBatch) -> None:
         name_this_thread(threading.current_thread().name)
@@ -290,11 +329,12 @@ class Batcher:
             except Exception:  # never let the worker die; _run already failed its waiters
                 log.exception("batch worker error")
             finally:
+                if solo:
+                    self._cores.end_solo()
+                else:
+                    self._cores.note(-1)
                 with self._lock:
                     self._holding -= 1
-                    if solo:
-                        self._solo_running = False
-                        self._solo_done.notify_all()
 
     def _run(self, items: list[_Item], run: RunBatch, solo: bool) -> None:
         now = time.monotonic()

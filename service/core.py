@@ -344,6 +344,11 @@ class Core:
             # Always off the event loop: even a few hundred bytes may declare millions of pixels.
             loop = asyncio.get_running_loop()
             convert = pixels_from_bytes if model.metadata.pixel_input else preprocess_bytes
-            tensor = await loop.run_in_executor(self._preprocess_pool, convert, *args)
+            cores = self.manager.cores
+            cores.note(+1)  # a decode is CPU work: no solo run meanwhile
+            try:
+                tensor = await loop.run_in_executor(self._preprocess_pool, convert, *args)
+            finally:
+                cores.note(-1)
             model.series.preprocess_duration.observe(time.monotonic() - started)
         return await model.batcher.submit(tensor, deadline, level, admission)

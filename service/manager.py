@@ -19,6 +19,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from service.batching import Cores
 from service.errors import ModelControlError, ModelNotFound, ModelNotReady
 from service.metrics import Metrics
 from service.model import ServedModel, load_model
@@ -49,6 +50,8 @@ class ModelManager:
         self.root = settings.model_repository
         self.mode = settings.model_control_mode
         self._on_change = on_change
+        self.cores = Cores()
+        """The CPU work of every model (solo runs start only when nothing else works)."""
         self._serving: dict[str, dict[int, ServedModel]] = {}
         self.status: dict[str, dict[int, VersionStatus]] = {}
         self._wanted: set[str] = set()
@@ -238,7 +241,7 @@ class ModelManager:
         loop = asyncio.get_running_loop()
         try:
             model = await loop.run_in_executor(
-                None, load_model, entry, config, self.settings, self.metrics
+                None, load_model, entry, config, self.settings, self.metrics, self.cores
             )
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.batching import Batcher, BatchStats
+from service.batching import Batcher, BatchStats, Cores
 from service.cpus import cpus
 from service.engine import CPU, Engine, ExecutionOptions, softmax
 from service.metrics import Metrics, ModelSeries
@@ -201,7 +201,11 @@ def wants_solo(engines: Engines, settings: ServerSettings) -> bool:
 
 
 def load_model(
-    entry: ModelEntry, config: ModelConfig, settings: ServerSettings, metrics: Metrics
+    entry: ModelEntry,
+    config: ModelConfig,
+    settings: ServerSettings,
+    metrics: Metrics,
+    cores: Cores | None = None,
 ) -> ServedModel:
     """Open the ONNX file, read and check its metadata, create its instances, warm them up."""
     started = time.monotonic()
@@ -278,6 +282,7 @@ def load_model(
         on_depth=series.queue_depth.set,
         name=entry.name,
         solo=engines.solo.run if engines.solo is not None else None,
+        cores=cores if engine.info.provider == CPU else None,  # GPU batches leave the cores be
     )
     metrics.queue_capacity.labels(**series.labels).set(batcher.max_queue_size)
     elapsed = time.monotonic() - started

@@ -603,3 +603,63 @@ def test_no_solo_run_while_items_wait(model):
         model.gate.set()
     assert model.sums == [[0.0], [8.0]]
     assert instance.sums == [[2.0], [4.0], [6.0]]
+
+
+def test_no_solo_run_while_a_request_is_being_decoded(model):
+    """An admitted request still being decoded is work on its way (and on a core): a lone
+    queued item then runs on its instance, not solo."""
+    instances = [FakeModel(), FakeModel()]
+
+    async def main() -> None:
+        b = Batcher(instances, max_batch_size=1, max_delay_s=0.0, solo=model)
+        b.start()
+        with b.admit(1):  # a second request, admitted, its image not queued yet
+            await asyncio.wait_for(b.submit(row(1)), HANG)
+        await asyncio.wait_for(b.submit(row(2)), HANG)  # now truly alone
+        await b.close()
+
+    asyncio.run(main())
+    assert instances[0].sums + instances[1].sums == [[2.0]]
+    assert model.sums == [[4.0]]
+
+
+def test_models_share_the_cores_no_solo_while_another_model_runs(model):
+    """Two models' batchers on one Cores: while model A's batch runs, model B's lone item runs
+    on B's instance, not solo; and while B's solo run holds the cores, A's next batch waits."""
+    from service.batching import Cores
+
+    cores = Cores()
+    a_instance, b_instance = FakeModel(), FakeModel()
+    a_instance.gate.clear()
+
+    async def main() -> None:
+        a = Batcher([a_instance], max_batch_size=1, max_delay_s=0.0, cores=cores)
+        b = Batcher([b_instance, FakeModel()], max_batch_size=1, max_delay_s=0.0, solo=model,
+                    cores=cores)  # fmt: skip
+        a.start()
+        b.start()
+        held = asyncio.ensure_future(a.submit(row(1)))
+        await a_instance.wait_started()
+        await asyncio.wait_for(b.submit(row(2)), HANG)  # A runs: B's lone item is not solo
+        assert model.batches == [] and b_instance.sums == [[4.0]]
+        a_instance.gate.set()
+        await asyncio.wait_for(held, HANG)
+
+        model.gate.clear()  # B alone now: solo, held
+        solo = asyncio.ensure_future(b.submit(row(3)))
+        await model.wait_started()
+        a_next = asyncio.ensure_future(a.submit(row(4)))
+        await asyncio.sleep(0.2)
+        assert len(a_instance.batches) == 1  # A's next batch waits for the solo run
+        model.gate.set()
+        await asyncio.wait_for(asyncio.gather(solo, a_next), HANG)
+        assert a_instance.sums == [[2.0], [8.0]]
+        await a.close()
+        await b.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        a_instance.gate.set()
+        model.gate.set()
+    assert model.sums == [[6.0]]
