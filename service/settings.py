@@ -86,7 +86,7 @@ class ServerSettings(BaseSettings):
     """Threads decoding and preprocessing images (0: one per core)."""
     max_batch_size: int = Field(0, ge=0)
     """Largest batch the dynamic batcher forms (a model's config.json may override); 0: auto,
-    8 on GPU, and on CPU 8 for models that run an image in under 5 ms, else 1 (timed at
+    8 on GPU, and on CPU 8 for models that run an image in under 5 ms, else 4 (timed at
     load)."""
     max_queue_delay_ms: float = Field(0.0, ge=0)
     """How long the batcher waits for more requests once it has one (0: none; batches still

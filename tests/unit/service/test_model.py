@@ -417,6 +417,6 @@ def test_auto_batch_size_batches_a_fast_model_on_cpu(tmp_path, warmups):
     assert warmups == [list(range(1, 9))]
 
 
-def test_auto_batch_size_is_one_for_a_slow_model_on_cpu(tmp_path, slow):
+def test_auto_batch_size_is_four_for_a_slow_model_on_cpu(tmp_path, slow):
     make_repo(tmp_path)
-    assert load(tmp_path, max_batch_size=0).max_batch_size == 1
+    assert load(tmp_path, max_batch_size=0).max_batch_size == 4
