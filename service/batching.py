@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from service.cores import Cores
 from service.errors import DeadlineExceeded, InferenceFailed, ModelNotReady, QueueFull
 from service.osthreads import name_this_thread
 
@@ -57,47 +58,6 @@ class BatchStats:
     """Items dropped because their deadline passed in the queue."""
     solo: bool = False
     """Whether the batch ran on the solo runner."""
-
-
-class Cores:
-    """The CPU work of the whole process, shared by every CPU model's batcher: batches
-    running and images being decoded, and whether a solo run (every core) is on. A solo run
-    starts only when nothing else is at work; other batches wait for it to end."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._solo_done = threading.Condition(self._lock)
-        self._working = 0
-        self._solo = False
-
-    @property
-    def working(self) -> int:
-        return self._working
-
-    def try_solo(self) -> bool:
-        """Take every core if nothing else is at work (returns whether it did)."""
-        with self._lock:
-            if self._working or self._solo:
-                return False
-            self._solo = True
-            return True
-
-    def end_solo(self) -> None:
-        with self._lock:
-            self._solo = False
-            self._solo_done.notify_all()
-
-    def begin_batch(self) -> None:
-        """A batch is about to run on one core: wait while a solo run holds them all."""
-        with self._lock:
-            while self._solo:
-                self._solo_done.wait()
-            self._working += 1
-
-    def note(self, delta: int) -> None:
-        """Count work that must not wait (decoding, +1 then -1): it only keeps solo runs off."""
-        with self._lock:
-            self._working += delta
 
 
 class Admission:
@@ -324,19 +284,29 @@ class Batcher:
         name_this_thread(threading.current_thread().name)
         while (taken := self._take()) is not None:
             items, solo = taken
+            answer = None
             try:
-                self._run(items, self._solo if solo and self._solo is not None else run, solo)
-            except Exception:  # never let the worker die; _run already failed its waiters
+                answer = self._run(items, self._solo if solo and self._solo is not None else run,
+                                   solo)  # fmt: skip
+            except Exception:  # never let the worker die
                 log.exception("batch worker error")
             finally:
+                # Free the cores before answering, so that the next request (a client's
+                # reply to this answer) finds them free.
                 if solo:
                     self._cores.end_solo()
                 else:
                     self._cores.note(-1)
                 with self._lock:
                     self._holding -= 1
+            if answer is None:  # _run itself failed: fail every waiter of the batch
+                answer = (items, None, [], None)
+            self._hand_back(*answer)
 
-    def _run(self, items: list[_Item], run: RunBatch, solo: bool) -> None:
+    def _run(
+        self, items: list[_Item], run: RunBatch, solo: bool
+    ) -> tuple[list[_Item], np.ndarray | None, list[_Item], BatchStats | None]:
+        """Run one batch; returns what `_deliver` answers its waiters with."""
         now = time.monotonic()
         live: list[_Item] = []
         expired: list[_Item] = []
@@ -348,8 +318,7 @@ class Batcher:
                 continue
             live.append(item)
         if not live:
-            self._hand_back(self._deliver, [], None, expired, None)
-            return
+            return [], None, expired, None
         started = time.monotonic()
         try:
             batch = live[0].tensor[None] if len(live) == 1 else np.stack([i.tensor for i in live])
@@ -359,8 +328,7 @@ class Batcher:
                 raise RuntimeError(f"model returned {len(out)} rows for a batch of {len(live)}")
         except Exception as exc:
             log.error("inference failed on a batch of %d: %r", len(live), exc, exc_info=exc)
-            self._hand_back(self._deliver, live, None, expired, None)
-            return
+            return live, None, expired, None
         finished = time.monotonic()
         self._seconds_per_image = 0.9 * self._seconds_per_image + 0.1 * (
             finished - assembled
@@ -373,12 +341,13 @@ class Batcher:
             expired=len(expired),
             solo=solo,
         )
-        self._hand_back(self._deliver, live, out, expired, stats)
+        return live, out, expired, stats
 
-    def _hand_back(self, deliver: Callable[..., None], *args: object) -> None:
+    def _hand_back(self, *answer: object) -> None:
+        """`_deliver` the answer on the event loop."""
         assert self._loop is not None
         try:
-            self._loop.call_soon_threadsafe(deliver, *args)
+            self._loop.call_soon_threadsafe(self._deliver, *answer)
         except RuntimeError:  # the loop is closed: nobody waits for these results any more
             log.warning("batch finished after its event loop closed; results dropped")
 

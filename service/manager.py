@@ -19,7 +19,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from service.batching import Cores
+from service.cores import Cores
 from service.errors import ModelControlError, ModelNotFound, ModelNotReady
 from service.metrics import Metrics
 from service.model import ServedModel, load_model

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from service.batching import Batcher, BatchStats, Cores
+from service.batching import Batcher, BatchStats
+from service.cores import Cores
 from service.cpus import cpus
 from service.engine import CPU, Engine, ExecutionOptions, softmax
 from service.metrics import Metrics, ModelSeries
