@@ -420,3 +420,24 @@ def test_auto_batch_size_batches_a_fast_model_on_cpu(tmp_path, warmups):
 def test_auto_batch_size_is_four_for_a_slow_model_on_cpu(tmp_path, slow):
     make_repo(tmp_path)
     assert load(tmp_path, max_batch_size=0).max_batch_size == 4
+
+
+def test_a_lone_request_runs_on_the_solo_session_and_is_counted(tmp_path, slow):
+    make_repo(tmp_path)
+    metrics = Metrics()
+    model = load(tmp_path, metrics=metrics, instances=0, intra_op_threads=0, solo_session=True,
+                 warmup=False)  # fmt: skip
+    if model.engines.solo is None:
+        pytest.skip("one core: no solo session")
+
+    async def main() -> np.ndarray:
+        model.start()
+        row = await asyncio.wait_for(
+            model.batcher.submit(np.zeros(model.sample_shape, np.float32)), HANG
+        )
+        await model.retire()
+        return row
+
+    assert asyncio.run(main()).shape == (3,)
+    labels = {"model": "tiny", "version": "1"}
+    assert metrics.registry.get_sample_value("imgclf_solo_batches_total", labels) == 1.0
