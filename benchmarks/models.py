@@ -17,18 +17,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
 import threading
 from pathlib import Path
 
+from benchmarks import REPO_ROOT, rss_bytes
 from service.bench import inputs, load, stats, wire
 from service.bench.server import serving
 from service.bench.stats import split_evenly
 from service.repository import versions
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def repository_of_copies(source: Path, model: str, count: int, root: Path) -> list[str]:
@@ -43,25 +43,14 @@ def repository_of_copies(source: Path, model: str, count: int, root: Path) -> li
     return names
 
 
-def status_of(pid: int) -> dict[str, int]:
-    """Resident memory (bytes) and thread count from /proc (Linux)."""
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key == "VmRSS":
-            out["rss_bytes"] = int(value.split()[0]) * 1024
-        elif key == "Threads":
-            out["threads"] = int(value)
-    return out
-
-
 def measure(args: argparse.Namespace, count: int) -> dict:
     photos = inputs.jpeg_images(inputs.parse_size(args.image_size))
     items = [data for _, data in photos]
     with tempfile.TemporaryDirectory(prefix="imgclf-models-") as tmp:
         names = repository_of_copies(args.model_repository, args.model, count, Path(tmp))
         with serving(Path(tmp), args.server_args) as server:
-            idle = status_of(server.proc.pid)
+            pid = server.proc.pid
+            idle_rss, idle_threads = rss_bytes(pid), len(os.listdir(f"/proc/{pid}/task"))
             connection = wire.Connection(server.target)
             shares = split_evenly(args.concurrency, count)
             runners = []
@@ -92,8 +81,8 @@ def measure(args: argparse.Namespace, count: int) -> dict:
         "p50_ms": statistics.median(s["latency_ms"]["p50"] for s in per_model),
         "p99_ms": max(s["latency_ms"]["p99"] for s in per_model),
         "errors": sum(sum(s["errors"].values()) for s in per_model),
-        "idle_rss_mib": idle.get("rss_bytes", 0) / 2**20,
-        "threads": idle.get("threads", 0),
+        "idle_rss_mib": idle_rss / 2**20,
+        "threads": idle_threads,
     }
 
 

@@ -249,9 +249,9 @@ class Batcher:
 
     # --- worker threads ---------------------------------------------------------------------
 
-    def _take(self) -> tuple[list[_Item], bool] | None:
-        """Wait for a batch; returns it and whether to run it solo, or None once closing and
-        nothing is left. The caller then owns one `_holding` count."""
+    def _take(self) -> tuple[list[_Item], RunBatch | None] | None:
+        """Wait for a batch; returns it and the solo runner when it is to run solo, or None
+        once closing and nothing is left. The caller then owns one `_holding` count."""
         with self._lock:
             while not self._heap:
                 if self._closing:
@@ -275,19 +275,19 @@ class Batcher:
                     item.admission._release(1)
             self._report_depth()
             alone = self._holding == 1 and not self._heap and self._waiting == 0
-        solo = self._solo is not None and alone and self._cores.try_solo()
-        if not solo:
-            self._cores.begin_batch()  # waits while a solo run (of any model) holds the cores
-        return items, solo
+        if self._solo is not None and alone and self._cores.try_solo():
+            return items, self._solo
+        self._cores.begin_batch()  # waits while a solo run (of any model) holds the cores
+        return items, None
 
     def _work(self, run: RunBatch) -> None:
         name_this_thread(threading.current_thread().name)
         while (taken := self._take()) is not None:
-            items, solo = taken
+            items, solo_run = taken
+            solo = solo_run is not None
             answer = None
             try:
-                answer = self._run(items, self._solo if solo and self._solo is not None else run,
-                                   solo)  # fmt: skip
+                answer = self._run(items, solo_run or run, solo)
             except Exception:  # never let the worker die
                 log.exception("batch worker error")
             finally:

@@ -134,34 +134,64 @@ class Metrics:
 
 class ModelSeries:
     """The per-request and per-batch series of one model version (model="" for requests
-    that named no model the server knows)."""
+    that named no model the server knows). Each child is looked up on first use, so a series
+    exists in the exposition only once something was counted in it, as before the cache."""
 
     def __init__(self, metrics: Metrics, labels: dict[str, str]) -> None:
         self._metrics = metrics
         self.labels = labels
-        self.images = metrics.images.labels(**labels)
-        self.request_duration = metrics.request_duration.labels(**labels)
-        self.preprocess_duration = metrics.preprocess_duration.labels(**labels)
-        self.queue_duration = metrics.queue_duration.labels(**labels)
-        self.compute_input_duration = metrics.compute_input_duration.labels(**labels)
-        self.inference_duration = metrics.inference_duration.labels(**labels)
-        self.compute_output_duration = metrics.compute_output_duration.labels(**labels)
-        self.batch_size = metrics.batch_size.labels(**labels)
-        self.queue_depth = metrics.queue_depth.labels(**labels)
-        self.solo_batches = metrics.solo_batches.labels(**labels)
-        self._requests: dict[str, Any] = {}
-        self._failures: dict[str, Any] = {}
+        self._children: dict[tuple[str, str], Any] = {}
+
+    def _child(self, name: str, **extra: str) -> Any:
+        key = (name, *extra.values())
+        child = self._children.get(key)
+        if child is None:
+            metric = getattr(self._metrics, name)
+            child = self._children[key] = metric.labels(**self.labels, **extra)
+        return child
 
     def requests(self, code: str) -> Any:
-        child = self._requests.get(code)
-        if child is None:
-            child = self._requests[code] = self._metrics.requests.labels(**self.labels, code=code)
-        return child
+        return self._child("requests", code=code)
 
     def failures(self, reason: str) -> Any:
-        child = self._failures.get(reason)
-        if child is None:
-            child = self._failures[reason] = self._metrics.failures.labels(
-                **self.labels, reason=reason
-            )
-        return child
+        return self._child("failures", reason=reason)
+
+    @property
+    def images(self) -> Any:
+        return self._child("images")
+
+    @property
+    def request_duration(self) -> Any:
+        return self._child("request_duration")
+
+    @property
+    def preprocess_duration(self) -> Any:
+        return self._child("preprocess_duration")
+
+    @property
+    def queue_duration(self) -> Any:
+        return self._child("queue_duration")
+
+    @property
+    def compute_input_duration(self) -> Any:
+        return self._child("compute_input_duration")
+
+    @property
+    def inference_duration(self) -> Any:
+        return self._child("inference_duration")
+
+    @property
+    def compute_output_duration(self) -> Any:
+        return self._child("compute_output_duration")
+
+    @property
+    def batch_size(self) -> Any:
+        return self._child("batch_size")
+
+    @property
+    def queue_depth(self) -> Any:
+        return self._child("queue_depth")
+
+    @property
+    def solo_batches(self) -> Any:
+        return self._child("solo_batches")

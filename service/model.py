@@ -135,7 +135,7 @@ def execution_options(
 
 
 def create_engines(path: Path, config: ModelConfig, settings: ServerSettings) -> Engines:
-    """The model's instances (no solo session yet: see `add_solo`).
+    """The model's instances (the solo session comes later in load_model: see `wants_solo`).
 
     Configured (`instances` N): N sessions, the cores divided among them. Auto: on a GPU one
     session; on CPU one single-threaded session per core, which the limit measurements show
@@ -248,12 +248,13 @@ def load_model(
             f"{len(metadata.labels)} labels"
         )
     auto_batch = not (config.max_batch_size or settings.max_batch_size)
+    solo = wants_solo(engines, settings)
     per_image = None
-    if engine.info.provider == CPU and (auto_batch or wants_solo(engines, settings)):
+    if engine.info.provider == CPU and (auto_batch or solo):
         per_image = seconds_per_image(engine, sample)
     if auto_batch:
         max_batch = auto_batch_size(per_image, max_batch)
-    if wants_solo(engines, settings) and per_image and per_image >= BATCHING_PAYS_BELOW_S:
+    if solo and per_image is not None and per_image >= BATCHING_PAYS_BELOW_S:
         engines.solo = Engine(entry.path, solo_options(config, settings))
     if settings.warmup:
         sizes = list(range(1, max_batch + 1))

@@ -227,7 +227,8 @@ def pixels(images: list[tuple[str, bytes]], spec: ModelSpec) -> list[tuple[str, 
 
 
 def tensors(images: list[tuple[str, bytes]], spec: ModelSpec) -> list[tuple[str, np.ndarray]]:
-    """The photos through the model's eval preprocessing: float32 CHW each, or uint8 HWC
-    pixels (resized and cropped) for a pixel-input model."""
-    convert = pixels_from_bytes if spec.pixel_input else preprocess_bytes
-    return [(name, convert(data, spec.preprocessing)) for name, data in images]
+    """The photos through the model's eval preprocessing: float32 CHW each (a pixel-input
+    model's preprocessed input is its pixels)."""
+    if spec.pixel_input:
+        return pixels(images, spec)
+    return [(name, preprocess_bytes(data, spec.preprocessing)) for name, data in images]

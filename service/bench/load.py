@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import multiprocessing as mp
 import time
 from collections.abc import Callable
@@ -197,21 +198,18 @@ class LoadRunner:
                               concurrency=shares[i], first_client=sum(shares[:i]),
                               clients_total=point.concurrency))  # fmt: skip
         ws, we = t0 + point.warmup, t0 + point.warmup + point.duration
-        before = after = None
-        t_before = t_after = 0.0
-        cpu = None
+        probe: Callable[[], object] | None = None
         if metrics_url:
-            time.sleep(max(0.0, ws - time.monotonic()))
-            before, t_before = try_fetch(metrics_url), time.monotonic()
-            time.sleep(max(0.0, we - time.monotonic()))
-            after, t_after = try_fetch(metrics_url), time.monotonic()
+            probe = functools.partial(try_fetch, metrics_url)
         elif cpu_seconds is not None:
+            probe = cpu_seconds
+        before = after = None
+        wall = 0.0
+        if probe is not None:  # read at the window's edges, while the clients run
             time.sleep(max(0.0, ws - time.monotonic()))
-            cpu_before, t_before = cpu_seconds(), time.monotonic()
+            before, t_before = probe(), time.monotonic()
             time.sleep(max(0.0, we - time.monotonic()))
-            cpu_after, t_after = cpu_seconds(), time.monotonic()
-            if cpu_before is not None and cpu_after is not None:
-                cpu = (cpu_after - cpu_before) / (t_after - t_before)
+            after, wall = probe(), time.monotonic() - t_before
         parts = []
         errors = []
         for pipe in self.pipes:
@@ -220,10 +218,10 @@ class LoadRunner:
         if errors:
             raise RuntimeError(f"client process failed: {errors[0]}")
         server: dict[str, object] = {}
-        if before is not None and after is not None:
-            server = scrape.breakdown(before, after, model, t_after - t_before)
-        elif cpu is not None:
-            server = {"server_cpu_cores": cpu}
+        if isinstance(before, float) and isinstance(after, float):  # CPU seconds
+            server = {"server_cpu_cores": (after - before) / wall}
+        elif before is not None and after is not None:
+            server = scrape.breakdown(before, after, model, wall)  # type: ignore[arg-type]
         return PointResult(point, merge(parts), (ws, we), server)
 
     def close(self) -> None:
