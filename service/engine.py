@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from service.buckets import BucketRunner, plain_run_options
 from service.errors import InvalidInput
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,14 @@ class ExecutionOptions:
     version (None: no cache, engines are rebuilt at every start)."""
     io_binding: bool = True
     """CUDA/TensorRT: run through an IOBinding (unused on CPU)."""
+    cuda_graphs: bool = False
+    """CUDA (not TensorRT): capture a CUDA graph per batch bucket and replay it (needs
+    io_binding and every node of the model on the CUDA provider)."""
+
+    @property
+    def graphs_requested(self) -> bool:
+        """Whether the CUDA provider is asked for CUDA graphs (never with TensorRT first)."""
+        return self.cuda_graphs and self.io_binding and self.providers != "tensorrt"
 
     def __post_init__(self) -> None:
         def check(ok: bool, message: str) -> None:
@@ -169,6 +178,8 @@ def cuda_provider_options(options: ExecutionOptions) -> dict[str, str]:
         "arena_extend_strategy": options.arena_extend_strategy,
         "do_copy_in_default_stream": "1",
     }
+    if options.graphs_requested:
+        opts["enable_cuda_graph"] = "1"
     if options.gpu_mem_limit_bytes:
         opts["gpu_mem_limit"] = str(options.gpu_mem_limit_bytes)
     return opts
@@ -268,6 +279,7 @@ def run_with_binding(
     batch: np.ndarray,
     device_type: str,
     device_id: int,
+    run_options: ort.RunOptions | None = None,
 ) -> np.ndarray:
     """One run through an IOBinding of its own (so concurrent calls never share one): the
     batch bound from CPU memory, the output allocated on `device_type`:`device_id`, and
@@ -275,7 +287,7 @@ def run_with_binding(
     binding = session.io_binding()
     binding.bind_cpu_input(input_name, np.ascontiguousarray(batch))
     binding.bind_output(output_name, device_type, device_id)
-    session.run_with_iobinding(binding)
+    session.run_with_iobinding(binding, run_options)
     (out,) = binding.copy_outputs_to_cpu()
     return out
 
@@ -294,6 +306,8 @@ class EngineInfo:
     float32 batch to float16 and the output back to float32; tensor(uint8) takes pixels."""
     io_binding: bool = False
     """Whether `run` goes through an IOBinding."""
+    cuda_graphs: bool = False
+    """Whether the session captures and replays CUDA graphs (one per batch bucket)."""
 
 
 class Engine:
@@ -333,6 +347,9 @@ class Engine:
             )
         self._input_dtype = INPUT_TYPES[inp[0].type]
         self._bind = options.io_binding and active in (CUDA, TENSORRT)
+        graphs = self._bind and active == CUDA and options.graphs_requested
+        self._plain_options = plain_run_options(graphs)
+        self._buckets: BucketRunner | None = None
         self.info = EngineInfo(
             provider=active,
             reason=reason,
@@ -342,6 +359,7 @@ class Engine:
             output_shape=tuple(out[0].shape),
             input_type=inp[0].type,
             io_binding=self._bind,
+            cuda_graphs=graphs,
         )
         self.metadata_props: dict[str, str] = dict(
             self._session.get_modelmeta().custom_metadata_map
@@ -358,24 +376,52 @@ class Engine:
                 f"{[e if isinstance(e, int) else -1 for e in expected]}"
             )
 
+    @property
+    def buckets(self) -> list[int]:
+        """The batch size buckets `run` uses (empty: none prepared)."""
+        return self._buckets.sizes if self._buckets is not None else []
+
+    def prepare_buckets(self, sizes: list[int], sample_shape: tuple[int, ...]) -> None:
+        """Allocate input and output buffers per batch size bucket on the session's device
+        (see service.buckets), capture their CUDA graphs when on, and check each bucket
+        against a plain run; `run` then goes through them."""
+        gpu = self.info.provider in (CUDA, TENSORRT)
+        classes = self.output_shape_for_one(sample_shape)[1]
+        runner = BucketRunner(
+            self._session, sample_shape, classes, sizes,
+            "cuda" if gpu else "cpu", self.options.gpu_id if gpu else 0,
+            graphs=self.info.cuda_graphs,
+        )  # fmt: skip
+        runner.prepare(self._run_plain)
+        self._buckets = runner
+
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Run one batch (N, C, H, W) float32, or (N, H, W, C) uint8 pixels for a uint8 model;
         returns the first output (N, classes) float32."""
         batch = np.ascontiguousarray(batch, dtype=self._input_dtype)
+        if self._buckets is not None and len(batch) <= self._buckets.max_batch:
+            out = self._buckets.run(batch)
+        else:
+            out = self._run_plain(batch)
+        return np.asarray(out).astype(np.float32, copy=False)
+
+    def _run_plain(self, batch: np.ndarray) -> np.ndarray:
+        """A run outside the buckets (never capturing or replaying a CUDA graph)."""
         if self._bind:
             # Output bound to CPU memory: ONNX Runtime copies it back within the run.
-            out = run_with_binding(
-                self._session, self.info.input_name, self.info.output_name, batch, "cpu", 0
-            )
-        else:
-            (out,) = self._session.run([self.info.output_name], {self.info.input_name: batch})
-        return np.asarray(out).astype(np.float32, copy=False)
+            return run_with_binding(
+                self._session, self.info.input_name, self.info.output_name, batch, "cpu", 0,
+                self._plain_options,
+            )  # fmt: skip
+        (out,) = self._session.run(
+            [self.info.output_name], {self.info.input_name: batch}, self._plain_options
+        )
+        return np.asarray(out)
 
     def output_shape_for_one(self, sample_shape: tuple[int, ...]) -> tuple[int, ...]:
         """The output shape of one real run on a zero image (load-time check)."""
         batch = np.zeros((1, *sample_shape), dtype=self._input_dtype)
-        (out,) = self._session.run([self.info.output_name], {self.info.input_name: batch})
-        return tuple(np.asarray(out).shape)
+        return tuple(self._run_plain(batch).shape)
 
     def warmup(self, batch_sizes: list[int], sample_shape: tuple[int, ...]) -> None:
         for n in batch_sizes:

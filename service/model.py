@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from service.batching import Batcher, BatchStats
+from service.buckets import bucket_sizes
 from service.cores import Cores
 from service.cpus import cpus
 from service.engine import CPU, Engine, ExecutionOptions, softmax
@@ -130,6 +131,7 @@ def execution_options(
         tensorrt_cache_dir=settings.tensorrt_cache_dir,
         allow_spinning=settings.allow_spinning,
         io_binding=settings.io_binding,
+        cuda_graphs=settings.cuda_graphs if config.cuda_graphs is None else config.cuda_graphs,
         **extra,
     )
 
@@ -208,6 +210,14 @@ def wants_solo(engines: Engines, settings: ServerSettings) -> bool:
     )
 
 
+def describe_buckets(engine: Engine) -> str:
+    """For the load log line: the batch buckets and whether CUDA graphs replay them."""
+    if not engine.buckets:
+        return ""
+    graphs = "CUDA graphs" if engine.info.cuda_graphs else "no CUDA graphs"
+    return f"; IO binding, batch buckets {','.join(map(str, engine.buckets))} ({graphs})"
+
+
 def load_model(
     entry: ModelEntry,
     config: ModelConfig,
@@ -256,6 +266,9 @@ def load_model(
         max_batch = auto_batch_size(per_image, max_batch)
     if solo and per_image is not None and per_image >= BATCHING_PAYS_BELOW_S:
         engines.solo = Engine(entry.path, solo_options(config, settings))
+    if engine.info.io_binding:  # GPU: device buffers (and CUDA graphs) per batch bucket
+        for e in engines.instances:
+            e.prepare_buckets(bucket_sizes(max_batch), sample)
     if settings.warmup:
         sizes = list(range(1, max_batch + 1))
         for e in engines.all:
@@ -298,11 +311,11 @@ def load_model(
     metrics.model_load_duration.labels(**series.labels).set(elapsed)
     log.info(
         "model %s version %s loaded in %.2fs: %d classes, input %dx%d, max batch %d, "
-        "%d instance(s) x %d intra-op thread(s)%s on %s (%s)",
+        "%d instance(s) x %d intra-op thread(s)%s on %s (%s)%s",
         entry.name, entry.version, elapsed, len(metadata.labels), h, w, max_batch,
         len(engines.instances), engine.options.intra_op_threads,
         f" + solo session x {engines.solo.options.intra_op_threads}" if engines.solo else "",
-        engine.info.provider, engine.info.reason,
+        engine.info.provider, engine.info.reason, describe_buckets(engine),
     )  # fmt: skip
     return ServedModel(
         name=entry.name,

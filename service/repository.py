@@ -92,6 +92,8 @@ class ModelConfig(BaseModel):
     """CUDA: how the memory arena grows (unset: kNextPowerOfTwo)."""
     tensorrt_fp16: bool = False
     """TensorRT: build FP16 engines."""
+    cuda_graphs: bool | None = None
+    """CUDA: capture and replay a CUDA graph per batch size bucket (unset: --cuda-graphs)."""
     image_input: bool = False
     """Open Inference Protocol: advertise a BYTES input `image` (encoded images) instead of
     the tensor input, so load tools drive the server-side decode path."""

@@ -68,7 +68,12 @@ class ServerSettings(BaseSettings):
     """Let idle ONNX Runtime CPU threads spin (lower latency under load; idle instances
     burn cores)."""
     io_binding: bool = True
-    """On CUDA/TensorRT, run batches through an ONNX Runtime IOBinding."""
+    """On CUDA/TensorRT, run batches through an ONNX Runtime IOBinding, with input and
+    output buffers allocated once per batch size bucket on the GPU."""
+    cuda_graphs: bool = False
+    """On CUDA (with IO binding), capture one CUDA graph per batch size bucket at load and
+    replay it for every batch (each checked against a plain run at load); needs every node
+    of the model on the CUDA provider."""
     instances: int = Field(0, ge=0)
     """ONNX Runtime sessions per model, each running one batch at a time, the cores divided
     among them (0: auto, one single-threaded session per core on CPU, one session on a

@@ -114,6 +114,9 @@ def model_config(model: ServedModel, max_request_images: int) -> mc.ModelConfig:
                 gpus=[] if on_cpu else model.config.gpus,
             )
         ],
+        optimization=mc.ModelOptimizationPolicy(
+            cuda=mc.ModelOptimizationPolicy.Cuda(graphs=model.engine.info.cuda_graphs)
+        ),
         default_model_filename="model.onnx",
         parameters={
             "provider": mc.ModelParameter(string_value=provider),

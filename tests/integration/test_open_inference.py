@@ -69,6 +69,7 @@ def test_model_config_is_triton_shaped(client: triton.InferenceServerClient) -> 
     assert all(list(o.dims) == [1000] for o in config.output)
     assert config.HasField("dynamic_batching")
     assert config.instance_group[0].count >= 1
+    assert config.optimization.cuda.graphs is False  # CPU here: no CUDA graphs
 
 
 def test_infer_fp32_tensor_with_classification(

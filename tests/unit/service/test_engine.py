@@ -235,6 +235,18 @@ def test_tensorrt_option_dict(tiny_path, tmp_path, fp16):
     assert engine_mod.file_sha256(tiny_path)[:16] in cache.name
 
 
+def test_cuda_graphs_are_asked_of_the_cuda_provider_only_with_io_binding():
+    def cuda_opts(**kw) -> dict[str, str]:
+        providers, _ = choose_providers(ExecutionOptions(**kw), [TENSORRT, CUDA, CPU], True)
+        return dict(next(p for p in providers if isinstance(p, tuple) and p[0] == CUDA)[1])
+
+    assert cuda_opts(cuda_graphs=True)["enable_cuda_graph"] == "1"
+    assert "enable_cuda_graph" not in cuda_opts()
+    assert "enable_cuda_graph" not in cuda_opts(cuda_graphs=True, io_binding=False)
+    # TensorRT first: its CUDA fallback would capture a partial graph
+    assert "enable_cuda_graph" not in cuda_opts(cuda_graphs=True, providers="tensorrt")
+
+
 def test_tensorrt_without_cache_dir_caches_nothing(tiny_path):
     options = ExecutionOptions(providers="tensorrt")
     (_, trt_opts), *_ = choose_providers(options, [TENSORRT, CUDA, CPU], True)[0]
@@ -340,6 +352,15 @@ def test_auto_falls_back_to_cpu_and_says_why(tiny_path):
     assert eng.info.reason.startswith("CPU fallback: ")
     assert "no CUDA" in eng.info.reason  # no provider in the build, or no driver
     assert eng.info.io_binding is False
+
+
+@NO_GPU_HERE
+def test_cuda_graphs_asked_for_but_running_on_cpu_are_off(tiny_path):
+    eng = Engine(tiny_path, ExecutionOptions(intra_op_threads=1, cuda_graphs=True))
+    assert eng.info.provider == CPU
+    assert eng.info.cuda_graphs is False
+    np.testing.assert_allclose(eng.run(random_batch(2)), reference_logits(random_batch(2)),
+                               rtol=1e-5, atol=1e-5)  # fmt: skip
 
 
 @NO_GPU_HERE
@@ -450,6 +471,20 @@ def test_engine_run_through_binding_is_thread_safe(tiny_path):
     with ThreadPoolExecutor(max_workers=4) as pool:
         outs = list(pool.map(eng.run, batches))
     for batch, out in zip(batches, outs, strict=True):
+        assert out.dtype == np.float32
+        np.testing.assert_allclose(out, reference_logits(batch), rtol=1e-5, atol=1e-5)
+
+
+def test_engine_runs_through_prepared_buckets(tiny_path):
+    # On a GPU the buckets live in device memory; here the same path runs in CPU memory.
+    eng = Engine(tiny_path, CPU_ONLY)
+    assert eng.buckets == []
+    eng.prepare_buckets([1, 2, 4], (3, SIZE, SIZE))
+    assert eng.buckets == [1, 2, 4]
+    for n in (4, 3, 1, 2, 5):  # 5: beyond the largest bucket, a plain run
+        batch = random_batch(n, seed=n)
+        out = eng.run(batch)
+        assert out.shape == (n, len(LABELS))
         assert out.dtype == np.float32
         np.testing.assert_allclose(out, reference_logits(batch), rtol=1e-5, atol=1e-5)
 

@@ -4,12 +4,15 @@ tiny ONNX model (ONNX Runtime on CPU)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from service import model as model_mod
 from service.cpus import cpus
 from service.engine import Engine
 from service.errors import ModelNotReady
@@ -105,6 +108,13 @@ def test_cuda_knobs_pass_through_only_when_set():
     assert defaults.gpu_mem_limit_bytes == 0
 
 
+def test_cuda_graphs_from_settings_unless_the_model_says(tmp_path):
+    assert options().cuda_graphs is False
+    assert options(cuda_graphs=True).cuda_graphs is True
+    assert options({"cuda_graphs": False}, cuda_graphs=True).cuda_graphs is False
+    assert options({"cuda_graphs": True}).cuda_graphs is True
+
+
 def test_tensorrt_cache_dir_from_settings(tmp_path):
     assert options(tensorrt_cache_dir=tmp_path).tensorrt_cache_dir == tmp_path
 
@@ -149,6 +159,7 @@ def test_load_model_reads_metadata_and_warms_up(tmp_path, warmups):
     assert model.batcher.instances == 1
     assert model.default_timeout_s is None
     assert model.engine.info.provider == "CPUExecutionProvider"
+    assert model.engine.buckets == []  # device buffers per bucket are for GPU sessions
     assert warmups == [[1, 2, 3, 4]]  # every batch size the batcher can form
     assert model.fingerprint == versions(tmp_path / "tiny")[0].fingerprint()
     seconds = metrics.registry.get_sample_value(
@@ -298,6 +309,28 @@ def test_served_model_runs_and_accounts(tmp_path):
     assert probs.sum() == pytest.approx(1.0, abs=1e-6)
     assert model.stats.inference_count == 1
     assert model.stats.execution_count == 1
+
+
+def test_bound_sessions_get_buffers_per_batch_bucket(tmp_path, monkeypatch, caplog):
+    # A GPU session binds its IO; on this CPU host the tiny model's sessions are made to
+    # bind (their buckets then live in CPU memory), the rest of load_model as on a GPU.
+    real = model_mod.create_engines
+
+    def binding_engines(*args, **kwargs):
+        engines = real(*args, **kwargs)
+        for eng in engines.instances:
+            eng._bind = True
+            eng.info = dataclasses.replace(eng.info, io_binding=True)
+        return engines
+
+    monkeypatch.setattr(model_mod, "create_engines", binding_engines)
+    make_repo(tmp_path)
+    with caplog.at_level(logging.INFO, logger="service.model"):
+        model = load(tmp_path, max_batch_size=6, instances=2)
+    assert [e.buckets for e in model.engines.instances] == [[1, 2, 4, 6], [1, 2, 4, 6]]
+    assert "IO binding, batch buckets 1,2,4,6 (no CUDA graphs)" in caplog.text
+    batch = np.stack([logits_of(model, (0.5, 0.25, 0.125))] * 3)
+    np.testing.assert_allclose(model.engine.run(batch), [[2.0, 1.0, 0.5]] * 3, atol=1e-6)
 
 
 def test_probabilities_model_output_is_passed_through(tmp_path):
