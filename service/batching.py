@@ -12,6 +12,12 @@ the next one at once, whatever the event loop is busy with, so an instance never
 waiting for the loop (ONNX Runtime releases the GIL while it runs). The loop hears from a
 worker once per batch (`call_soon_threadsafe`).
 
+An item's input may be deferred: a function that makes it (decoding an image), called by
+the worker that runs the item's batch, on the core that then runs it, before the batch's
+cores are claimed. A deferred input that raises fails that item alone; the rest of the batch
+runs. On CPU this keeps exactly one busy thread per core and the decoded image in the cache of
+the core that infers it (a separate decode pool measured about 5 % fewer images/s).
+
 An optional *solo* runner (an instance whose intra-op threads span every core) takes a batch
 that is all the work there is: nothing else queued or admitted (being decoded) for the model,
 and no batch of any model running or image being decoded in the process (`Cores`, shared by
@@ -41,6 +47,8 @@ from service.osthreads import name_this_thread
 log = logging.getLogger(__name__)
 
 RunBatch = Callable[[np.ndarray], np.ndarray]
+Input = np.ndarray | Callable[[], np.ndarray]
+"""An item's input tensor, or a function the worker calls to make it (see the module doc)."""
 
 
 @dataclass
@@ -58,6 +66,8 @@ class BatchStats:
     """Items dropped because their deadline passed in the queue."""
     solo: bool = False
     """Whether the batch ran on the solo runner."""
+    prepare_seconds: list[float] = field(default_factory=list)
+    """Making each deferred input of the batch (decoding), failed ones included."""
 
 
 class Admission:
@@ -82,11 +92,34 @@ class Admission:
 class _Item:
     level: int
     seq: int
-    tensor: np.ndarray = field(compare=False)
+    tensor: Input = field(compare=False)
     future: asyncio.Future[np.ndarray] = field(compare=False)
     enqueued: float = field(compare=False)
     deadline: float | None = field(default=None, compare=False)
     admission: Admission | None = field(default=None, compare=False)
+
+
+@dataclass
+class _Batch:
+    """A batch a worker took, sorted out (see Batcher._prepare)."""
+
+    taken: float
+    live: list[_Item] = field(default_factory=list)
+    expired: list[_Item] = field(default_factory=list)
+    failed: list[tuple[_Item, Exception]] = field(default_factory=list)
+    """Items whose deferred input raised, with what it raised."""
+    prepare_seconds: list[float] = field(default_factory=list)
+
+
+@dataclass
+class _Answer:
+    """What the event loop answers a batch's waiters with (`out` None: the run failed)."""
+
+    live: list[_Item]
+    out: np.ndarray | None
+    expired: list[_Item]
+    failed: list[tuple[_Item, Exception]]
+    stats: BatchStats | None
 
 
 class Batcher:
@@ -193,12 +226,13 @@ class Batcher:
 
     async def submit(
         self,
-        tensor: np.ndarray,
+        tensor: Input,
         deadline: float | None = None,
         priority: int = 0,
         admission: Admission | None = None,
     ) -> np.ndarray:
-        """Queue one image tensor; returns its output row. Raises QueueFull when full."""
+        """Queue one image tensor (or a function making it, called by the worker that runs
+        it); returns its output row. Raises QueueFull when full, or what making it raised."""
         loop = self._loop
         if loop is None or self._closing:
             raise ModelNotReady("model is not accepting requests")
@@ -249,9 +283,9 @@ class Batcher:
 
     # --- worker threads ---------------------------------------------------------------------
 
-    def _take(self) -> tuple[list[_Item], RunBatch | None] | None:
-        """Wait for a batch; returns it and the solo runner when it is to run solo, or None
-        once closing and nothing is left. The caller then owns one `_holding` count."""
+    def _take(self) -> list[_Item] | None:
+        """Wait for a batch; returns its items, or None once closing and nothing is left.
+        The caller then owns one `_holding` count."""
         with self._lock:
             while not self._heap:
                 if self._closing:
@@ -274,101 +308,130 @@ class Batcher:
                 if item.admission is not None:
                     item.admission._release(1)
             self._report_depth()
+        return items
+
+    def _claim_cores(self) -> RunBatch | None:
+        """Take every core for a solo run when this batch is all the work there is (returns
+        the solo runner), or one core (returns None; waits while a solo run holds them)."""
+        with self._lock:
             alone = self._holding == 1 and not self._heap and self._waiting == 0
         if self._solo is not None and alone and self._cores.try_solo():
-            return items, self._solo
-        self._cores.begin_batch()  # waits while a solo run (of any model) holds the cores
-        return items, None
+            return self._solo
+        self._cores.begin_batch()
+        return None
 
     def _work(self, run: RunBatch) -> None:
         name_this_thread(threading.current_thread().name)
-        while (taken := self._take()) is not None:
-            items, solo_run = taken
-            solo = solo_run is not None
+        while (items := self._take()) is not None:
             answer = None
+            claimed = False
+            solo_run = None
             try:
-                answer = self._run(items, solo_run or run, solo)
+                batch = self._prepare(items)
+                if batch.live:
+                    solo_run = self._claim_cores()
+                    claimed = True
+                answer = self._run(batch, solo_run or run, solo_run is not None)
             except Exception:  # never let the worker die
                 log.exception("batch worker error")
             finally:
                 # Free the cores before answering, so that the next request (a client's
                 # reply to this answer) finds them free.
-                if solo:
+                if solo_run is not None:
                     self._cores.end_solo()
-                else:
+                elif claimed:
                     self._cores.note(-1)
                 with self._lock:
                     self._holding -= 1
-            if answer is None:  # _run itself failed: fail every waiter of the batch
-                answer = (items, None, [], None)
-            self._hand_back(*answer)
+            if answer is None:  # the worker itself failed: fail every waiter of the batch
+                answer = _Answer(items, None, [], [], None)
+            self._hand_back(answer)
 
-    def _run(
-        self, items: list[_Item], run: RunBatch, solo: bool
-    ) -> tuple[list[_Item], np.ndarray | None, list[_Item], BatchStats | None]:
-        """Run one batch; returns what `_deliver` answers its waiters with."""
-        now = time.monotonic()
-        live: list[_Item] = []
-        expired: list[_Item] = []
+    def _prepare(self, items: list[_Item]) -> _Batch:
+        """Drop the items whose caller gave up or whose deadline passed, then make the
+        deferred inputs of the rest (counted as CPU work: no solo run meanwhile)."""
+        taken = time.monotonic()
+        batch = _Batch(taken)
         for item in items:
             if item.future.done():  # the caller gave up (cancelled)
                 continue
-            if item.deadline is not None and now >= item.deadline:
-                expired.append(item)
+            if item.deadline is not None and taken >= item.deadline:
+                batch.expired.append(item)
                 continue
-            live.append(item)
+            batch.live.append(item)
+        deferred = [item for item in batch.live if callable(item.tensor)]
+        if not deferred:
+            return batch
+        self._cores.note(+1)
+        try:
+            for item in deferred:
+                started = time.monotonic()
+                try:
+                    item.tensor = item.tensor()
+                except Exception as exc:
+                    batch.failed.append((item, exc))
+                batch.prepare_seconds.append(time.monotonic() - started)
+        finally:
+            self._cores.note(-1)
+        if batch.failed:
+            failed = {id(item) for item, _ in batch.failed}
+            batch.live = [item for item in batch.live if id(item) not in failed]
+        return batch
+
+    def _run(self, batch: _Batch, run: RunBatch, solo: bool) -> _Answer:
+        """Run one prepared batch; returns what `_deliver` answers its waiters with."""
+        live = batch.live
         if not live:
-            return [], None, expired, None
+            return _Answer([], None, batch.expired, batch.failed, None)
         started = time.monotonic()
         try:
-            batch = live[0].tensor[None] if len(live) == 1 else np.stack([i.tensor for i in live])
+            tensors = [item.tensor for item in live]
+            batch_input = tensors[0][None] if len(live) == 1 else np.stack(tensors)
             assembled = time.monotonic()
-            out = run(batch)
+            out = run(batch_input)
             if len(out) != len(live):
                 raise RuntimeError(f"model returned {len(out)} rows for a batch of {len(live)}")
         except Exception as exc:
             log.error("inference failed on a batch of %d: %r", len(live), exc, exc_info=exc)
-            return live, None, expired, None
+            return _Answer(live, None, batch.expired, batch.failed, None)
         finished = time.monotonic()
         self._seconds_per_image = 0.9 * self._seconds_per_image + 0.1 * (
             finished - assembled
         ) / len(live)
         stats = BatchStats(
             size=len(live),
-            queue_seconds=[started - item.enqueued for item in live],
+            queue_seconds=[batch.taken - item.enqueued for item in live],
             input_seconds=assembled - started,
             inference_seconds=finished - assembled,
-            expired=len(expired),
+            expired=len(batch.expired),
             solo=solo,
+            prepare_seconds=batch.prepare_seconds,
         )
-        return live, out, expired, stats
+        return _Answer(live, out, batch.expired, batch.failed, stats)
 
-    def _hand_back(self, *answer: object) -> None:
+    def _hand_back(self, answer: _Answer) -> None:
         """`_deliver` the answer on the event loop."""
         assert self._loop is not None
         try:
-            self._loop.call_soon_threadsafe(self._deliver, *answer)
+            self._loop.call_soon_threadsafe(self._deliver, answer)
         except RuntimeError:  # the loop is closed: nobody waits for these results any more
             log.warning("batch finished after its event loop closed; results dropped")
 
-    def _deliver(
-        self,
-        live: list[_Item],
-        out: np.ndarray | None,
-        expired: list[_Item],
-        stats: BatchStats | None,
-    ) -> None:
+    def _deliver(self, answer: _Answer) -> None:
         """On the event loop: answer every waiter of one batch (`out` None: it failed)."""
-        for item in expired:
+        for item in answer.expired:
             if not item.future.done():
                 item.future.set_exception(DeadlineExceeded("deadline passed while queued"))
-        if out is None:
-            for item in live:
+        for item, exc in answer.failed:
+            if not item.future.done():
+                item.future.set_exception(exc)
+        if answer.out is None:
+            for item in answer.live:
                 if not item.future.done():
                     item.future.set_exception(InferenceFailed("inference failed"))
         else:
-            for item, row in zip(live, out, strict=True):
+            for item, row in zip(answer.live, answer.out, strict=True):
                 if not item.future.done():
                     item.future.set_result(row)
-        if stats is not None and self._on_batch is not None:
-            self._on_batch(stats)
+        if answer.stats is not None and self._on_batch is not None:
+            self._on_batch(answer.stats)

@@ -7,6 +7,7 @@ Transport-free: the gRPC servicers convert messages to these calls and map the d
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
@@ -339,11 +340,14 @@ class Core:
             )
         else:
             assert image.encoded is not None
-            started = time.monotonic()
             args = (image.encoded, spec, self.settings.max_pixels, self.settings.jpeg_draft)
             # Always off the event loop: even a few hundred bytes may declare millions of pixels.
-            loop = asyncio.get_running_loop()
             convert = pixels_from_bytes if model.metadata.pixel_input else preprocess_bytes
+            if model.decodes_in_workers:  # by the worker that runs it (service.batching)
+                decode = functools.partial(convert, *args)
+                return await model.batcher.submit(decode, deadline, level, admission)
+            started = time.monotonic()
+            loop = asyncio.get_running_loop()
             cores = self.manager.cores
             cores.note(+1)  # a decode is CPU work: no solo run meanwhile
             try:

@@ -68,6 +68,12 @@ class ServedModel:
         return self.engines.instances[0]
 
     @property
+    def decodes_in_workers(self) -> bool:
+        """On CPU an image is decoded by the worker that runs it, on the core that infers
+        it; on a GPU by the decode pool, so decoding overlaps the GPU's batches."""
+        return self.engine.info.provider == CPU
+
+    @property
     def sample_shape(self) -> tuple[int, int, int]:
         return self.metadata.sample_shape
 
@@ -285,6 +291,8 @@ def load_model(
             series.queue_duration.observe(seconds)
         if b.solo:
             series.solo_batches.inc()
+        for seconds in b.prepare_seconds:
+            series.preprocess_duration.observe(seconds)
 
     delay_ms = config.max_queue_delay_ms
     if delay_ms is None:

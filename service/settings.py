@@ -88,7 +88,8 @@ class ServerSettings(BaseSettings):
     intra_op_threads: int = Field(0, ge=0)
     """ONNX Runtime intra-op threads per session (0: the cores divided among the sessions)."""
     preprocess_threads: int = Field(0, ge=0)
-    """Threads decoding and preprocessing images (0: one per core)."""
+    """Threads decoding and preprocessing images for GPU models (0: one per core); on CPU
+    the worker that runs an image decodes it, on the core that then infers it."""
     max_batch_size: int = Field(0, ge=0)
     """Largest batch the dynamic batcher forms (a model's config.json may override); 0: auto,
     8 on GPU, and on CPU 8 for models that run an image in under 5 ms, else 4 (timed at

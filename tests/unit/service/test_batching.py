@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from service.batching import Batcher, BatchStats
+from service.cores import Cores
 from service.errors import (
     DeadlineExceeded,
     ImgclfError,
@@ -664,3 +665,129 @@ def test_models_share_the_cores_no_solo_while_another_model_runs(model):
         a_instance.gate.set()
         model.gate.set()
     assert model.sums == [[6.0]]
+
+
+# --- deferred inputs (made by the worker that runs them) --------------------------------------
+
+
+def test_deferred_inputs_are_made_by_the_worker_that_runs_them(model):
+    made_on: list[str] = []
+    stats: list[BatchStats] = []
+
+    def deferred(value: float):
+        def make() -> np.ndarray:
+            made_on.append(threading.current_thread().name)
+            return row(value)
+
+        return make
+
+    async def main() -> list[float]:
+        b = Batcher([model], max_batch_size=4, max_delay_s=0.05, name="m", on_batch=stats.append)
+        b.start()
+        got = await asyncio.wait_for(
+            asyncio.gather(b.submit(deferred(1)), b.submit(row(2)), b.submit(deferred(3))), HANG
+        )
+        await b.close()
+        return [float(g[0]) for g in got]
+
+    assert asyncio.run(main()) == [2.0, 4.0, 6.0]
+    assert made_on == ["infer-m_0", "infer-m_0"]  # the instance's worker, not the loop
+    assert model.sums == [[2.0, 4.0, 6.0]]
+    assert [len(s.prepare_seconds) for s in stats] == [2]
+    assert all(seconds >= 0 for seconds in stats[0].prepare_seconds)
+
+
+def test_a_deferred_input_that_raises_fails_its_item_alone(model):
+    def corrupt() -> np.ndarray:
+        raise ImgclfError("cannot decode image 0")
+
+    async def main() -> tuple[object, ...]:
+        b = Batcher([model], max_batch_size=4, max_delay_s=0.05)
+        b.start()
+        got = await asyncio.wait_for(
+            asyncio.gather(b.submit(row(1)), b.submit(corrupt), b.submit(row(3)),
+                           return_exceptions=True),
+            HANG,
+        )  # fmt: skip
+        after = await asyncio.wait_for(b.submit(row(4)), HANG)  # and serving goes on
+        await b.close()
+        return (*got, after)
+
+    first, failed, third, after = asyncio.run(main())
+    assert float(first[0]) == 2.0 and float(third[0]) == 6.0 and float(after[0]) == 8.0
+    assert isinstance(failed, ImgclfError)
+    assert str(failed) == "cannot decode image 0"
+    assert model.sums == [[2.0, 6.0], [8.0]]
+
+
+def test_a_batch_whose_every_input_fails_runs_nothing(model):
+    def corrupt() -> np.ndarray:
+        raise ImgclfError("bad image")
+
+    async def main() -> None:
+        b = Batcher([model], max_batch_size=2, max_delay_s=0.0)
+        b.start()
+        with pytest.raises(ImgclfError, match="bad image"):
+            await asyncio.wait_for(b.submit(corrupt), HANG)
+        await b.close()
+
+    asyncio.run(main())
+    assert model.batches == []
+
+
+def test_the_deferred_input_of_a_caller_that_gave_up_is_never_made(model):
+    made: list[float] = []
+    model.gate.clear()
+
+    async def main() -> None:
+        b = Batcher([model], max_batch_size=1, max_delay_s=0.0)
+        b.start()
+        first = asyncio.ensure_future(b.submit(row(1)))
+        await model.wait_started()  # the only instance is busy with `first`
+        second = asyncio.ensure_future(b.submit(lambda: made.append(2) or row(2)))
+        await let_run()
+        second.cancel()
+        await let_run()
+        model.gate.set()
+        await asyncio.wait_for(first, HANG)
+        await b.close()
+
+    asyncio.run(main())
+    assert made == []
+    assert model.sums == [[2.0]]
+
+
+def test_making_an_input_counts_as_work_on_the_cores(model):
+    """While a worker decodes, the process's cores are at work: no other model's lone item
+    may take them all for a solo run."""
+    seen: list[int] = []
+    cores = Cores()
+
+    def decode() -> np.ndarray:
+        seen.append(cores.working)
+        return row(1)
+
+    async def main() -> None:
+        b = Batcher([model], max_batch_size=1, max_delay_s=0.0, cores=cores)
+        b.start()
+        await asyncio.wait_for(b.submit(decode), HANG)
+        await b.close()
+
+    asyncio.run(main())
+    assert seen == [1]
+    assert cores.working == 0
+
+
+def test_a_lone_deferred_item_still_runs_solo(model):
+    instance = FakeModel()
+
+    async def main() -> float:
+        b = Batcher([instance], max_batch_size=1, max_delay_s=0.0, solo=model)
+        b.start()
+        got = await asyncio.wait_for(b.submit(lambda: row(5)), HANG)
+        await b.close()
+        return float(got[0])
+
+    assert asyncio.run(main()) == 10.0
+    assert model.sums == [[10.0]]
+    assert instance.batches == []
