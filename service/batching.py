@@ -15,8 +15,9 @@ worker once per batch (`call_soon_threadsafe`).
 An item's input may be deferred: a function that makes it (decoding an image), called by
 the worker that runs the item's batch, on the core that then runs it, before the batch's
 cores are claimed. A deferred input that raises fails that item alone; the rest of the batch
-runs. On CPU this keeps exactly one busy thread per core and the decoded image in the cache of
-the core that infers it (a separate decode pool measured about 5 % fewer images/s).
+runs. On CPU this keeps exactly one busy thread per core, as in the limit the server is
+measured against, and the decoded image in the cache of the core that infers it
+(docs/performance.md has the measurements).
 
 An optional *solo* runner (an instance whose intra-op threads span every core) takes a batch
 that is all the work there is: nothing else queued or admitted (being decoded) for the model,

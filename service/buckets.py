@@ -76,6 +76,7 @@ class BucketRunner:
         self,
         session: ort.InferenceSession,
         sample_shape: tuple[int, ...],
+        input_dtype: type[np.generic],
         classes: int,
         sizes: Sequence[int],
         device_type: str,
@@ -90,8 +91,6 @@ class BucketRunner:
         self.sizes = sorted(set(sizes))
         self._lock = threading.Lock()
         self._buckets: list[_Bucket] = []
-        input_dtype = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
-                       "tensor(uint8)": np.uint8}[inp.type]  # fmt: skip
         for graph_id, size in enumerate(self.sizes, start=1):
             staging = np.zeros((size, *sample_shape), dtype=input_dtype)
             value_in = ort.OrtValue.ortvalue_from_shape_and_type(

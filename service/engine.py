@@ -388,7 +388,7 @@ class Engine:
         gpu = self.info.provider in (CUDA, TENSORRT)
         classes = self.output_shape_for_one(sample_shape)[1]
         runner = BucketRunner(
-            self._session, sample_shape, classes, sizes,
+            self._session, sample_shape, self._input_dtype, classes, sizes,
             "cuda" if gpu else "cpu", self.options.gpu_id if gpu else 0,
             graphs=self.info.cuda_graphs,
         )  # fmt: skip

@@ -55,8 +55,10 @@ def plain(sess: ort.InferenceSession, batch: np.ndarray) -> np.ndarray:
 
 
 def runner(sess: ort.InferenceSession, sizes=(1, 2, 4, 6), graphs=False) -> BucketRunner:
-    shape = tuple(sess.get_inputs()[0].shape[1:])
-    return BucketRunner(sess, shape, CLASSES, list(sizes), "cpu", 0, graphs=graphs)
+    inp = sess.get_inputs()[0]
+    dtype = np.uint8 if inp.type == "tensor(uint8)" else np.float32
+    return BucketRunner(sess, tuple(inp.shape[1:]), dtype, CLASSES, list(sizes), "cpu", 0,
+                        graphs=graphs)  # fmt: skip
 
 
 def batch_of(n: int, seed: int) -> np.ndarray:
