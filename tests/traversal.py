@@ -36,7 +36,8 @@ def layout(tmp: Path, good: str = "tiny") -> tuple[Path, Path]:
 
 
 def traversal_names(tmp: Path) -> list[str]:
-    """Every name tried; each must be refused, none may load the outside model."""
+    """Every name tried; each must be refused, none may load the outside model. (The empty
+    name is no traversal: inference requests that name no model go to the default one.)"""
     outside = tmp / "outside"
     evil = outside / OUTSIDE_MODEL
     absolute = str(evil)
@@ -63,7 +64,6 @@ def traversal_names(tmp: Path) -> list[str]:
         "..",
         ".",
         "...",
-        "",
         "../",
         "..\\outside\\evil",
         "..\\..\\outside\\evil",

@@ -89,6 +89,12 @@ def test_plain_names_pass(name):
     assert check_model_name(name) == name
 
 
+@pytest.mark.parametrize("name", ["", "a" * 129, ".x", "x/y", "x\x00"])
+def test_odd_names_are_refused(name):
+    with pytest.raises(InvalidModelName, match="not a plain name"):
+        check_model_name(name)
+
+
 def test_every_traversal_name_is_refused(tmp_path):
     """Each name of tests/traversal.py is refused by model_dir, and none resolves to the
     outside model (links are refused by model_dir or have no version inside)."""
