@@ -145,9 +145,11 @@ def trial(
     if "FAILED" in seen:
         wrong.append("version 2 showed FAILED while it was copied in")
     shutil.rmtree(target.parent)
-    to_fallback = wait_for(lambda: load.served_version() == 1 and "2" not in index(tc), wait)
+    to_fallback = wait_for(lambda: load.served_version() == 1, wait)
     if to_fallback is None:
         wrong.append("deleting the served version 2 did not bring version 1 back")
+    if wait_for(lambda: "2" not in index(tc), wait if to_fallback is None else 2.0) is None:
+        wrong.append("the deleted version 2 stayed in the index")
     bad = repo / model / "3" / "model.onnx"
     bad.parent.mkdir()
     bad.write_bytes(b"\x00not an ONNX model\xff" * 64)

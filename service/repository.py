@@ -150,8 +150,12 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def read_model_config(model_dir: Path) -> ModelConfig:
-    """Serving knobs from models/<name>/config.json (defaults when absent)."""
-    return ModelConfig(**read_json(model_dir / CONFIG_FILE))
+    """Serving knobs from models/<name>/config.json (defaults when absent; ValueError when it
+    links outside the repository, which is model_dir's parent)."""
+    path = model_dir / CONFIG_FILE
+    if not inside(path, model_dir.parent):
+        raise ValueError(f"{CONFIG_FILE} links outside the model repository")
+    return ModelConfig(**read_json(path))
 
 
 def config_fingerprint(model_dir: Path) -> int:

@@ -131,6 +131,16 @@ def test_links_inside_the_repository_are_followed(tmp_path):
     assert [e.version for e in versions(model_dir(tmp_path, "alias"))] == [2, 1]
 
 
+def test_config_files_linking_outside_are_refused(tmp_path):
+    repo, outside = layout(tmp_path)
+    write_json(outside / "config.json", {"max_batch_size": 2})
+    (repo / "tiny" / "config.json").symlink_to(outside / "config.json")
+    with pytest.raises(ValueError, match="links outside"):
+        read_model_config(repo / "tiny")
+    (repo / "tiny" / "1" / "config.json").symlink_to(outside / "config.json")
+    assert versions(repo / "tiny") == []  # a version whose sidecar links out is no version
+
+
 def test_relative_to_root_strips_the_repository_path(tmp_path):
     path = tmp_path / "m" / "1" / "model.onnx"
     text = f"Load model from {path} failed: bad; also {tmp_path.resolve()}/m/config.json"
