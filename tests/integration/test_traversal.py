@@ -3,10 +3,10 @@
 A real server in explicit mode over tests/traversal.py's layout (a repository with `tiny` and
 a corrupt `broken`, a valid model `evil` beside it, links out of it), started with traversal
 names in its `--load-model` list. Every traversal name is sent through every door a client
-has: RepositoryModelLoad / RepositoryModelUnload / ModelReady / ModelInfer with tritonclient,
-Classify with our own RPC. Each must be refused with INVALID_ARGUMENT or NOT_FOUND (see
-SECURITY.md), and the outside model must never load nor show in the repository index,
-ListModels or a metric label.
+has: RepositoryModelLoad / RepositoryModelUnload / ModelMetadata / ModelConfig / ModelInfer
+(and ModelReady, which answers false) with tritonclient, Classify with our own RPC. Each must
+be refused with INVALID_ARGUMENT or NOT_FOUND (see SECURITY.md), and the outside model must
+never load nor show in the repository index, ListModels or a metric label.
 """
 
 from __future__ import annotations
@@ -110,6 +110,8 @@ def test_every_traversal_name_is_refused_at_every_door(
             "load": refusal(tc.load_model, name, client_timeout=TIMEOUT_S),
             "unload": refusal(tc.unload_model, name, client_timeout=TIMEOUT_S),
             "infer": refusal(tc.infer, name, [bytes_input(RED)], client_timeout=TIMEOUT_S),
+            "metadata": refusal(tc.get_model_metadata, name, client_timeout=TIMEOUT_S),
+            "config": refusal(tc.get_model_config, name, client_timeout=TIMEOUT_S),
             "classify": classify_refusal(ours, name),
         }
         for door, (code, message) in doors.items():
@@ -123,7 +125,9 @@ def test_every_traversal_name_is_refused_at_every_door(
         assert not tc.is_model_ready(name, client_timeout=TIMEOUT_S)
         tried += 1
     assert tried == len(names) >= 60
-    print(f"traversal: {tried} names refused at 4 doors each")  # the figure SECURITY.md quotes
+    print(
+        f"traversal: {tried} names refused at {len(doors)} doors each"
+    )  # the figure SECURITY.md quotes
 
     # the outside model never loaded, nor shows anywhere
     index = tc.get_model_repository_index(as_json=True, client_timeout=TIMEOUT_S)
