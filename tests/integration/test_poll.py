@@ -27,9 +27,10 @@ from tests.tiny_model import make_tiny_model
 from tests.traversal import OUTSIDE_MODEL, SIZE, layout
 
 POLL_S = 0.5
-CHUNKS = 16
-CHUNK_PAUSE_S = 0.1
-"""The copy takes 1.6 s: three polls or more see it half written."""
+CHUNKS = 24
+CHUNK_PAUSE_S = 0.05
+"""The copy takes 1.2 s (two polls or more see it half written); a write comes every tenth of
+a poll interval, so only a writer stalled for a whole interval would look finished."""
 TIMEOUT_S = 30.0
 RED = encode(np.full((20, 20, 3), (230, 10, 10), dtype=np.uint8), "PNG")
 

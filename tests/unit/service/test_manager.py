@@ -467,14 +467,14 @@ def test_poll_mode_loads_a_slowly_copied_version_once_without_failing(tmp_path, 
     data = (make_repo(tmp_path / "src", version=2) / "tiny" / "2" / "model.onnx").read_bytes()
     metrics = Metrics()
     loads = count_loads(monkeypatch)
-    poll = 0.3
+    poll = 0.5  # ten chunk pauses: a stalled writer would have to stall for 0.5 s
 
     async def main() -> None:
         async with managing(
             tmp_path, metrics=metrics, model_control_mode="poll", poll_interval_s=poll
         ) as m:
             target = tmp_path / "tiny" / "2" / "model.onnx"
-            await asyncio.to_thread(write_slowly, target, data, 12, poll / 4)
+            await asyncio.to_thread(write_slowly, target, data, 16, poll / 10)
             await eventually(lambda: m.get("tiny").version == 2)
             await asyncio.sleep(poll * 4)  # a few more passes: nothing more to do
             assert m.status["tiny"][2].state == "READY"
