@@ -244,8 +244,10 @@ def model_names(root: Path) -> list[str]:
 
 
 def relative_to_root(text: str, root: Path) -> str:
-    """`text` with the repository's absolute path taken out (as given and resolved), so that
-    what reaches a client names files relative to the repository root."""
-    for prefix in {str(root), str(root.resolve())}:
-        text = text.replace(prefix.rstrip("/") + "/", "")
+    """`text` with the repository's path taken out where a path starts (as given, absolute
+    and resolved), so that what reaches a client names files relative to the repository
+    root."""
+    for prefix in sorted({str(root), str(root.absolute()), str(root.resolve())}, key=len)[::-1]:
+        start = re.compile(r"(?<![\w.~/-])" + re.escape(prefix.rstrip("/") + "/"))
+        text = start.sub("", text)
     return text

@@ -141,6 +141,13 @@ def test_config_files_linking_outside_are_refused(tmp_path):
     assert versions(repo / "tiny") == []  # a version whose sidecar links out is no version
 
 
+def test_relative_to_root_with_a_relative_repository_path():
+    text = "Load model from m/1/model.onnx failed; the platform/m/x stays"
+    assert relative_to_root(text, Path("m")) == (
+        "Load model from 1/model.onnx failed; the platform/m/x stays"
+    )
+
+
 def test_relative_to_root_strips_the_repository_path(tmp_path):
     path = tmp_path / "m" / "1" / "model.onnx"
     text = f"Load model from {path} failed: bad; also {tmp_path.resolve()}/m/config.json"
