@@ -13,8 +13,6 @@ Phases, one after the other, each bounded:
             DEADLINE_EXCEEDED count;
   recovery  one client again: latency must be back to the baseline at once.
 Then the server's own counters (requests by code, failures by reason, queue depth, in-flight).
-`--probe-amplification` adds one request of many empty images and one BYTES tensor of many
-empty elements, and measures how long the server's health check stalls meanwhile.
 
 Exit status 0 when every check holds (only OK or RESOURCE_EXHAUSTED under overload, some
 refused, refusals fast: p90 within max(2 x baseline p99, 100 ms), every accepted answer carries
@@ -34,9 +32,6 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from benchmarks import (
     REPO_ROOT,
@@ -102,7 +97,6 @@ class Report:
     recovery: Phase
     short_deadline_ms: float
     server: dict = field(default_factory=dict)
-    amplification: dict = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -223,7 +217,6 @@ async def run(
     short_deadline_ms: float = 0.0,
     timeout: float = 30.0,
     check_latency: bool = True,
-    probe_amplification: bool = False,
     light_seconds: float = 0.0,
     log: Callable[[str], None] = print,
 ) -> Report:
@@ -315,8 +308,6 @@ async def run(
                 f"reason {report.server['failures_by_reason']}, queue depth at end "
                 f"{after['queue_depth']:g}, in flight {after['inflight']:g}"
             )
-        if probe_amplification:
-            report.amplification = await probe(target.address, request.model, log)
     finally:
         for c in conns:
             await c.close()
@@ -362,80 +353,6 @@ def checks(report: Report, check_latency: bool) -> list[str]:
     return failures
 
 
-# --- amplification probes ------------------------------------------------------------------
-
-
-async def _stall_while(address: str, call: Callable[[], object]) -> tuple[float, float, str]:
-    """(seconds the call took, longest health-check round trip meanwhile, call outcome)."""
-    async with grpc.aio.insecure_channel(address) as health_channel:
-        health = health_pb2_grpc.HealthStub(health_channel)
-        worst = 0.0
-        done = asyncio.Event()
-
-        async def watch() -> None:
-            nonlocal worst
-            while not done.is_set():
-                t = time.monotonic()
-                await health.Check(health_pb2.HealthCheckRequest(), timeout=120)
-                worst = max(worst, time.monotonic() - t)
-                await asyncio.sleep(0.02)
-
-        watcher = asyncio.ensure_future(watch())
-        await asyncio.sleep(0.1)
-        started = time.monotonic()
-        try:
-            await call()  # type: ignore[misc]
-            outcome = "OK"
-        except grpc.aio.AioRpcError as exc:
-            outcome = f"{exc.code().name}: {(exc.details() or '')[:80]}"
-        took = time.monotonic() - started
-        done.set()
-        await watcher
-    return took, worst, outcome
-
-
-async def probe(address: str, model: str, log: Callable[[str], None], mib: int = 4) -> dict:
-    """Cheap-to-send, expensive-to-refuse requests: how long does the event loop stall?"""
-    from service._generated.inference import grpc_service_pb2 as oip_pb
-    from service._generated.inference import grpc_service_pb2_grpc as oip_grpc
-
-    out = {}
-    options = [("grpc.max_send_message_length", 64 << 20)]
-    async with grpc.aio.insecure_channel(address, options=options) as channel:
-        images = (mib << 20) // 4
-        many = pb.ClassifyRequest(model=model, images=[pb.Image(encoded=b"")] * images)
-        stub = pb_grpc.ImageClassifierStub(channel)
-        took, worst, outcome = await _stall_while(address, lambda: stub.Classify(many, timeout=300))
-        out["classify_empty_images"] = {
-            "images": images,
-            "seconds": round(took, 2),
-            "health_stall_s": round(worst, 2),
-            "outcome": outcome,
-        }
-        log(
-            f"amplify    Classify with {images} empty images ({mib} MiB): answered in {took:.2f} s "
-            f"({outcome}); health check stalled up to {worst:.2f} s"
-        )
-        request = oip_pb.ModelInferRequest(model_name=model)
-        request.inputs.add(name="image", datatype="BYTES", shape=[1])
-        request.raw_input_contents.append(bytes(mib << 20))
-        oip = oip_grpc.GRPCInferenceServiceStub(channel)
-        took, worst, outcome = await _stall_while(
-            address, lambda: oip.ModelInfer(request, timeout=300)
-        )
-        out["oip_bytes_empty_elements"] = {
-            "elements": (mib << 20) // 4,
-            "seconds": round(took, 2),
-            "health_stall_s": round(worst, 2),
-            "outcome": outcome,
-        }
-        log(
-            f"amplify    ModelInfer BYTES [1] with {(mib << 20) // 4} empty elements ({mib} MiB): "
-            f"answered in {took:.2f} s ({outcome}); health check stalled up to {worst:.2f} s"
-        )
-    return out
-
-
 # --- command line --------------------------------------------------------------------------
 
 
@@ -464,7 +381,6 @@ def parser() -> argparse.ArgumentParser:
         help="client deadline of the deadline phase (0: 3x baseline p99, >= 20)",
     )
     p.add_argument("--timeout", type=float, default=30.0, help="client deadline otherwise, s")
-    p.add_argument("--probe-amplification", action="store_true")
     p.add_argument("--json", type=Path, help="also write the report here")
     return p
 
@@ -486,7 +402,6 @@ def main(argv: list[str] | None = None) -> int:
                 capacity_concurrency=args.capacity_concurrency,
                 short_deadline_ms=args.short_deadline_ms,
                 timeout=args.timeout,
-                probe_amplification=args.probe_amplification,
             )
         )
 
