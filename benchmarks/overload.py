@@ -9,14 +9,20 @@ Phases, one after the other, each bounded:
   overload  open loop at `--factor` x capacity over `--clients` connections for `--duration`:
             accepted and refused counts, the refusal code (must be RESOURCE_EXHAUSTED, and fast:
             refusal latency percentiles) and its retry hint, accepted latency percentiles;
-  deadline  the same open loop with short client deadlines (`--short-deadline-ms`): the
-            DEADLINE_EXCEEDED count;
+  deadline  the same open loop with short client deadlines (`--short-deadline-ms`; 500 for
+            the deadline-overload scenario): goodput (answers in time per second, against
+            capacity), the refusals and how fast they come, DEADLINE_EXCEEDED, and what the
+            server counted for the phase next to what the clients saw;
   recovery  one client again: latency must be back to the baseline at once.
 Then the server's own counters (requests by code, failures by reason, queue depth, in-flight).
 
 Exit status 0 when every check holds (only OK or RESOURCE_EXHAUSTED under overload, some
 refused, refusals fast: p90 within max(2 x baseline p99, 100 ms), every accepted answer carries
-the baseline's label, recovery at baseline latency, the queue empty at the end), 1 otherwise.
+the baseline's label, recovery at baseline latency, the queue empty at the end; with
+`--min-goodput`, the deadline phase's goodput at least that fraction of capacity and the
+server's DEADLINE_EXCEEDED/CANCELLED counts those the clients saw), 1 otherwise.
+
+    python -m benchmarks.overload --duration 20 --short-deadline-ms 500 --min-goodput 0.8
 Traffic goes to 127.0.0.1 unless --target says otherwise.
 """
 
@@ -97,6 +103,8 @@ class Report:
     recovery: Phase
     short_deadline_ms: float
     server: dict = field(default_factory=dict)
+    deadline_server: dict = field(default_factory=dict)
+    """The server's requests by code during the deadline phase alone."""
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -108,7 +116,14 @@ class Report:
         out = {k: v for k, v in asdict(self).items() if k not in phases}
         out.update({name: getattr(self, name).summary() for name in phases})
         out["capacity_rps"] = round(self.capacity.completed_rps(), 1)
+        out["deadline_goodput"] = round(self.goodput(), 3)
         return out
+
+    def goodput(self) -> float:
+        """Deadline phase: answers in time per second (a late answer is DEADLINE_EXCEEDED at
+        the client), as a fraction of capacity."""
+        capacity = self.capacity.completed_rps()
+        return self.deadline.completed_rps() / capacity if capacity else 0.0
 
 
 # --- load shapes ---------------------------------------------------------------------------
@@ -217,6 +232,7 @@ async def run(
     short_deadline_ms: float = 0.0,
     timeout: float = 30.0,
     check_latency: bool = True,
+    min_goodput: float = 0.0,
     light_seconds: float = 0.0,
     log: Callable[[str], None] = print,
 ) -> Report:
@@ -268,13 +284,29 @@ async def run(
         )
         base_p99 = percentiles_ms(baseline.latencies()).get("p99", 10.0)
         deadline_ms = short_deadline_ms or max(20.0, 3 * base_p99)
+        phase_before = await settle(target.metrics_url, request.model)
         deadline = await open_loop(
             stubs, request, rate, max(light, duration / 2), deadline_ms / 1000.0, "deadline"
         )
+        phase_after = await settle(target.metrics_url, request.model)
+        capacity_rps = capacity.completed_rps()
         log(
             f"deadline   open loop {rate:.1f} req/s, client deadline {deadline_ms:.0f} ms, "
-            f"{deadline.seconds:.1f} s: {dict(deadline.codes())}"
+            f"{deadline.seconds:.1f} s: {dict(deadline.codes())}; goodput "
+            f"{deadline.completed_rps():.1f} req/s in time = "
+            f"{deadline.completed_rps() / max(capacity_rps, 1e-9):.0%} of capacity"
         )
+        log(
+            "           OK latency p50/p90/p99 "
+            f"{fmt_ms(percentiles_ms(deadline.latencies()))}; refusal latency p50/p90/p99 "
+            f"{fmt_ms(percentiles_ms(deadline.latencies('RESOURCE_EXHAUSTED')))}"
+        )
+        deadline_server = {}
+        if phase_after:
+            deadline_server = delta(
+                phase_after["requests_by_code"], phase_before["requests_by_code"]
+            )
+            log(f"           server counted {deadline_server}")
         recovery = await closed_loop(stubs, request, 1, light, timeout, "recovery")
         first = [round(o.seconds * 1000, 1) for o in recovery.outcomes[:5]]
         log(
@@ -293,6 +325,7 @@ async def run(
             deadline,
             recovery,
             deadline_ms,
+            deadline_server=deadline_server,
         )
         if after:
             report.server = {
@@ -311,12 +344,26 @@ async def run(
     finally:
         for c in conns:
             await c.close()
-    report.failures = checks(report, check_latency)
+    report.failures = checks(report, check_latency, min_goodput)
     return report
 
 
-def checks(report: Report, check_latency: bool) -> list[str]:
+def checks(report: Report, check_latency: bool, min_goodput: float = 0.0) -> list[str]:
     failures = []
+    if min_goodput:
+        if report.goodput() < min_goodput:
+            failures.append(
+                f"deadline: goodput {report.goodput():.0%} of capacity, under {min_goodput:.0%}"
+            )
+        seen = report.deadline.codes()
+        counted = report.deadline_server
+        for code in ("DEADLINE_EXCEEDED", "CANCELLED"):
+            # The server counts what the clients saw (a few may straddle the phase's edges).
+            if counted and abs(counted.get(code, 0) - seen[code]) > max(5, 0.05 * seen[code]):
+                failures.append(
+                    f"deadline: the server counted {counted.get(code, 0)} {code}, the clients "
+                    f"saw {seen[code]}"
+                )
     unexpected = {c: n for c, n in report.overload.codes().items() if c not in OVERLOAD_CODES}
     if unexpected:
         failures.append(f"overload: codes other than OK/RESOURCE_EXHAUSTED: {unexpected}")
@@ -381,6 +428,12 @@ def parser() -> argparse.ArgumentParser:
         help="client deadline of the deadline phase (0: 3x baseline p99, >= 20)",
     )
     p.add_argument("--timeout", type=float, default=30.0, help="client deadline otherwise, s")
+    p.add_argument(
+        "--min-goodput",
+        type=float,
+        default=0.0,
+        help="check: deadline-phase answers in time per second / capacity (e.g. 0.8)",
+    )
     p.add_argument("--json", type=Path, help="also write the report here")
     return p
 
@@ -401,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
                 clients=args.clients,
                 capacity_concurrency=args.capacity_concurrency,
                 short_deadline_ms=args.short_deadline_ms,
+                min_goodput=args.min_goodput,
                 timeout=args.timeout,
             )
         )
