@@ -826,7 +826,7 @@ def test_admission_refuses_a_deadline_the_work_ahead_cannot_meet(model):
                 return await b.submit(row(value), deadline, admission=admission)
 
         started = time.monotonic()
-        with pytest.raises(QueueFull, match="before the deadline.*retry later") as refused:
+        with pytest.raises(QueueFull, match=r"before the deadline.*retry later") as refused:
             await request(6, 0.1)
         assert time.monotonic() - started < 0.05  # at once, not after waiting
         assert refused.value.reason == "deadline_unmeetable"
