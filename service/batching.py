@@ -104,9 +104,10 @@ class _Item:
     admission: Admission | None = field(default=None, compare=False)
 
 
-def _dead(item: _Item, now: float) -> bool:
-    """Whether the item's caller gave up or its deadline passed (no work to spend on it)."""
-    return item.future.done() or (item.deadline is not None and now >= item.deadline)
+def _dead(item: _Item, now: float, seconds: float = 0.0) -> bool:
+    """Whether the item's caller gave up, or its deadline passes before `seconds` more
+    (no work to spend on it)."""
+    return item.future.done() or (item.deadline is not None and now + seconds >= item.deadline)
 
 
 @dataclass
@@ -330,14 +331,16 @@ class Batcher:
             self._holding += 1
             now = time.monotonic()
             until = now + self.max_delay_s
-            live = 0 if _dead(items[0], now) else 1
+            # An item that would miss its deadline even if it ran alone now is dead too.
+            alone = self._seconds_per_image
+            live = 0 if _dead(items[0], now, alone) else 1
             # Dead items (caller gone, deadline passed) ride along to be answered, but take
             # no place in the batch.
             while live < self.max_batch_size:
                 if self._heap:
                     item = heapq.heappop(self._heap)
                     items.append(item)
-                    live += not _dead(item, now)
+                    live += not _dead(item, now, alone)
                     continue
                 if not live or live in self.preferred_batch_sizes:
                     break
@@ -399,7 +402,7 @@ class Batcher:
         for item in items:
             if item.future.done():  # the caller gave up (cancelled)
                 continue
-            if item.deadline is not None and taken >= item.deadline:
+            if _dead(item, taken, self._seconds_per_image):
                 batch.expired.append(item)
                 continue
             batch.live.append(item)
@@ -466,7 +469,11 @@ class Batcher:
         """On the event loop: answer every waiter of one batch (`out` None: it failed)."""
         for item in answer.expired:
             if not item.future.done():
-                item.future.set_exception(DeadlineExceeded("deadline passed while queued"))
+                item.future.set_exception(
+                    DeadlineExceeded(
+                        "deadline passed (or would before it could be done) while queued"
+                    )
+                )
         for item, exc in answer.failed:
             if not item.future.done():
                 item.future.set_exception(exc)
