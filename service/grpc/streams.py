@@ -66,9 +66,12 @@ async def bounded_reader(
     the end of the stream or when draining starts."""
     iterator = aiter(requests)
     while True:
-        ok, _ = await ender.until_ending(window.acquire())
-        if not ok:
-            return
+        if not window.locked():  # the common case: a slot is free, no need to race
+            await window.acquire()
+        else:
+            ok, _ = await ender.until_ending(window.acquire())
+            if not ok:
+                return
         try:
             ok, request = await ender.until_ending(anext(iterator))
         except StopAsyncIteration:
