@@ -182,14 +182,17 @@ def server(env: Env, repo: Path, *extra: str) -> Iterator[object]:
         proc.stop()
 
 
-LOAD_LINE = re.compile(r"model (\S+) version (\d+) loaded in .* on (\S+) \((.*)\)")
+LOAD_LINE = re.compile(
+    r"model (\S+) version (\d+) loaded in .* on (\S+) \((.*?)\)(?:; IO binding.*)?$"
+)
+"""service.model's load log line: model, version, provider, reason (then the buckets)."""
 
 
 def load_lines(log: str) -> dict[str, tuple[str, str, str]]:
     """model -> (load log line, provider, reason)."""
     out = {}
     for line in log.splitlines():
-        m = LOAD_LINE.search(line)
+        m = LOAD_LINE.search(line.rstrip())
         if m:
             out[m.group(1)] = (line.strip(), m.group(3), m.group(4))
     return out
@@ -376,13 +379,16 @@ def time_engine(engine, batch: np.ndarray, seconds: float) -> dict:
     }
 
 
-def make_engine(path: Path, buckets: list[int], **options: object):
+def make_engine(path: Path, max_batch: int, **options: object):
+    """An Engine as the server builds one: with IO binding, buffers (and CUDA graphs when
+    asked) per batch size bucket up to `max_batch`."""
+    from service.buckets import bucket_sizes
     from service.engine import Engine, ExecutionOptions
 
     engine = Engine(path, ExecutionOptions(**options))  # type: ignore[arg-type]
     shape = tuple(int(d) for d in engine.info.input_shape[1:])
-    if buckets:
-        engine.prepare_buckets(buckets, shape)
+    if engine.info.io_binding:
+        engine.prepare_buckets(bucket_sizes(max_batch), shape)
     return engine, shape
 
 
@@ -404,7 +410,6 @@ def step_engine(env: Env, report: Report) -> None:
         return
     out: dict[str, object] = {}
     seconds = 1.0 if env.short else 3.0
-    buckets = [1, 8, 32]
     for model in bundled_models():
         path = MODELS / model / "1" / "model.onnx"
         batch32, _ = real_inputs(path)
@@ -416,7 +421,7 @@ def step_engine(env: Env, report: Report) -> None:
             ("IO binding + CUDA graphs", {"io_binding": True, "cuda_graphs": True}),
         ):
             try:
-                engine, _ = make_engine(path, buckets, providers="cuda", **opts)
+                engine, _ = make_engine(path, 32, providers="cuda", **opts)
             except Exception as e:
                 report.check("engine", f"{model}: {label}", False, "", str(e)[:200])
                 continue
@@ -450,9 +455,7 @@ def step_engine(env: Env, report: Report) -> None:
         starts = []
         for _ in range(2):
             t = time.perf_counter()
-            engine, _ = make_engine(
-                path, [1, 8, 32], providers="tensorrt", tensorrt_cache_dir=cache
-            )
+            engine, _ = make_engine(path, 32, providers="tensorrt", tensorrt_cache_dir=cache)
             starts.append(time.perf_counter() - t)
             report.check(
                 "engine",
@@ -502,7 +505,7 @@ def step_limit(env: Env, report: Report) -> None:
         )
         if env.gpu:
             batch, _ = real_inputs(path)
-            engine, _ = make_engine(path, [32], providers="cuda")
+            engine, _ = make_engine(path, 32, providers="cuda")
             t32 = time_engine(
                 engine, np.resize(batch, (32, *batch.shape[1:])), 1.0 if env.short else 3.0
             )
@@ -574,7 +577,10 @@ class Sampler:
                     self.util.append(nvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100)
 
     @contextlib.contextmanager
-    def sampling(self) -> Iterator[dict]:
+    def sampling(self, loaded_s: float) -> Iterator[dict]:
+        """Samples while the block runs; `loaded_s` is how long of it the load ran (the
+        bench's warm-up and measured seconds; the server is idle while the bench sets up),
+        over which the CPU seconds of each thread group become busy cores."""
         out: dict[str, object] = {}
         before, t = self.threads(), time.monotonic()
         self.util, self._stop = [], threading.Event()
@@ -585,7 +591,7 @@ class Sampler:
         finally:
             self._stop.set()
             thread.join()
-            wall = time.monotonic() - t
+            wall = min(loaded_s, time.monotonic() - t)
             after = self.threads()
             out["busy_cores"] = {k: (after.get(k, 0) - before.get(k, 0)) / wall for k in after}
             out["gpu_utilization_mean"] = float(np.mean(self.util)) if self.util else None
@@ -610,6 +616,10 @@ def batch_histogram(before: dict, after: dict, model: str) -> dict[str, float]:
             out[f"<={le:g}"] = count - prev
         prev = count
     return out
+
+
+def warmup_s(duration: float) -> float:
+    return min(1.0, duration / 2)
 
 
 def bench_point(
@@ -642,7 +652,7 @@ def bench_point(
             "--duration",
             str(duration),
             "--warmup",
-            str(min(1.0, duration / 2)),
+            str(warmup_s(duration)),
             "--client-processes",
             str(min(client_processes, clients)),
         ]
@@ -675,7 +685,7 @@ def step_served(env: Env, report: Report) -> None:
                     report.add("served", f"{kind} c={c}", "skip", "", "out of time budget")
                     continue
                 before = scrape(srv.metrics_url)
-                with sampler.sampling() as s:
+                with sampler.sampling(duration + warmup_s(duration)) as s:
                     point = bench_point(
                         srv.target, srv.metrics_url, model, kind, c, duration, client_processes
                     )
@@ -694,20 +704,22 @@ def step_served(env: Env, report: Report) -> None:
                     "mean_batch": (point.get("server") or {}).get("mean_batch_size"),
                     "busy_cores": busy,
                     "gpu_utilization_mean": s["gpu_utilization_mean"],
+                    "gpu_utilization_max": s["gpu_utilization_max"],
                     "served_over_limit": rps / lim if lim else None,
                     "errors": summary["errors"],
                 }
                 out.append(row)
                 mean_batch = row["mean_batch"]
-                util = s["gpu_utilization_mean"]
+                util = s["gpu_utilization_max"]
                 report.add(
                     "served",
                     f"{model} {kind} c={c}",
                     "info",
                     f"{rps:.0f} img/s, p50 {row['p50_ms'] or 0:.1f} ms, mean batch "
                     f"{mean_batch or 0:.1f}, loop {busy.get('event_loop', 0):.2f} core, decode "
-                    f"{busy.get('decode', 0):.2f}, infer {busy.get('infer', 0):.2f}"
-                    + (f", GPU {util:.0%}" if util is not None else "")
+                    f"{busy.get('decode', 0):.2f}, infer {busy.get('infer', 0):.2f}, gRPC+other "
+                    f"{busy.get('other', 0):.2f}"
+                    + (f", GPU max {util:.0%}" if util is not None else "")
                     + (f", served/limit {rps / lim:.2f}" if lim else ""),
                     f"batches {row['batches']}",
                 )
