@@ -39,8 +39,8 @@ COMMAND_LIMIT = 2000
 RUN_TIMEOUT_S = 300
 """The check's own limit on the device; its steps stop starting at --budget-s (210)."""
 NVIDIA_LIBS = (
-    "import glob, site; print(':'.join(d for p in site.getsitepackages() "
-    "for d in sorted(glob.glob(p + '/nvidia/*/lib') + glob.glob(p + '/nvidia/*/*/lib'))))"
+    'import glob, site; print(":".join(d for p in site.getsitepackages() '
+    'for d in sorted(glob.glob(p + "/nvidia/*/lib") + glob.glob(p + "/nvidia/*/*/lib"))))'
 )
 """Prints the lib folders of the nvidia-* packages that PyTorch installed on the device, for
 LD_LIBRARY_PATH (ONNX Runtime's CUDA provider then finds cuDNN, cuBLAS, ... by name)."""
@@ -58,6 +58,7 @@ SMALL_PACKAGES = (
     "annotated-types",
     "typing-inspection",
     "python-dotenv",
+    "typing-extensions",  # pydantic needs a recent one
 )
 PLATFORMS = (
     "manylinux_2_28_x86_64",
