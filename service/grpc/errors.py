@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from service.errors import ImgclfError, QueueFull
+from imgclf.errors import ImgclfError, QueueFull
 
 log = logging.getLogger(__name__)
 
