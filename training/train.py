@@ -5,8 +5,10 @@ accuracy), ``history.csv``, ``loss.png``, ``accuracy.png``, ``args.yaml``/``args
 when files were skipped, ``skipped_images.txt``. Distributed with torchrun (see
 imgclf.training.loop.distributed); only rank 0 writes.
 
-    python -m imgclf.training.train --dataset digits --model digits_cnn --epochs 30 --output-dir runs/d
-    python -m imgclf.training.train --data-path DIR --model resnet18 --weights DEFAULT --freeze-backbone
+    python -m imgclf.training.train --dataset digits --model digits_cnn --epochs 30 \
+        --output-dir runs/d
+    python -m imgclf.training.train --data-path DIR --model resnet18 --weights DEFAULT \
+        --freeze-backbone
     torchrun --nproc_per_node 2 -m imgclf.training.train --dataset digits --epochs 5
 """
 

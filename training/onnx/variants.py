@@ -3,8 +3,9 @@
 ``export_model`` writes the float32 model; ``export_variants`` writes several (float32,
 float16, uint8 NHWC with the normalisation baked in) only after every one of them passed:
 the exporter (dynamo, or legacy, or dynamo falling back to legacy when asked: never
-silently), ``onnx.checker`` (full check), the signature (imgclf.training.onnx.graphs) and parity against
-PyTorch (imgclf.training.onnx.parity). The metadata is ``ModelMetadata.to_props()`` plus provenance.
+silently), ``onnx.checker`` (full check), the signature (imgclf.training.onnx.graphs) and
+parity against PyTorch (imgclf.training.onnx.parity). The metadata is
+``ModelMetadata.to_props()`` plus provenance.
 """
 
 from __future__ import annotations

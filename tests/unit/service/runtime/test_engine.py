@@ -1,5 +1,6 @@
-"""imgclf.runtime.engine: execution options, provider choice, and real ONNX Runtime sessions over the
-tiny model. Fakes only for what ONNX Runtime lists and whether the CUDA driver is present."""
+"""imgclf.runtime.engine: execution options, provider choice, and real ONNX Runtime sessions
+over the tiny model. Fakes only for what ONNX Runtime lists and whether the CUDA driver is
+present."""
 
 from __future__ import annotations
 

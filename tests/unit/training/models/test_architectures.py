@@ -1,5 +1,6 @@
-"""imgclf.training.models.architectures / transfer / weights / models_list: models by name, generic head
-replacement, freezing, weights from files/packages/libraries (and the clear offline error)."""
+"""imgclf.training.models.architectures / transfer / weights / models_list: models by name,
+generic head replacement, freezing, weights from files/packages/libraries (and the clear offline
+error)."""
 
 from __future__ import annotations
 
