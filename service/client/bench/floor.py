@@ -81,4 +81,3 @@ class FloorServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
