@@ -7,6 +7,7 @@ follow such a mapping); these tests keep that list equal to the tree and read wh
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,6 +40,18 @@ def test_every_source_folder_is_a_package() -> None:
         for path in (ROOT / folder).rglob("*.py"):
             if "__pycache__" not in path.parts:
                 assert (path.parent / "__init__.py").exists(), path
+
+
+def test_the_pydantic_floor_has_attribute_docstrings() -> None:
+    """Every flag's help and the docs tables come from field docstrings
+    (`use_attribute_docstrings`), which pydantic has from 2.7 on: below, they are empty."""
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    (floor,) = [m.group(1) for d in deps if (m := re.fullmatch(r"pydantic>=([\d.]+)", d))]
+    uses = [
+        p for p in (ROOT / "service").rglob("*.py") if "use_attribute_docstrings" in p.read_text()
+    ]
+    assert uses, "no module uses use_attribute_docstrings: this test is stale"
+    assert tuple(int(x) for x in floor.split(".")) >= (2, 7), floor
 
 
 @pytest.mark.slow
