@@ -29,8 +29,8 @@ from imgclf.modelmeta import ModelMetadata
 from imgclf.training.data.builtin import BUILTIN_DATASETS
 from imgclf.training.data.datasets import load_image, load_split
 from imgclf.training.loop.checkpoint import export_state, load_checkpoint
-from imgclf.training.onnx.graphs import EXPORTERS, FP16, FP32, UINT8
-from imgclf.training.onnx.parity import PARITY_ATOL, PARITY_RTOL, ExportError, ParityError
+from imgclf.training.onnx.graphs import EXPORTERS, FP16, FP32, UINT8, ExportError
+from imgclf.training.onnx.parity import PARITY_ATOL, PARITY_RTOL, ParityError
 from imgclf.training.onnx.variants import (
     DEFAULT_BATCH_SIZES,
     MODEL_FILE,

@@ -43,21 +43,16 @@ from imgclf.training.data.datasets import (
 from imgclf.training.data.presets import EvalPreset, TrainPreset
 from imgclf.training.loop import checkpoint as ckpt_mod
 from imgclf.training.loop.distributed import DistInfo, cleanup, init_distributed, process_device
-from imgclf.training.loop.epoch import StepOptions, ema_model, evaluate, train_one_epoch
+from imgclf.training.loop.epoch import StepOptions, ema_model, train_one_epoch, validate_one_epoch
 from imgclf.training.loop.monitor import TensorBoard, plot_history, read_history, write_history
-from imgclf.training.models.architectures import (
-    build_model,
-    create_model,
-    rebuild_kwargs,
-    size_kwargs,
-)
+from imgclf.training.models.architectures import create_model, rebuild_kwargs, size_kwargs
 from imgclf.training.models.transfer import (
     count_trainable,
     freeze_backbone,
     parameter_groups,
     unfreeze,
 )
-from imgclf.training.models.weights import WeightsUnavailable
+from imgclf.training.models.weights import WeightsUnavailable, build_model
 from imgclf.training.utils import atomic_save, seed_everything, seed_worker, use_deterministic
 
 __all__ = ["TrainResult", "get_args_parser", "main", "parse_args", "train"]
@@ -263,10 +258,12 @@ def _train(args: argparse.Namespace, info: DistInfo) -> TrainResult:
         progress=not args.no_progress,
     )
     if args.test_only:
-        val_loss, val_acc = evaluate(model, criterion, val_loader, opts, "test")
+        val_loss, val_acc = validate_one_epoch(model, criterion, val_loader, opts, "test")
         log(f"test-only: val loss {val_loss:.4f} acc {val_acc:.4f} on {len(split.val_labels)}")
         if ema is not None:
-            ema_loss, ema_acc = evaluate(ema.module, criterion, val_loader, opts, "test EMA")
+            ema_loss, ema_acc = validate_one_epoch(
+                ema.module, criterion, val_loader, opts, "test EMA"
+            )
             log(f"test-only: EMA val loss {ema_loss:.4f} acc {ema_acc:.4f}")
         return TrainResult(out, state.epoch, val_acc, max(state.best_acc, val_acc), state.epoch)
 
@@ -293,7 +290,7 @@ def _train(args: argparse.Namespace, info: DistInfo) -> TrainResult:
             train_model, criterion, optimizer, train_loader, opts, desc + " train", state.step
         )
         scheduler.step()
-        val_loss, val_acc = evaluate(model, criterion, val_loader, opts, desc + " val")
+        val_loss, val_acc = validate_one_epoch(model, criterion, val_loader, opts, desc + " val")
         row = {
             "epoch": epoch + 1,
             "train_loss": train_loss,
@@ -304,7 +301,7 @@ def _train(args: argparse.Namespace, info: DistInfo) -> TrainResult:
             "time_s": 0.0,
         }
         if ema is not None:
-            row["ema_val_loss"], row["ema_val_acc"] = evaluate(
+            row["ema_val_loss"], row["ema_val_acc"] = validate_one_epoch(
                 ema.module, criterion, val_loader, opts, desc + " val EMA"
             )
         row["time_s"] = round(time.monotonic() - started, 3)

@@ -36,6 +36,7 @@ from imgclf.training.onnx.graphs import (
     PROBABILITIES,
     UINT8,
     BakedPreprocessing,
+    ExportError,
     Variant,
     WithSoftmax,
     check_signature,
@@ -45,7 +46,6 @@ from imgclf.training.onnx.graphs import (
 from imgclf.training.onnx.parity import (
     PARITY_ATOL,
     PARITY_RTOL,
-    ExportError,
     ParityError,
     check_parity,
 )

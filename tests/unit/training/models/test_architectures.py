@@ -15,7 +15,6 @@ from torch import nn  # noqa: E402
 
 from imgclf.training import models_list  # noqa: E402
 from imgclf.training.models.architectures import (  # noqa: E402
-    build_model,
     create_model,
     model_defaults,
     model_family,
@@ -32,6 +31,7 @@ from imgclf.training.models.transfer import (  # noqa: E402
 from imgclf.training.models.weights import (  # noqa: E402
     EFFICIENTNET_LITE0_PACKAGE,
     WeightsUnavailable,
+    build_model,
     efficientnet_lite0_weights_path,
     load_weights_file,
     map_state_dict,
