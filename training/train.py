@@ -46,11 +46,11 @@ from imgclf.training.loop import checkpoint as ckpt_mod
 from imgclf.training.loop.distributed import DistInfo, cleanup, init_distributed, process_device
 from imgclf.training.loop.epoch import StepOptions, ema_model, train_one_epoch, validate_one_epoch
 from imgclf.training.loop.monitor import TensorBoard, plot_history, read_history, write_history
+from imgclf.training.loop.optim import amp_settings, build_optimizer, build_scheduler
 from imgclf.training.models.architectures import create_model, rebuild_kwargs, size_kwargs
 from imgclf.training.models.transfer import (
     count_trainable,
     freeze_backbone,
-    parameter_groups,
     unfreeze,
 )
 from imgclf.training.models.weights import WeightsUnavailable, build_model
@@ -93,48 +93,6 @@ def build_loaders(
         train_loader = DataLoader(train_ds, shuffle=True, generator=generator, **kw)
     val_sampler = ShardSampler(len(val_ds), info.rank, info.world_size)
     return train_loader, DataLoader(val_ds, sampler=val_sampler, **kw), sampler
-
-
-def build_optimizer(args: argparse.Namespace, model: nn.Module) -> torch.optim.Optimizer:
-    groups = parameter_groups(model, args.lr, args.head_lr_mult, args.weight_decay)
-    if args.opt == "sgd":
-        return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum)
-    return torch.optim.AdamW(groups, lr=args.lr)
-
-
-def build_scheduler(
-    args: argparse.Namespace, optimizer: torch.optim.Optimizer
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-epoch schedule: cosine (to --lr-min), step or constant, after a linear warm-up."""
-    sched = torch.optim.lr_scheduler
-    warmup = max(0, min(args.lr_warmup_epochs, args.epochs - 1))
-    if args.lr_scheduler == "cosine":
-        main: sched.LRScheduler = sched.CosineAnnealingLR(
-            optimizer, T_max=max(1, args.epochs - warmup), eta_min=args.lr_min
-        )
-    elif args.lr_scheduler == "step":
-        main = sched.StepLR(optimizer, step_size=args.lr_step_size, gamma=args.lr_gamma)
-    else:
-        main = sched.LambdaLR(optimizer, lambda _: 1.0)
-    if not warmup:
-        return main
-    ramp = sched.LinearLR(optimizer, start_factor=args.lr_warmup_decay, total_iters=warmup)
-    return sched.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
-
-
-def amp_settings(
-    args: argparse.Namespace, device: torch.device
-) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
-    """(autocast dtype, grad scaler): bf16 or fp16 autocast on CUDA, nothing on CPU."""
-    if not args.amp:
-        return None, None
-    if device.type != "cuda":
-        print("--amp: mixed precision is for CUDA; training in float32 on CPU")
-        return None, None
-    bf16 = args.amp_dtype == "bf16" or (args.amp_dtype == "auto" and torch.cuda.is_bf16_supported())
-    if bf16:
-        return torch.bfloat16, None
-    return torch.float16, torch.amp.GradScaler("cuda")
 
 
 def _wrap(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:
