@@ -29,6 +29,7 @@ from imgclf.client.bench.scrape import by_label as metric_by  # noqa: F401
 from imgclf.client.bench.scrape import fetch as scrape  # noqa: F401
 from imgclf.client.bench.scrape import total as metric_total  # noqa: F401
 from imgclf.client.bench.stats import percentile
+from imgclf.client.channel import make_aio_channel
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RETRY_HINT_KEYS = ("retry-after-ms", "grpc-retry-pushback-ms")
@@ -52,17 +53,7 @@ def started_server(repository: Path, *args: str) -> Iterator[Target]:
 
 def channels(address: str, n: int) -> list[grpc.aio.Channel]:
     """`n` separate connections (each its own HTTP/2 connection, like separate clients)."""
-    return [
-        grpc.aio.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_send_message_length", 64 << 20),
-                ("grpc.max_receive_message_length", 64 << 20),
-                ("grpc.use_local_subchannel_pool", 1),
-            ],
-        )
-        for _ in range(n)
-    ]
+    return [make_aio_channel(address, None, own_connection=True) for _ in range(n)]
 
 
 # --- one call ------------------------------------------------------------------------------

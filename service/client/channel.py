@@ -33,10 +33,15 @@ def make_channel(target: str, creds: grpc.ChannelCredentials | None) -> grpc.Cha
     return grpc.secure_channel(target, creds, options=OPTIONS)
 
 
-def make_aio_channel(target: str, creds: grpc.ChannelCredentials | None) -> grpc.aio.Channel:
+def make_aio_channel(
+    target: str, creds: grpc.ChannelCredentials | None, own_connection: bool = False
+) -> grpc.aio.Channel:
+    """An asyncio channel; `own_connection` gives it an HTTP/2 connection of its own (a
+    separate client) instead of sharing the process's connection to the same target."""
+    options = [*OPTIONS, ("grpc.use_local_subchannel_pool", 1)] if own_connection else OPTIONS
     if creds is None:
-        return grpc.aio.insecure_channel(target, options=OPTIONS)
-    return grpc.aio.secure_channel(target, creds, options=OPTIONS)
+        return grpc.aio.insecure_channel(target, options=options)
+    return grpc.aio.secure_channel(target, creds, options=options)
 
 
 def open_channel(
