@@ -19,17 +19,24 @@ help:
 	@echo "make models  - rebuild the bundled models with the training pipeline"
 	@echo "make proto   - regenerate the gRPC stubs from proto/"
 
-# The stamps make both installs idempotent and fast when pyproject.toml has not changed.
+# The stamps make both installs idempotent and fast when nothing they depend on changed.
+# The import name is `imgclf` (service/ and training/ mapped in pyproject.toml): a strict
+# editable install links every file under build/__editable__*, a tree that type checkers and
+# subprocesses see like an installed package; a file added or removed in a package folder
+# changes the folder, which re-links.
+EDITABLE := --config-settings editable_mode=strict
+PACKAGE_DIRS := $(shell find service training -type d -not -name __pycache__ 2>/dev/null)
+
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
-$(VENV)/.serve-installed: pyproject.toml | $(VENV)/bin/python
-	$(PIP) install --quiet -e .
+$(VENV)/.serve-installed: pyproject.toml $(PACKAGE_DIRS) | $(VENV)/bin/python
+	$(PIP) install --quiet -e . $(EDITABLE)
 	touch $@
 
-$(VENV)/.all-installed: pyproject.toml | $(VENV)/bin/python
-	$(PIP) install --quiet -e '.[train,bench,dev]'
+$(VENV)/.all-installed: pyproject.toml $(PACKAGE_DIRS) | $(VENV)/bin/python
+	$(PIP) install --quiet -e '.[train,bench,dev]' $(EDITABLE)
 	touch $@ $(VENV)/.serve-installed
 
 install: $(VENV)/.serve-installed
@@ -51,8 +58,9 @@ test: install-all lint proto-check deploy-check
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # Generated stubs are committed (the serving image has no grpcio-tools); imports are rewritten
-# to live under imgclf._generated, and the Open Inference Protocol messages are built in a
-# private descriptor pool (service/grpc/protopool.py) so that tritonclient can share the process.
+# to live under imgclf._generated (the folder service/_generated), and the Open Inference
+# Protocol messages are built in a private descriptor pool (service/grpc/protopool.py) so that
+# tritonclient can share the process.
 define gen_stubs
 	rm -rf $(1) && mkdir -p $(1)
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=$(1) --pyi_out=$(1) \
@@ -80,6 +88,6 @@ docs: install
 	$(PY) -m imgclf.doctables
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache runs
+	rm -rf $(VENV) .pytest_cache .ruff_cache runs build
 
 include deploy/deploy.mk

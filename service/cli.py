@@ -139,7 +139,7 @@ def _health(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from imgclf.client import open_channel
+    from imgclf.client.channel import open_channel
 
     try:
         with open_channel(args.server, args.tls_ca, args.tls_cert, args.tls_key) as channel:

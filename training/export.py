@@ -7,7 +7,8 @@ written only after every variant asked for passed:
    records it in the metadata);
 2. ``onnx.checker.check_model(full_check=True)`` and the signature: one input, one
    (batch, classes) output, a dynamic batch axis;
-3. parity against PyTorch on real validation images at batch sizes 1, 7 and 32 (imgclf.training.onnx.parity).
+3. parity against PyTorch on real validation images at batch sizes 1, 7 and 32
+   (imgclf.training.onnx.parity).
 
 Variants: ``--softmax`` bakes the softmax in (metadata ``output: probabilities``); ``--fp16``
 also writes ``<name>_fp16`` (float16 weights and input; the server casts float32 batches);
@@ -28,8 +29,8 @@ from imgclf.modelmeta import ModelMetadata
 from imgclf.training.data.builtin import BUILTIN_DATASETS
 from imgclf.training.data.datasets import load_image, load_split
 from imgclf.training.loop.checkpoint import export_state, load_checkpoint
-from imgclf.training.onnx.graphs import EXPORTERS, FP16, FP32, UINT8
-from imgclf.training.onnx.parity import PARITY_ATOL, PARITY_RTOL, ExportError, ParityError
+from imgclf.training.onnx.graphs import EXPORTERS, FP16, FP32, UINT8, ExportError
+from imgclf.training.onnx.parity import PARITY_ATOL, PARITY_RTOL, ParityError
 from imgclf.training.onnx.variants import (
     DEFAULT_BATCH_SIZES,
     MODEL_FILE,

@@ -18,6 +18,7 @@ import numpy as np
 
 from imgclf._generated.inference import grpc_service_pb2 as pb
 from imgclf._generated.inference import grpc_service_pb2_grpc as pb_grpc
+from imgclf.bytestensor import serialize_bytes_elements
 from imgclf.dataplane import Core
 from imgclf.errors import ImgclfError, InvalidInput, Unsupported
 from imgclf.grpc import deadline_of
@@ -33,7 +34,6 @@ from imgclf.grpc.oip_tensors import (
     PROBABILITIES_OUTPUT,
     classification_strings,
     request_images,
-    serialize_bytes_elements,
 )
 from imgclf.grpc.streams import StreamEnder, bounded_reader
 from imgclf.models.loader import ServedModel

@@ -35,8 +35,9 @@ from imgclf._generated.imgclf.v1 import image_classifier_pb2 as pb
 from imgclf._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
 from imgclf._generated.inference import grpc_service_pb2 as oip_pb
 from imgclf._generated.inference import grpc_service_pb2_grpc as oip_grpc
-from imgclf.client import open_channel
+from imgclf.bytestensor import serialize_bytes_elements
 from imgclf.client.bench.launcher import ServerProcess, start_server
+from imgclf.client.channel import open_channel
 from imgclf.errors import MAX_MESSAGE_CHARS
 from imgclf.modelmeta import ModelMetadata
 from tests.images import encode
@@ -393,7 +394,7 @@ def raw_request(
 
 
 def bytes_elements(*elements: bytes) -> bytes:
-    return b"".join(struct.pack("<I", len(e)) + e for e in elements)
+    return serialize_bytes_elements(elements)
 
 
 def class_count_param(value: int) -> oip_pb.ModelInferRequest:

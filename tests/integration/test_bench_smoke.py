@@ -150,3 +150,24 @@ def test_models_benchmark_spreads_the_load_over_copies(tiny_repo: Path, tmp_path
         assert r["images_per_s"] > 0 and r["errors"] == 0
         assert r["idle_rss_mib"] > 0 and r["threads"] > 0
     assert rows[1]["threads"] > rows[0]["threads"]  # each model brings its own workers
+
+
+def test_start_server_serves_the_repository_the_limit_reads(tmp_path: Path) -> None:
+    """A relative --model-repository names the caller's files for the started server (and the
+    floor server) as for --limit: the server once ran in the source root, where `models` is
+    another repository."""
+    make_tiny_model(tmp_path / "models" / "tiny" / "1" / "model.onnx")
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "imgclf.client.bench", "--model", "tiny", *SHORT,
+         "--start-server", "--model-repository", "models", "--input", "tensor",
+         "--concurrency", "1", "--floor", "--limit", "--limit-duration", "0.5",
+         "--limit-batch", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=240, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    result = json.loads(out.read_text())
+    assert_served_cleanly(result, 1)
+    assert result["server_model"]["versions"] == [1]
+    assert result["limit"]["images_per_s"] > 0
+    assert result["points"][0]["floor"]["errors"] == 0

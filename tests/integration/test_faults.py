@@ -38,8 +38,9 @@ from benchmarks import Target
 from benchmarks import overload as overload_bench
 from imgclf._generated.imgclf.v1 import image_classifier_pb2 as pb
 from imgclf._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
-from imgclf.client import Client, open_channel, tensor_image
+from imgclf.client import Client, tensor_image
 from imgclf.client.bench.launcher import ServerProcess, free_port, start_server
+from imgclf.client.channel import open_channel
 from imgclf.modelmeta import ModelMetadata
 from tests.images import encode
 from tests.tiny_model import LABELS, make_tiny_model

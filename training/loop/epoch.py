@@ -127,7 +127,7 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(
+def validate_one_epoch(
     model: nn.Module, criterion: nn.Module, loader: DataLoader, opts: StepOptions, desc: str
 ) -> tuple[float, float]:
     """Validate `model` on `loader` (this process's shard); returns the global (loss, acc)."""

@@ -210,3 +210,14 @@ def pretrained_model(name: str, num_classes: int, weights: str, **kwargs: Any) -
             raise ValueError(f"timm models take --weights pretrained or a file, got {weights!r}")
         return _timm_pretrained(name, num_classes, **kwargs)
     raise ValueError(f"{name} has no library weights; --weights takes a weights file for it")
+
+
+def build_model(
+    name: str, num_classes: int, weights: str | None = None, **kwargs: Any
+) -> nn.Module:
+    """A classifier with `num_classes` outputs: random (no `weights`), or initialised from
+    `weights` (see pretrained_model) with a new head for the
+    classes."""
+    if not weights or weights.lower() == "none":
+        return create_model(name, num_classes, **kwargs)
+    return pretrained_model(name, num_classes, weights, **kwargs)

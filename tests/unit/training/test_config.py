@@ -1,4 +1,5 @@
-"""imgclf.training.config: a YAML --config that flags override, its checks, and the resolved defaults."""
+"""imgclf.training.config: a YAML --config that flags override, its checks, and the resolved
+defaults."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""imgclf.training.models.architectures / transfer / weights / models_list: models by name, generic head
-replacement, freezing, weights from files/packages/libraries (and the clear offline error)."""
+"""imgclf.training.models.architectures / transfer / weights / models_list: models by name,
+generic head replacement, freezing, weights from files/packages/libraries (and the clear offline
+error)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from torch import nn  # noqa: E402
 
 from imgclf.training import models_list  # noqa: E402
 from imgclf.training.models.architectures import (  # noqa: E402
-    build_model,
     create_model,
     model_defaults,
     model_family,
@@ -31,6 +31,7 @@ from imgclf.training.models.transfer import (  # noqa: E402
 from imgclf.training.models.weights import (  # noqa: E402
     EFFICIENTNET_LITE0_PACKAGE,
     WeightsUnavailable,
+    build_model,
     efficientnet_lite0_weights_path,
     load_weights_file,
     map_state_dict,
