@@ -1,4 +1,4 @@
-"""Server lifecycle: load and warm up, serve gRPC + health + reflection + metrics, drain.
+"""Server lifecycle: load and warm up, serve gRPC + HTTP + health + reflection + metrics, drain.
 
 Start: models load and warm up first; only then does health report SERVING.
 Stop (SIGTERM/SIGINT): health NOT_SERVING, new requests refused with UNAVAILABLE, in-flight
@@ -25,6 +25,7 @@ from service.gpu import register_gpu_metrics
 from service.grpc.auth import TokenAuthInterceptor, read_token, server_credentials
 from service.grpc.classifier import ImageClassifierServicer
 from service.grpc.inference import InferenceServicer
+from service.http.app import HttpServer
 from service.manager import ModelManager
 from service.metrics import Metrics
 from service.protopool import reflection_pool
@@ -62,6 +63,8 @@ class Server:
         self.health = health.aio.HealthServicer()
         self.grpc_port = 0
         self.metrics_port = 0
+        self.http_port = 0
+        self._rest: HttpServer | None = None
         self._grpc: grpc.aio.Server | None = None
         self._http = None
         self._stopping = asyncio.Event()
@@ -98,9 +101,8 @@ class Server:
         pb_grpc.add_ImageClassifierServicer_to_server(
             ImageClassifierServicer(self.core), self._grpc
         )
-        oip_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.core), self._grpc
-        )
+        inference = InferenceServicer(self.core)
+        oip_grpc.add_GRPCInferenceServiceServicer_to_server(inference, self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME),
@@ -117,12 +119,17 @@ class Server:
             raise RuntimeError(f"could not bind gRPC on {s.host}:{s.grpc_port}")
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._grpc.start()
+        if s.http:  # same loop, same core; readiness answers 503 until the models are ready
+            self._rest = HttpServer(inference, self.metrics, token)
+            self.http_port = await self._rest.start()
         security = (
             "mutual TLS" if s.tls_client_ca_file else "TLS" if s.tls_cert_file else "plaintext"
         )
+        http = f"HTTP {s.http_bind}:{self.http_port}" if self._rest else "HTTP off"
         log.info(
-            "listening: gRPC %s:%d (%s%s), metrics http://%s:%d/metrics; loading models from %s",
-            s.host, self.grpc_port, security, ", bearer token required" if token else "",
+            "listening: gRPC %s:%d, %s (%s%s), metrics http://%s:%d/metrics; loading models "
+            "from %s",
+            s.host, self.grpc_port, http, security, ", bearer token required" if token else "",
             s.metrics_bind, self.metrics_port, s.model_repository,
         )  # fmt: skip
         await self.manager.start(s.load_model)
@@ -152,9 +159,14 @@ class Server:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         if s.pre_drain_delay_s:
             await asyncio.sleep(s.pre_drain_delay_s)
-        # gRPC refuses new calls from here on; every call already received runs to its end.
+        # gRPC and HTTP refuse new calls from here on; every call already received runs to
+        # its end.
+        stopping = []
         if self._grpc is not None:
-            await self._grpc.stop(s.grace_period_s)
+            stopping.append(self._grpc.stop(s.grace_period_s))
+        if self._rest is not None:
+            stopping.append(self._rest.stop())
+        await asyncio.gather(*stopping)
         await self.core.close()
         if self._http is not None:
             self._http.shutdown()

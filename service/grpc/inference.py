@@ -101,6 +101,13 @@ class InferenceServicer(SharedMemoryServicer, pb_grpc.GRPCInferenceServiceServic
         self.manager = core.manager
         self.version = _server_version()
 
+    async def run(
+        self, request: pb.ModelInferRequest, deadline: float | None
+    ) -> pb.ModelInferResponse:
+        """One inference request, whatever carried it (the HTTP transport converts to and
+        from these messages); domain errors are raised, not mapped."""
+        return await self._infer(request, deadline)
+
     # ---- health and metadata ----------------------------------------------------------
 
     @maps_errors
