@@ -77,6 +77,26 @@ def _versioned(path: str, method: str, summary: str, ok: str, **kw: Any) -> dict
     }
 
 
+REGION = {"name": "region", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _shared_memory(kind: str) -> dict[str, Any]:
+    """Triton's shared-memory routes: no region is ever registered (tensors travel in the
+    request); status lists none, unregistering succeeds, registering answers 501."""
+    root, what = f"/v2/{kind}sharedmemory", f"{kind} shared memory"
+    status = _op(f"Regions of {what} (always none)", "[]", ok_content=JSON_OBJECT)
+    unregister = _op(f"Unregister {what} (nothing is registered: succeeds)", "done")
+    return {
+        f"{root}/status": {"get": status},
+        f"{root}/region/{{region}}/status": {"get": {**status, "parameters": [REGION]}},
+        f"{root}/region/{{region}}/register": {
+            "post": _op(f"Register {what}: not supported (501)", "never", params=(REGION,))
+        },
+        f"{root}/unregister": {"post": unregister},
+        f"{root}/region/{{region}}/unregister": {"post": {**unregister, "parameters": [REGION]}},
+    }
+
+
 def openapi_document(version: str) -> dict[str, Any]:
     paths: dict[str, Any] = {
         "/v2/health/live": {"get": _op("Server liveness (no token needed)", "live")},
@@ -118,6 +138,8 @@ def openapi_document(version: str) -> dict[str, Any]:
         "/v2/repository/models/{model}/unload": {
             "post": _op("Unload a model (explicit control mode)", "unloaded", params=(MODEL,))
         },
+        **_shared_memory("system"),
+        **_shared_memory("cuda"),
         "/v1/models": {
             "get": _op("Models served and their versions", "models", ok_content=JSON_OBJECT)
         },
