@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import grpc
 
-from service.bench import inputs, limit, load, report, stats, wire
+from service.bench import http_wire, inputs, limit, load, report, stats, wire
 from service.bench.floor import FloorServer
 from service.bench.server import serving
 
@@ -50,6 +50,11 @@ def execute(args: argparse.Namespace) -> dict:
     if args.batch_size < 1 or args.client_processes < 1 or args.rounds < 1:
         raise ValueError("--batch-size, --client-processes and --rounds must be >= 1")
     serve = bool(concurrency or rates)
+    protocols = args.protocol
+    if "http" in protocols and args.api != "oip":
+        raise ValueError("--protocol http sends Open Inference requests: add --api oip")
+    if "http" in protocols and (args.tls_ca or args.tls_cert):
+        raise ValueError("the bench's HTTP client speaks plaintext only")
     draft = args.limit_jpeg_draft
     if draft is None:
         draft = "--no-jpeg-draft" not in args.server_args.split()
@@ -65,6 +70,7 @@ def execute(args: argparse.Namespace) -> dict:
     cores = args.limit_cores or limit.usable_cores()
     result: dict = {
         "api": args.api, "target": args.target, "model": {"name": args.model},
+        "protocols": protocols,
         "inputs": {
             "kind": args.input, "size": "x".join(map(str, size)) if size else "native",
             "photos": [n for n, _ in photos],
@@ -137,6 +143,8 @@ def execute(args: argparse.Namespace) -> dict:
                 ))  # fmt: skip
                 target = server.target
                 metrics_url = server.metrics_url if metrics_url is None else metrics_url
+                if server.http_port and not args.http_target:
+                    args.http_target = f"{server.host}:{server.http_port}"
             connection = wire.Connection.from_files(
                 target, args.tls_ca, args.tls_cert, args.tls_key, args.token_file
             )
@@ -180,9 +188,17 @@ def execute(args: argparse.Namespace) -> dict:
             points += [load.Point("open", args.warmup, args.duration, rate=r,
                                   arrival=args.arrival, seed=args.seed,
                                   max_inflight=args.max_inflight) for r in rates]  # fmt: skip
-            runner = stack.enter_context(load.LoadRunner(
-                connection, method, payloads, args.client_processes, args.request_timeout
-            ))  # fmt: skip
+            runners = {}
+            if "grpc" in protocols:
+                runners["grpc"] = stack.enter_context(load.LoadRunner(
+                    connection, method, payloads, args.client_processes, args.request_timeout
+                ))  # fmt: skip
+            if "http" in protocols:
+                http_target = args.http_target or f"{target.rsplit(':', 1)[0]}:8000"
+                runners["http"] = stack.enter_context(
+                    http_load_runner(args, spec, items_for(spec), http_target, connection.token)
+                )
+                result["http_target"] = http_target
             floor_runner = None
             if args.floor:
                 say("starting the floor server (bare gRPC answering the probe's reply)")
@@ -199,15 +215,20 @@ def execute(args: argparse.Namespace) -> dict:
                 point_rounds.append([])
                 for point in points:
                     tag = f" (round {r + 1}/{args.rounds})" if args.rounds > 1 else ""
-                    say(f"served {point.label}: {args.warmup:g}s warm-up + "
-                        f"{args.duration:g}s{tag} ...")  # fmt: skip
-                    measured = measure_point(runner, point, metrics_url, args, lim)
-                    if floor_runner is not None:
-                        say(f"floor {point.label} ...")
-                        measured["floor"] = measure_floor(
-                            floor_runner, point, args, measured, floor_cpu
-                        )
-                    point_rounds[-1].append(measured)
+                    for protocol, runner in runners.items():  # A B A B: the same noise
+                        name = f" over {protocol}" if len(runners) > 1 else ""
+                        say(f"served {point.label}{name}: {args.warmup:g}s warm-up + "
+                            f"{args.duration:g}s{tag} ...")  # fmt: skip
+                        measured = measure_point(runner, point, metrics_url, args, lim)
+                        measured["protocol"] = protocol
+                        if len(runners) > 1:
+                            measured["load"] = f"{point.label} {protocol}"
+                        if floor_runner is not None and protocol == "grpc":
+                            say(f"floor {point.label} ...")
+                            measured["floor"] = measure_floor(
+                                floor_runner, point, args, measured, floor_cpu
+                            )
+                        point_rounds[-1].append(measured)
         elif args.limit:
             for _ in range(args.rounds - 1):
                 run_limit()
@@ -218,6 +239,8 @@ def execute(args: argparse.Namespace) -> dict:
     if limit_rounds:
         result["limit"] = limit.combine_limits(limit_rounds)
     result["points"] = [stats.combine_points(list(per)) for per in zip(*point_rounds, strict=True)]
+    if len(protocols) > 1 and point_rounds:
+        result["protocol_ratios"] = protocol_ratios(point_rounds)
     result["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     return result
 
@@ -265,3 +288,40 @@ def measure_floor(
 
 def per_request_ms(cores: object, rps: float) -> float | None:
     return 1000.0 * cores / rps if isinstance(cores, float) and rps else None
+
+
+def http_load_runner(
+    args: argparse.Namespace, spec: inputs.ModelSpec | None, items: list, target: str,
+    token: str | None,
+) -> load.LoadRunner:  # fmt: skip
+    """The same requests as HTTP/1.1 binary-extension requests, probed once, and the client
+    processes that send them."""
+    path, payloads = http_wire.build_http_payloads(
+        args.model, items, args.batch_size, target,
+        input_name=args.input_name or (spec.input_name if spec else "input"),
+        image_input_name=args.image_input_name, output_name=args.output_name, token=token,
+    )  # fmt: skip
+    status, body = http_wire.probe_http(target, payloads[0], args.request_timeout)
+    problem = http_wire.check_http_reply(status, body, args.batch_size)
+    if problem:
+        raise RuntimeError(f"HTTP probe reply from {target} is not a classification: {problem}")
+    connection = wire.Connection(target, token=token, protocol="http")
+    return load.LoadRunner(connection, path, payloads, args.client_processes, args.request_timeout)
+
+
+def protocol_ratios(point_rounds: list[list[dict]]) -> list[dict]:
+    """HTTP over gRPC throughput per load point: each round's ratio (the two measured one
+    after the other) and their median."""
+    out = []
+    labels = [p["load"].rsplit(" ", 1)[0] for p in point_rounds[0] if p["protocol"] == "grpc"]
+    for label in labels:
+        ratios = []
+        for points in point_rounds:
+            by = {p["protocol"]: p["summary"]["throughput_ips"] for p in points
+                  if p["load"].rsplit(" ", 1)[0] == label}  # fmt: skip
+            if by.get("grpc"):
+                ratios.append(by["http"] / by["grpc"])
+        if ratios:
+            out.append({"load": label, "http_over_grpc": stats.median(ratios),
+                        "rounds": ratios})  # fmt: skip
+    return out

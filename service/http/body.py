@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 
-from aiohttp import web
+from aiohttp import ClientPayloadError, web
 
 from service.settings import ServerSettings
 
 
-def too_large(size: int, limit: int) -> web.HTTPRequestEntityTooLarge:
+def too_large(size: int | None, limit: int) -> web.HTTPRequestEntityTooLarge:
+    what = "request body" if size is None else f"request body of {size} bytes"
     return web.HTTPRequestEntityTooLarge(
         max_size=limit,
-        actual_size=size,
-        text=f"request body of {size} bytes is larger than the limit of {limit} bytes",
+        actual_size=size or limit + 1,
+        text=f"{what} is larger than the limit of {limit} bytes",
     )
 
 
@@ -31,3 +32,8 @@ async def read_body(request: web.Request, settings: ServerSettings) -> bytes:
         raise web.HTTPRequestTimeout(
             text=f"request body did not arrive within {settings.http_read_timeout_s:g}s"
         ) from None
+    except web.HTTPRequestEntityTooLarge:  # a chunked body grew past the limit
+        raise too_large(None, limit) from None
+    except (ConnectionResetError, ClientPayloadError):
+        # The client closed before sending the body it declared: no one to answer.
+        raise web.HTTPBadRequest(text="request body is truncated (connection closed)") from None
