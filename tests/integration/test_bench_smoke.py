@@ -150,3 +150,22 @@ def test_models_benchmark_spreads_the_load_over_copies(tiny_repo: Path, tmp_path
         assert r["images_per_s"] > 0 and r["errors"] == 0
         assert r["idle_rss_mib"] > 0 and r["threads"] > 0
     assert rows[1]["threads"] > rows[0]["threads"]  # each model brings its own workers
+
+
+@pytest.mark.parametrize("kind", ["tensor", "jpeg"])
+def test_bench_over_http_beside_grpc(
+    tiny_server: ServerProcess, tiny_repo: Path, tmp_path: Path, kind: str
+) -> None:
+    """--protocol grpc,http: each point over both ports, one after the other, and the ratio."""
+    result = bench(
+        tmp_path, "--target", tiny_server.target, "--metrics-url", tiny_server.metrics_url,
+        "--http-target", f"127.0.0.1:{tiny_server.http_port}", "--api", "oip",
+        "--protocol", "grpc,http", "--input", kind, "--concurrency", "2",
+        "--model-path", str(tiny_repo / "tiny" / "1" / "model.onnx"),
+    )  # fmt: skip
+    assert_served_cleanly(result, 2)
+    assert [p["protocol"] for p in result["points"]] == ["grpc", "http"]
+    for p in result["points"]:
+        assert p["server"]["requests_by_code"].keys() == {"OK"}
+    (ratio,) = result["protocol_ratios"]
+    assert ratio["load"] == "c=2" and ratio["http_over_grpc"] > 0
