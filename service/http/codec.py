@@ -67,8 +67,8 @@ def _shape(value: object, name: str) -> list[int]:
 
 
 def _json_values(tensor: Tensor, data: object) -> None:
-    """The JSON `data` of an input into the tensor's typed contents (FP16 into raw bytes is
-    not possible here: it goes through the FP32 field, the servicer checks the count)."""
+    """The JSON `data` of an input into the tensor's typed contents (FP16 goes into the
+    FP32 field here; _fp16_to_raw then moves it to raw bytes, as the servicer reads FP16)."""
     name = tensor.name
     if not isinstance(data, list):
         raise _bad(f"input {name!r}: 'data' must be a JSON array")
