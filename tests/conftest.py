@@ -16,15 +16,22 @@ from tests.tiny_model import make_tiny_model
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_MODELS = REPO_ROOT / "models"
 REQUIRE_TOOLS = "IMGCLF_REQUIRE_TOOLS"
-"""Set to 1 (CI does), a test whose tool is absent fails instead of skipping."""
+"""Set to 1 (.ci/run does; so does CI=true), a test whose tool is absent fails instead of
+skipping."""
+
+
+def tools_required() -> bool:
+    ci = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+    return ci or os.environ.get(REQUIRE_TOOLS) == "1"
 
 
 def tool_missing(reason: str) -> None:
-    """Skip the calling test because a tool it needs is absent, saying which and why; with
-    IMGCLF_REQUIRE_TOOLS=1 in the environment, fail instead (CI installs every tool)."""
-    if os.environ.get(REQUIRE_TOOLS) == "1":
-        pytest.fail(f"{reason} ({REQUIRE_TOOLS}=1: required tools must be present)")
-    pytest.skip(reason)
+    """Skip the calling test because a tool it needs is absent, saying which and why; when
+    tools are required (IMGCLF_REQUIRE_TOOLS=1 or CI=true), fail instead: CI installs every
+    tool, so there a skip would hide a test that never ran."""
+    if tools_required():
+        pytest.fail(f"{reason} ({REQUIRE_TOOLS}=1 or CI=true: required tools must be present)")
+    pytest.skip(f"{reason}; with {REQUIRE_TOOLS}=1 this fails instead")
 
 
 def require_executable(name: str, path: str | Path | None = None) -> str:
