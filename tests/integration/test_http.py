@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import urllib.error
 import urllib.request
@@ -309,3 +310,21 @@ def test_openapi_document_is_served(bundled_server: ServerProcess) -> None:
     doc = json.loads(reply)
     assert code == 200 and doc["openapi"].startswith("3.")
     assert "/v2/models/{model}/infer" in doc["paths"] and "/v1/classify" in doc["paths"]
+
+
+def test_http_port_zero_picks_a_free_port_and_no_http_turns_it_off(
+    tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    server = start_server(tiny_repo, tmp_path_factory.mktemp("port0"), "--http-port", "0")
+    try:
+        (port,) = {int(p) for p in re.findall(r"HTTP 127\.0\.0\.1:(\d+) ", server.log())}
+        assert port not in (0, 8000)
+        code, _, _ = http("GET", f"http://127.0.0.1:{port}/v2/health/ready")
+        assert code == 200
+    finally:
+        server.stop()
+    server = start_server(tiny_repo, tmp_path_factory.mktemp("nohttp"), "--no-http")
+    try:
+        assert server.http_port == 0 and "HTTP off" in server.log()
+    finally:
+        server.stop()
