@@ -57,8 +57,9 @@ def make_app(servicer: InferenceServicer, metrics: Metrics, token: str | None) -
             except web.HTTPException as exc:
                 if exc.status < 400:
                     raise
-                message = exc.text if exc.text and not exc.text.startswith(str(exc.status)) \
-                    else exc.reason  # fmt: skip
+                # our own texts, or aiohttp's reason ("Not Found") for its default "404: ..."
+                own_text = exc.text and not exc.text.startswith(str(exc.status))
+                message = exc.text if own_text else exc.reason
                 kept = {k: v for k, v in exc.headers.items() if k.lower() in KEPT_HEADERS}
                 response = error_response(exc.status, message, kept)
             except Exception:
