@@ -109,7 +109,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--size", type=int, default=150_000)
     args = parser.parse_args()
-    from service.bench.server import free_port
+    from imgclf.client.bench.launcher import free_port
 
     servers = {}
     for name, target in (("aiohttp", serve_aiohttp), ("minimal", serve_minimal)):

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import grpc
 
-from service._generated.inference import grpc_service_pb2 as pb
-from service.errors import ModelNotFound, Unsupported
-from service.grpc.errors import maps_errors
+from imgclf._generated.inference import grpc_service_pb2 as pb
+from imgclf.errors import ModelNotFound, Unsupported
+from imgclf.grpc.errors import maps_errors
 
 Ctx = grpc.aio.ServicerContext
 

@@ -12,18 +12,18 @@ import logging
 
 from aiohttp import web
 
-from service.errors import ImgclfError
-from service.grpc.inference import InferenceServicer
-from service.http.classify import ClassifyRoutes
-from service.http.errors import (
+from imgclf.errors import ImgclfError
+from imgclf.grpc.inference import InferenceServicer
+from imgclf.http.classify import ClassifyRoutes
+from imgclf.http.errors import (
     domain_error_response,
     error_response,
     internal_error_response,
 )
-from service.http.oip import OipRoutes, json_response
-from service.http.openapi import openapi_document
-from service.http.security import BearerToken, server_ssl_context
-from service.metrics import Metrics
+from imgclf.http.oip import OipRoutes, json_response
+from imgclf.http.openapi import openapi_document
+from imgclf.http.security import BearerToken, server_ssl_context
+from imgclf.metrics.prometheus import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import asyncio
 
 from aiohttp import ClientPayloadError, web
 
-from service.settings import ServerSettings
+from imgclf.settings import ServerSettings
 
 
 def too_large(size: int | None, limit: int) -> web.HTTPRequestEntityTooLarge:

@@ -16,10 +16,10 @@ from typing import Any
 
 from aiohttp import web
 
-from service.core import ClassifyResult, Core, ImageInput
-from service.errors import ImgclfError, InvalidInput
-from service.grpc.inference import parse_version
-from service.http.body import read_body, too_large
+from imgclf.dataplane import ClassifyResult, Core, ImageInput
+from imgclf.errors import ImgclfError, InvalidInput
+from imgclf.grpc.inference import parse_version
+from imgclf.http.body import read_body, too_large
 
 
 def result_json(result: ClassifyResult, names: list[str]) -> dict[str, Any]:

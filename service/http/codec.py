@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from service._generated.inference import grpc_service_pb2 as pb
-from service.errors import InvalidInput
-from service.grpc.oip_tensors import NUMPY_OF, parse_bytes_elements
+from imgclf._generated.inference import grpc_service_pb2 as pb
+from imgclf.errors import InvalidInput
+from imgclf.grpc.oip_tensors import NUMPY_OF, parse_bytes_elements
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BINARY_SIZE = "binary_data_size"

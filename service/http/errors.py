@@ -8,8 +8,8 @@ import math
 
 from aiohttp import web
 
-from service.errors import ImgclfError, QueueFull
-from service.grpc.errors import GENERIC_INTERNAL, public_message
+from imgclf.errors import ImgclfError, QueueFull
+from imgclf.grpc.errors import GENERIC_INTERNAL, public_message
 
 log = logging.getLogger(__name__)
 

@@ -13,12 +13,12 @@ from typing import Any
 from aiohttp import web
 from google.protobuf.message import Message
 
-from service._generated.inference import grpc_service_pb2 as pb
-from service.errors import ImgclfError, InvalidInput
-from service.grpc.inference import EXTENSIONS, InferenceServicer
-from service.http.body import read_body
-from service.http.codec import HEADER_LENGTH, infer_response_body, parse_infer_request
-from service.http.jsonify import to_json
+from imgclf._generated.inference import grpc_service_pb2 as pb
+from imgclf.errors import ImgclfError, InvalidInput
+from imgclf.grpc.inference import EXTENSIONS, InferenceServicer
+from imgclf.http.body import read_body
+from imgclf.http.codec import HEADER_LENGTH, infer_response_body, parse_infer_request
+from imgclf.http.jsonify import to_json
 
 HTTP_EXTENSIONS = (*EXTENSIONS, "binary_tensor_data")
 

@@ -21,9 +21,9 @@ import pytest
 import tritonclient.grpc as triton_grpc
 from PIL import Image
 
-from service._generated.inference import model_config_pb2 as mc
-from service.bench.server import ServerProcess, start_server
-from service.imaging import Preprocessing, preprocess_image
+from imgclf._generated.inference import model_config_pb2 as mc
+from imgclf.client.bench.launcher import ServerProcess, start_server
+from imgclf.imaging import Preprocessing, preprocess_image
 from tests.conftest import require_executable, tool_missing
 from tests.images import encode
 

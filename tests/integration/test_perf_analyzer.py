@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from service.bench.server import ServerProcess
+from imgclf.client.bench.launcher import ServerProcess
 from tests.conftest import require_executable, tool_missing
 
 MODEL = "efficientnet_lite0"

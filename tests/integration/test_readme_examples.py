@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from service.bench.server import ServerProcess
+from imgclf.client.bench.launcher import ServerProcess
 from tests.conftest import REPO_ROOT, require_executable
 
 CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat"}

@@ -6,10 +6,10 @@ import json
 
 import numpy as np
 
-from service.bench import http_wire
-from service.bench.runner import protocol_ratios
-from service.grpc.oip_tensors import parse_bytes_elements
-from service.http.codec import parse_infer_request
+from imgclf.client.bench import http_wire
+from imgclf.client.bench.runner import protocol_ratios
+from imgclf.grpc.oip_tensors import parse_bytes_elements
+from imgclf.http.codec import parse_infer_request
 
 
 def split(request: bytes) -> tuple[dict[str, str], bytes]:

@@ -8,10 +8,10 @@ import struct
 import numpy as np
 import pytest
 
-from service._generated.inference import grpc_service_pb2 as pb
-from service.errors import InvalidInput
-from service.grpc.oip_tensors import serialize_bytes_elements
-from service.http.codec import infer_response_body, parse_infer_request
+from imgclf._generated.inference import grpc_service_pb2 as pb
+from imgclf.errors import InvalidInput
+from imgclf.grpc.oip_tensors import serialize_bytes_elements
+from imgclf.http.codec import infer_response_body, parse_infer_request
 
 
 def binary_body(header: dict, *blobs: bytes) -> tuple[bytes, str]:

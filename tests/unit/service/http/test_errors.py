@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from service import errors
-from service.http.errors import HTTP_STATUS, domain_error_response
+from imgclf import errors
+from imgclf.http.errors import HTTP_STATUS, domain_error_response
 
 
 @pytest.mark.parametrize(

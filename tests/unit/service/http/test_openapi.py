@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from service.http.app import make_app
-from service.http.openapi import openapi_document
-from service.metrics import Metrics
-from service.settings import ServerSettings
+from imgclf.http.app import make_app
+from imgclf.http.openapi import openapi_document
+from imgclf.metrics.prometheus import Metrics
+from imgclf.settings import ServerSettings
 
 
 def routes() -> set[tuple[str, str]]:
