@@ -1,0 +1,55 @@
+"""Mistakes the person at the command line can fix, and how the CLI says them.
+
+Every `imgclf` command ends a failure with one line naming the file, port or flag at fault,
+and a hint line saying what to do; exit status 2 for a usage mistake, 1 for anything else.
+`--debug` adds the traceback. Code that knows what went wrong raises UserError; anything else
+that escapes a command is still said in one line (its type and message) with a pointer to
+`--debug`.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import TextIO
+
+from service.protoversion import describe, is_version_error
+
+USAGE = 2
+FAILURE = 1
+DEBUG_HINT = "run again with --debug for the traceback"
+
+
+class UserError(Exception):
+    """A mistake said in one line (`message`), with what to do about it (`hint`)."""
+
+    def __init__(self, message: str, hint: str = "", code: int = FAILURE) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.code = code
+
+
+def one_line(text: str) -> str:
+    """`text` with its whitespace (newlines included) collapsed."""
+    return " ".join(str(text).split())
+
+
+def report(exc: BaseException, prog: str, debug: bool, out: TextIO | None = None) -> int:
+    """Print `exc` as `prog: message` and `  hint: ...` (the traceback first with `debug`);
+    returns the exit status."""
+    out = out or sys.stderr
+    if debug:
+        traceback.print_exception(exc, file=out)
+    if isinstance(exc, UserError):
+        message, hint, code = exc.message, exc.hint, exc.code
+    elif is_version_error(exc):
+        (message, hint), code = describe(exc), FAILURE
+    else:
+        text = one_line(str(exc))
+        message = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+        hint, code = ("" if debug else DEBUG_HINT), FAILURE
+    print(f"{prog}: {one_line(message)}", file=out)
+    if hint:
+        print(f"  hint: {one_line(hint)}", file=out)
+    return code
