@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from service.helpformat import DefaultsHelpFormatter
-from service.usererror import USAGE, UserError, report
+from service.usererror import DEBUG_FLAG, USAGE, UserError, run_main
 
 if TYPE_CHECKING:
     import grpc
@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from service.client import Client
 
 TOKEN_ENV = "IMGCLF_TOKEN"
-DEBUG_FLAG = "--debug"
 
 TRAIN_EXTRA_HINT = (
     "in a checkout: `make install-all` (or .venv/bin/pip install -e '.[train]'); "
@@ -328,7 +327,7 @@ def _training_module(command: str) -> Any:
 
 def _run(argv: list[str]) -> int:
     if argv and argv[0] in TRAINING_COMMANDS:
-        return int(_training_module(argv[0]).main(argv[1:]) or 0)
+        return int(_training_module(argv[0]).run(argv[1:]) or 0)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # say it with the subcommand's usage, not the top level's
@@ -343,16 +342,9 @@ def _run(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = DEBUG_FLAG in argv
-    argv = [a for a in argv if a != DEBUG_FLAG]
-    prog = "imgclf" + (f" {argv[0]}" if argv and not argv[0].startswith("-") else "")
-    try:
-        return _run(argv)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:
-        return report(exc, prog, debug)
+    words = [a for a in argv if a != DEBUG_FLAG]
+    prog = "imgclf" + (f" {words[0]}" if words and not words[0].startswith("-") else "")
+    return run_main(prog, _run, argv)
 
 
 if __name__ == "__main__":

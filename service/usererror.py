@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import sys
 import traceback
+from collections.abc import Callable
 from typing import TextIO
 
 from service.protoversion import describe, is_version_error
 
 USAGE = 2
 FAILURE = 1
-DEBUG_HINT = "run again with --debug for the traceback"
+DEBUG_FLAG = "--debug"
+DEBUG_HINT = f"run again with {DEBUG_FLAG} for the traceback"
 
 
 class UserError(Exception):
@@ -53,3 +55,27 @@ def report(exc: BaseException, prog: str, debug: bool, out: TextIO | None = None
     if hint:
         print(f"  hint: {one_line(hint)}", file=out)
     return code
+
+
+def run_main(
+    prog: str, main: Callable[[list[str]], int | None], argv: list[str] | None = None
+) -> int:
+    """Run a command's `main` the way `imgclf` does (for `python -m training.train` and the
+    like): `--debug` taken off the arguments, a failure reported by `report`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = DEBUG_FLAG in argv
+    try:
+        return int(main([a for a in argv if a != DEBUG_FLAG]) or 0)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        return report(exc, prog, debug)
+
+
+def warn(message: str, hint: str = "", out: TextIO | None = None) -> None:
+    """A surprise worth a line that does not stop the command."""
+    out = out or sys.stderr
+    print(f"warning: {one_line(message)}", file=out)
+    if hint:
+        print(f"  hint: {one_line(hint)}", file=out)

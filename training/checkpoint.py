@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
+from service.usererror import UserError
+
 
 @dataclass
 class RunState:
@@ -92,8 +94,29 @@ def make_checkpoint(
     }
 
 
+CHECKPOINT_HINT = (
+    "pass the checkpoint.pth or best.pth that `imgclf train` wrote into its --output-dir "
+    "(default runs/train)"
+)
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A checkpoint `imgclf train` wrote; UserError naming the file when it is missing or is
+    something else (an image, a bare state dict, a corrupt file)."""
+    path = Path(path)
+    if not path.is_file():
+        what = "a folder, not a checkpoint file" if path.is_dir() else "no such file"
+        raise UserError(f"{path}: {what}", CHECKPOINT_HINT)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError, RuntimeError, EOFError, ...: not a checkpoint
+        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"{path} is not a PyTorch checkpoint ({type(exc).__name__}: {first})", CHECKPOINT_HINT
+        ) from exc
+    if not isinstance(ckpt, dict) or "class_names" not in ckpt or "model" not in ckpt:
+        raise UserError(f"{path} is not a checkpoint of `imgclf train`", CHECKPOINT_HINT)
+    return ckpt
 
 
 def restore(

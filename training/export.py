@@ -24,7 +24,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from service.helpformat import DefaultsHelpFormatter
 from service.modelmeta import ModelMetadata
+from service.usererror import UserError, run_main
 from training.builtin import BUILTIN_DATASETS
 from training.checkpoint import export_state, load_checkpoint
 from training.data import load_image, load_split
@@ -108,6 +110,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         prog="imgclf export",
         description="Export a training checkpoint to the model repository as ONNX.",
         add_help=add_help,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("checkpoint", type=Path, help="checkpoint.pth or best.pth of a run")
     parser.add_argument("--name", required=True, help="model name in the repository")
@@ -168,8 +171,8 @@ def export_checkpoint(args: argparse.Namespace) -> list[ExportResult]:
     }
     for out_dir in out_dirs.values():
         if (out_dir / MODEL_FILE).exists() and not args.force:
-            raise FileExistsError(
-                f"{out_dir / MODEL_FILE} exists (use --force or another --version)"
+            raise UserError(
+                f"{out_dir / MODEL_FILE} exists", "pass --force to overwrite it, or --version N"
             )
     options = ExportOptions(
         exporter=EXPORTERS[1] if args.legacy_exporter else EXPORTERS[0],
@@ -186,14 +189,21 @@ def export_checkpoint(args: argparse.Namespace) -> list[ExportResult]:
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None = None) -> int:
+    """The command; a failure raises (UserError for a known mistake)."""
     args = get_args_parser().parse_args(argv)
     try:
         export_checkpoint(args)
-    except (ExportError, FileExistsError, ValueError) as exc:
-        print(f"export failed: {exc}")
-        return 1
+    except (ExportError, ValueError) as exc:
+        raise UserError(
+            f"export failed: {exc}", "nothing was written; --debug shows where"
+        ) from exc
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command as `imgclf export` runs it: a failure is a line and an exit status."""
+    return run_main("imgclf export", run, argv)
 
 
 if __name__ == "__main__":

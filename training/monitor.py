@@ -36,6 +36,7 @@ def plot_history(rows: list[dict[str, float]], out_dir: Path, title: str = "") -
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] for r in rows]
     for metric, ylabel, name in (("loss", "loss", "loss.png"), ("acc", "accuracy", "accuracy.png")):
@@ -45,6 +46,7 @@ def plot_history(rows: list[dict[str, float]], out_dir: Path, title: str = "") -
         if rows and f"ema_val_{metric}" in rows[0]:
             ax.plot(epochs, [r[f"ema_val_{metric}"] for r in rows], marker=".", label="val (EMA)")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.set_ylabel(ylabel)
         if title:
             ax.set_title(title, fontsize=9)

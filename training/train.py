@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
+from service.usererror import UserError, run_main
 from training import checkpoint as ckpt_mod
 from training.architectures import build_model, create_model, rebuild_kwargs, size_kwargs
 from training.config import (
@@ -160,6 +161,13 @@ def _train(args: argparse.Namespace, info: DistInfo) -> TrainResult:
         args.dataset, args.data_path, args.val_fraction, args.split_seed, not args.no_image_check
     )
     classes = split.class_names
+    if len(classes) < 2:
+        where = args.data_path if args.dataset == "folder" else args.dataset
+        raise UserError(
+            f"{where} has {len(classes)} class ({', '.join(classes)}): a classifier needs at "
+            "least 2",
+            "put one subfolder of images per class under it (DIR/<class>/*.jpg)",
+        )
     log(f"dataset {args.dataset}: {len(classes)} classes\n{format_class_counts(split)}")
     if split.skipped:
         log(f"skipped {len(split.skipped)} unreadable image file(s), listed in skipped_images.txt")
@@ -332,14 +340,19 @@ def _train(args: argparse.Namespace, info: DistInfo) -> TrainResult:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None = None) -> int:
+    """The command; a failure raises (UserError for a known mistake)."""
     args = parse_args(argv, get_args_parser())
     try:
         train(args)
     except (ValueError, FileNotFoundError, WeightsUnavailable) as exc:
-        print(f"train failed: {exc}")
-        return 1
+        raise UserError(f"train failed: {exc}") from exc
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command as `imgclf train` runs it: a failure is a line and an exit status."""
+    return run_main("imgclf train", run, argv)
 
 
 if __name__ == "__main__":

@@ -202,7 +202,7 @@ def test_library_weights_without_a_network_fail_clearly(tmp_path: Path, monkeypa
         raise LocalEntryNotFoundError("cannot find the requested files in the local cache")
 
     monkeypatch.setattr(timm, "create_model", offline)
-    with pytest.raises(WeightsUnavailable, match="Hugging Face cache or the network"):
+    with pytest.raises(WeightsUnavailable, match="Hugging Face cache"):
         build_model("timm:resnet10t", 3, "pretrained")
 
 
@@ -218,7 +218,10 @@ def test_models_command_lists_families(capsys) -> None:
     assert models_list.main(["--timm", "tf_efficientnet_lite0"]) == 0
     out = capsys.readouterr().out
     assert "timm:tf_efficientnet_lite0" in out and EFFICIENTNET_LITE0_PACKAGE in out
-    assert "digits_cnn" in out and "googlenet" in out
+    assert "digits_cnn" not in out  # --timm PATTERN: only those timm models
+    assert models_list.main(["--filter", "efficientnet_lite0"]) == 0
+    out = capsys.readouterr().out  # timm models are listed without --timm
+    assert "timm:tf_efficientnet_lite0" in out and "timm:efficientnet_lite0 " in out
 
 
 def test_unused_layers_are_not_heads() -> None:

@@ -208,7 +208,7 @@ def test_export_then_evaluate_cli(runs: tuple[Path, Path], tmp_path: Path) -> No
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_images"] == 40 and set(metrics["per_class"]) == {"face", "not_face"}
     assert metrics["accuracy"] == pytest.approx(meta.provenance["val_accuracy"])
-    assert metrics["top5_accuracy"] == 1.0  # two classes
+    assert metrics["top5_accuracy"] is None  # two classes: top-5 says nothing
     table = list(csv.reader((out / "confusion_matrix.csv").open()))
     assert len(table) == 3 and sum(int(v) for row in table[1:] for v in row[1:3]) == 40
     assert (out / "confusion_matrix.png").stat().st_size > 0
