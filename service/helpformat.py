@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import copy
 
 
 class DefaultsHelpFormatter(argparse.HelpFormatter):
     """Appends ``(default: X)`` to an option's help unless the help already says its default or
     there is none to say (None, False, an empty string or list)."""
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if action.help is None and self._get_help_string(action):  # an option with no help text
+            action = copy.copy(action)
+            action.help = ""
+            action.help = self._get_help_string(action)
+        return super()._format_action(action)
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""

@@ -9,7 +9,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -138,7 +138,8 @@ def write_outputs(report: EvalReport, out_dir: Path, plot: bool = True) -> None:
         _plot_confusion(report, out_dir / "confusion_matrix.png")
 
 
-def _plot_confusion(report: EvalReport, path: Path) -> None:
+def confusion_figure(report: EvalReport) -> Any:
+    """The confusion matrix with a count in every cell (zeros included) under its title."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -159,5 +160,12 @@ def _plot_confusion(report: EvalReport, path: Path) -> None:
             ax.text(c, r, str(v), ha="center", va="center", color=colour, fontsize=8)
     ax.set_title(f"accuracy {report.accuracy:.4f} on {report.num_images} images", fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def _plot_confusion(report: EvalReport, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = confusion_figure(report)
     fig.savefig(path)
     plt.close(fig)

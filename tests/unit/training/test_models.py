@@ -232,3 +232,19 @@ def test_unused_layers_are_not_heads() -> None:
             self.out = nn.Linear(4, 7)
 
     assert find_heads(Odd()) == ["out"]  # the fallback: the last Linear layer
+
+
+def test_hub_offline_fails_before_any_download_attempt(tmp_path, monkeypatch) -> None:
+    """HF_HUB_OFFLINE and nothing cached: refused at once, naming the repo and the cache."""
+    from huggingface_hub import constants
+
+    from training.weights import check_hub_weights_fetchable
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(WeightsUnavailable) as info:
+        check_hub_weights_fetchable("timm:resnet10t")
+    assert str(info.value).startswith(
+        f"timm/resnet10t.c3_in1k is not in the Hugging Face cache ({tmp_path}) and "
+        "HF_HUB_OFFLINE is set"
+    )
