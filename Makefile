@@ -4,10 +4,13 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-HOST ?= 127.0.0.1
-GRPC_PORT ?= 8001
-METRICS_PORT ?= 8002
-DEFAULT_MODEL ?= efficientnet_lite0
+# `make serve GRPC_PORT=9001` or `IMGCLF_GRPC_PORT=9001 make serve`: the flags below are passed
+# to imgclf serve, so each takes the IMGCLF_* variable of its setting when that is set.
+HOST ?= $(or $(IMGCLF_HOST),127.0.0.1)
+GRPC_PORT ?= $(or $(IMGCLF_GRPC_PORT),8001)
+METRICS_PORT ?= $(or $(IMGCLF_METRICS_PORT),8002)
+DEFAULT_MODEL ?= $(or $(IMGCLF_DEFAULT_MODEL),efficientnet_lite0)
+MODEL_REPOSITORY ?= $(or $(IMGCLF_MODEL_REPOSITORY),models)
 GEN := service/_generated
 # The stubs come from this grpcio-tools (its protoc writes gencode 6.30.0), in a venv of its own:
 # gencode 6.30.0 is accepted by every protobuf runtime from 6.30.0 to 7.x, the range that
@@ -44,7 +47,7 @@ install: $(VENV)/.serve-installed
 install-all: $(VENV)/.all-installed
 
 serve: install
-	$(VENV)/bin/imgclf serve --model-repository models --host $(HOST) \
+	$(VENV)/bin/imgclf serve --model-repository $(MODEL_REPOSITORY) --host $(HOST) \
 		--grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) --default-model $(DEFAULT_MODEL)
 
 lint: install-all

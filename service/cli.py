@@ -200,7 +200,8 @@ def _classify(args: argparse.Namespace) -> int:
             width = max((len(s.label) for s in top), default=5)
             for rank, score in enumerate(top, 1):
                 bar = "#" * round(score.probability * 30)
-                print(f"  {rank:>2}. {score.label:<{width}}  {score.probability:7.2%}  {bar}")
+                line = f"  {rank:>2}. {score.label:<{width}}  {score.probability:7.2%}  {bar}"
+                print(line.rstrip())
     sys.stdout.flush()
     for path, why in failures.items():
         print(f"imgclf classify: {path}: {why}", file=sys.stderr)
