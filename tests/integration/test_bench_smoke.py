@@ -15,7 +15,7 @@ from service.bench.server import ServerProcess
 from tests.tiny_model import make_tiny_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SHORT = ["--duration", "1", "--warmup", "0.5"]
+SHORT = ["--duration", "1", "--warmup", "0.5", "--rounds", "1"]
 
 
 def bench(tmp_path: Path, *args: str) -> dict:
