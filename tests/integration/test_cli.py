@@ -178,3 +178,7 @@ def test_help_shows_defaults() -> None:
     assert "classes per image (default: 5)" in text
     health = " ".join(imgclf("health", "--help").stdout.split())
     assert "seconds per call (default: 5.0)" in health
+    bench = " ".join(imgclf("bench", "--help").stdout.split())
+    assert "HOST:PORT of the gRPC server (default: 127.0.0.1:8001)" in bench
+    assert "seconds measured per point (default: 10.0)" in bench
+    assert "(default: 3)" in bench  # --rounds
