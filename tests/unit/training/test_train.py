@@ -55,7 +55,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(train, "write_history", write_then_stop)
         with pytest.raises(Interrupted):
-            train.main([*ARGV, "--output-dir", str(resumed)])
+            train.run([*ARGV, "--output-dir", str(resumed)])
     assert load(resumed / "checkpoint.pth")["epoch"] == 2
     argv = [*ARGV, "--output-dir", str(resumed), "--resume", str(resumed / "checkpoint.pth")]
     assert train.main(argv) == 0
@@ -148,7 +148,7 @@ def test_transfer_freeze_then_unfreeze_with_a_faster_head(
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(train, "write_history", write_then_stop)
         with pytest.raises(Interrupted):
-            train.main(argv)
+            train.run(argv)
     frozen = load(run / "checkpoint.pth")
     src = load(source)["model"]
     assert torch.equal(frozen["model"]["0.0.weight"], src["0.0.weight"])  # backbone kept
