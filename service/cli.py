@@ -77,8 +77,14 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         settings = settings_from_args(args)
     except ValidationError as exc:
-        print(f"imgclf serve: invalid settings:\n{exc}", file=sys.stderr)
-        return 2
+        problems = [
+            f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']} "
+            f"(got {e.get('input')!r})"
+            for e in exc.errors()
+        ]
+        raise UserError(
+            "; ".join(problems), "the flag or its IMGCLF_* variable (see --help)", code=USAGE
+        ) from exc
     logging.basicConfig(
         level=settings.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -88,6 +94,11 @@ def _serve(args: argparse.Namespace) -> int:
     except RuntimeError as exc:
         logging.getLogger("imgclf").error("%s", exc)
         return 1
+    except FileNotFoundError as exc:
+        raise UserError(
+            str(exc),
+            "pass --model-repository DIR (a checkout's models/) or set IMGCLF_MODEL_REPOSITORY",
+        ) from exc
     return 0
 
 

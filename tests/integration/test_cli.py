@@ -182,3 +182,24 @@ def test_help_shows_defaults() -> None:
     assert "HOST:PORT of the gRPC server (default: 127.0.0.1:8001)" in bench
     assert "seconds measured per point (default: 10.0)" in bench
     assert "(default: 3)" in bench  # --rounds
+
+
+def test_an_invalid_setting_names_its_flag(tmp_path: Path) -> None:
+    proc = imgclf("serve", "--max-batch-size", "-1", "--grpc-port", "0", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert error_lines(proc) == [
+        "imgclf serve: --max-batch-size: Input should be greater than or equal to 0 (got -1)",
+        "  hint: the flag or its IMGCLF_* variable (see --help)",
+    ]
+
+
+def test_a_missing_model_repository_is_named(tmp_path: Path) -> None:
+    proc = imgclf("serve", "--model-repository", str(tmp_path / "nosuch"), "--grpc-port", "0",
+                  "--metrics-port", "0", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith(("imgclf", "  hint"))]
+    assert lines == [
+        f"imgclf serve: model repository {tmp_path / 'nosuch'} does not exist",
+        "  hint: pass --model-repository DIR (a checkout's models/) or set IMGCLF_MODEL_REPOSITORY",
+    ]
