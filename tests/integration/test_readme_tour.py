@@ -161,6 +161,7 @@ def test_python_snippets(name: str, served: ServerProcess, tour_dir: Path) -> No
         assert printed.startswith("[('tiger cat', "), printed
 
 
+@pytest.mark.timeout(1800)  # three epochs and a dynamo export: minutes on a shared 2-core box
 def test_train_and_export(tour_dir: Path) -> None:
     pytest.importorskip("torch")
     for command, expected in console_steps(tour_blocks()["train"]):
