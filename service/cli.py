@@ -46,7 +46,12 @@ TRAINING_COMMANDS = {
 def _client(args: argparse.Namespace) -> Client:
     from service.client import Client
 
-    token = args.token_file.read_text().strip() if args.token_file else os.environ.get(TOKEN_ENV)
+    try:
+        token = (
+            args.token_file.read_text().strip() if args.token_file else os.environ.get(TOKEN_ENV)
+        )
+    except OSError as exc:
+        raise UserError(f"--token-file {args.token_file}: {exc.strerror or exc}") from exc
     return Client(
         args.server, timeout=args.timeout, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
         tls_key=args.tls_key, token=token,
