@@ -1,6 +1,6 @@
 """The `imgclf` command: serve, classify, and (with the train extra) train/export/evaluate.
 
-A failure ends in one line naming what is at fault and a hint (service.usererror); exit 2 for a
+A failure ends in one line naming what is at fault and a hint (imgclf.usererror); exit 2 for a
 usage mistake, 1 for anything else; `--debug` anywhere on the line adds the traceback.
 """
 
@@ -17,13 +17,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from service.helpformat import DefaultsHelpFormatter
-from service.usererror import DEBUG_FLAG, USAGE, UserError, run_main
+from imgclf.helpformat import DefaultsHelpFormatter
+from imgclf.usererror import DEBUG_FLAG, USAGE, UserError, run_main
 
 if TYPE_CHECKING:
     import grpc
 
-    from service.client import Client
+    from imgclf.client import Client
 
 TOKEN_ENV = "IMGCLF_TOKEN"
 
@@ -36,15 +36,15 @@ NO_SERVER_HINT = (
     "or pass --server HOST:PORT"
 )
 TRAINING_COMMANDS = {
-    "train": ("training.train", "train a CNN on a folder of images or a built-in dataset"),
-    "export": ("training.export", "export a checkpoint to ONNX into the model repository"),
-    "evaluate": ("training.evaluate", "evaluate an exported ONNX model on labelled images"),
-    "models": ("training.models_list", "list the architectures imgclf train takes"),
+    "train": ("imgclf.training.train", "train a CNN on a folder of images or a built-in dataset"),
+    "export": ("imgclf.training.export", "export a checkpoint to ONNX into the model repository"),
+    "evaluate": ("imgclf.training.evaluate", "evaluate an exported ONNX model on labelled images"),
+    "models": ("imgclf.training.models_list", "list the architectures imgclf train takes"),
 }
 
 
 def _client(args: argparse.Namespace) -> Client:
-    from service.client import Client
+    from imgclf.client import Client
 
     try:
         token = (
@@ -76,8 +76,8 @@ def connection_options() -> argparse.ArgumentParser:
 def _serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from service.server import serve
-    from service.settings import settings_from_args
+    from imgclf.server import serve
+    from imgclf.settings import settings_from_args
 
     try:
         settings = settings_from_args(args)
@@ -255,7 +255,7 @@ def _health(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from service.client import open_channel
+    from imgclf.client import open_channel
 
     try:
         with open_channel(args.server, args.tls_ca, args.tls_cert, args.tls_key) as channel:
@@ -271,7 +271,7 @@ def _health(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from service.settings import add_settings_arguments
+    from imgclf.settings import add_settings_arguments
 
     parser = argparse.ArgumentParser(
         prog="imgclf",
@@ -311,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     health.set_defaults(timeout=5.0)
     health.set_defaults(func=_health)
 
-    from service.bench import cli as bench_cli
+    from imgclf.client.bench import cli as bench_cli
 
     bench = sub.add_parser(
         "bench",

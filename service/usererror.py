@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Callable
 from typing import TextIO
 
-from service.protoversion import describe, is_version_error
+from imgclf.protoversion import describe, is_version_error
 
 USAGE = 2
 FAILURE = 1
@@ -60,7 +60,7 @@ def report(exc: BaseException, prog: str, debug: bool, out: TextIO | None = None
 def run_main(
     prog: str, main: Callable[[list[str]], int | None], argv: list[str] | None = None
 ) -> int:
-    """Run a command's `main` the way `imgclf` does (for `python -m training.train` and the
+    """Run a command's `main` the way `imgclf` does (for `python -m imgclf.training.train` and the
     like): `--debug` taken off the arguments, a failure reported by `report`."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = DEBUG_FLAG in argv

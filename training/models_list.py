@@ -13,9 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from service.helpformat import DefaultsHelpFormatter
-from service.usererror import run_main
-from training.architectures import DIGITS_CNN, model_defaults, torchvision_names
+from imgclf.helpformat import DefaultsHelpFormatter
+from imgclf.training.models.architectures import DIGITS_CNN, model_defaults, torchvision_names
+from imgclf.usererror import run_main
 
 
 def _torchvision_weights(name: str) -> list[dict[str, Any]]:
@@ -62,7 +62,7 @@ def list_models(filter_text: str = "", timm_pattern: str | None = None) -> list[
         if family == "torchvision":
             row["weights"] = _torchvision_weights(name)
         elif family == "timm":
-            from training.weights import PACKAGE_WEIGHTS
+            from imgclf.training.models.weights import PACKAGE_WEIGHTS
 
             found = tags.get(name.removeprefix("timm:"), [])
             row["weights"] = [{"name": "pretrained", "tags": found}] if found else []

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 from sklearn.metrics import precision_recall_fscore_support
 
-from service.usererror import UserError
+from imgclf.usererror import UserError
 
 
 class Classifier(Protocol):

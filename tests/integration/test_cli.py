@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.bench.server import ServerProcess, free_port, start_server
+from imgclf.client.bench.launcher import ServerProcess, free_port, start_server
 from tests.images import encode
 from tests.tiny_model import make_tiny_model
 
@@ -25,7 +25,7 @@ RED = np.full((30, 40, 3), (220, 20, 30), dtype=np.uint8)
 def imgclf(*args: str, cwd: Path = REPO_ROOT, timeout: float = 120) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", *args],
+        [sys.executable, "-m", "imgclf.cli", *args],
         capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout,
     )  # fmt: skip
 

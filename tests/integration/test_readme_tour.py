@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from service.bench.server import ServerProcess, start_server
+from imgclf.client.bench.launcher import ServerProcess, start_server
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 README = REPO_ROOT / "README.md"
@@ -123,7 +123,7 @@ def run_step(command: str, cwd: Path, server: ServerProcess | None) -> list[str]
     if args[0] == "ls":
         return ["  ".join(sorted(os.listdir(cwd / args[1])))]
     assert args[0] == ".venv/bin/imgclf", command
-    args = [sys.executable, "-m", "service.cli", *args[1:]]
+    args = [sys.executable, "-m", "imgclf.cli", *args[1:]]
     if args[3] in CLIENT_COMMANDS:
         assert server is not None
         args += ["--server", server.target]

@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from service.bench.server import free_port
+from imgclf.client.bench.launcher import free_port
 from tests.images import encode
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -28,7 +28,7 @@ CHECKPOINT_HINT = (
 def imgclf(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", *args],
+        [sys.executable, "-m", "imgclf.cli", *args],
         capture_output=True, text=True, cwd=cwd, env=full_env, timeout=300,
     )  # fmt: skip
 

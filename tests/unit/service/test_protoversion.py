@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from google.protobuf import runtime_version
 
-from service.protoversion import SUPPORTED, describe, is_version_error
+from imgclf.protoversion import SUPPORTED, describe, is_version_error
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 GENERATED = REPO_ROOT / "service" / "_generated"
@@ -76,7 +76,7 @@ def test_cli_says_a_stub_mismatch_in_one_line() -> None:
     code = (
         "from google.protobuf import runtime_version as r\n"
         "r.MAJOR, r.MINOR, r.PATCH = 6, 29, 0\n"
-        "from service.cli import main\n"
+        "from imgclf.cli import main\n"
         "raise SystemExit(main(['served-models', '--server', '127.0.0.1:1']))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}

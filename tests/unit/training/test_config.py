@@ -1,4 +1,4 @@
-"""training.config: a YAML --config that flags override, its checks, and the resolved defaults."""
+"""imgclf.training.config: a YAML --config that flags override, its checks, and the resolved defaults."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ pytest.importorskip("torch")
 
 import yaml
 
-from training.config import parse_args, resolve_args, saved_args
+from imgclf.training.config import parse_args, resolve_args, saved_args
 
 
 def test_flags_override_the_config_file(tmp_path: Path) -> None:
@@ -102,7 +102,7 @@ def test_random_weights_are_said_with_the_way_to_pretrained_ones(capsys) -> None
     ],
 )
 def test_an_unfreeze_that_cannot_happen_is_a_usage_error(argv: list[str], message: str) -> None:
-    from service.usererror import USAGE, UserError
+    from imgclf.usererror import USAGE, UserError
 
     with pytest.raises(UserError, match=message) as info:
         resolve_args(parse_args(["--dataset", "digits", *argv]))
@@ -110,7 +110,7 @@ def test_an_unfreeze_that_cannot_happen_is_a_usage_error(argv: list[str], messag
 
 
 def test_help_shows_the_defaults(capsys) -> None:
-    from training.config import get_args_parser
+    from imgclf.training.config import get_args_parser
 
     text = " ".join(get_args_parser().format_help().split())
     for shown in ("--epochs EPOCHS (default: 30)", "--lr LR (default: 0.1)",

@@ -1,4 +1,4 @@
-"""training.loop: progress bars are for terminals, not log files."""
+"""imgclf.training.loop.epoch: progress bars are for terminals, not log files."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from training.distributed import DistInfo  # noqa: E402
-from training.loop import StepOptions, _batches  # noqa: E402
+from imgclf.training.loop.distributed import DistInfo  # noqa: E402
+from imgclf.training.loop.epoch import StepOptions, _batches  # noqa: E402
 
 
 def options(progress: bool = True) -> StepOptions:

@@ -1,4 +1,4 @@
-"""training.monitor: the loss/accuracy plots people look at."""
+"""imgclf.training.loop.monitor: the loss/accuracy plots people look at."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from training.monitor import history_figure
+from imgclf.training.loop.monitor import history_figure
 
 
 def test_epoch_ticks_are_whole_numbers() -> None:

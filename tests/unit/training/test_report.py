@@ -1,4 +1,4 @@
-"""training.report: what `imgclf evaluate` prints and draws."""
+"""imgclf.training.report: what `imgclf evaluate` prints and draws."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 pytest.importorskip("matplotlib")
 pytest.importorskip("sklearn")
 
-from training.report import EvalReport, confusion_figure, evaluate_images
+from imgclf.training.report import EvalReport, confusion_figure, evaluate_images
 
 
 class Fixed:
