@@ -16,12 +16,13 @@ from tests.tiny_model import make_tiny_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHORT = ["--duration", "1", "--warmup", "0.5"]
+ONE_ROUND = ["--rounds", "1"]  # imgclf bench runs 3 by default
 
 
 def bench(tmp_path: Path, *args: str) -> dict:
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "imgclf.client.bench", "--model", "tiny", *SHORT, *args,
+        [sys.executable, "-m", "imgclf.client.bench", "--model", "tiny", *SHORT, *ONE_ROUND, *args,
          "--json", str(out)],
         capture_output=True, text=True, timeout=240, cwd=REPO_ROOT,
     )  # fmt: skip
