@@ -317,7 +317,11 @@ def share_weights(path: Path, options: ExecutionOptions) -> SharedWeights | None
     requested, _ = choose_providers(options, model_path=path)
     if requested != [CPU]:
         return None
-    return SharedWeights.build(path, session_options(options))
+    try:
+        return SharedWeights.build(path, session_options(options))
+    except Exception as e:  # e.g. an optimised model past protobuf's 2 GB: one copy each
+        log.warning("%s: weights not shared, each session loads its own: %s", path, e)
+        return None
 
 
 class Engine:

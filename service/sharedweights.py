@@ -30,6 +30,7 @@ import onnxruntime as ort
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 USE_ENV_ALLOCATORS = "session.use_env_allocators"
+OPTIMISED = "model.optimised.onnx"
 MIN_SHARED_BYTES = 1024
 """Smaller initializers are left to each session: they weigh nothing."""
 
@@ -129,10 +130,11 @@ class SharedWeights:
     """A model version's graph, optimised once for the CPU, and its weights in one buffer
     each, for every CPU session of the version."""
 
-    model: bytes | None
-    """The optimised model, read by each session it creates (weights included: ONNX Runtime
-    checks every initializer's data, then takes the shared buffer in its place); dropped by
-    `release` once the version's sessions exist."""
+    folder: tempfile.TemporaryDirectory[str] | None
+    """Holds the optimised model, which each session reads (weights included: ONNX Runtime
+    checks every initializer's data, then takes the shared buffer in its place); removed by
+    `release` once the version's sessions exist. (A file, not bytes: a session made from
+    bytes keeps them for its whole life.)"""
     values: dict[str, ort.OrtValue]
     """Initializer name -> OrtValue over `arrays`' buffer."""
     arrays: dict[str, np.ndarray]
@@ -149,27 +151,33 @@ class SharedWeights:
         use it: the same optimisation level), and take its weights out. The optimised graph
         is that of a CPU session on this host (convolution layouts for its instruction set):
         for this process's CPU sessions only."""
-        with tempfile.TemporaryDirectory(prefix="imgclf-optimised-") as tmp:
-            optimised = Path(tmp) / "model.onnx"
+        folder = tempfile.TemporaryDirectory(prefix="imgclf-optimised-")
+        try:
+            optimised = Path(folder.name) / OPTIMISED
             options.optimized_model_filepath = str(optimised)
             ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            model = optimised.read_bytes()
-        arrays = initializers(model)
+            arrays = initializers(optimised.read_bytes())
+        except BaseException:
+            folder.cleanup()
+            raise
         values = {name: ort.OrtValue.ortvalue_from_numpy(a) for name, a in arrays.items()}
-        return cls(model=model, values=values, arrays=arrays)
+        return cls(folder=folder, values=values, arrays=arrays)
 
     def session(self, options: ort.SessionOptions) -> ort.InferenceSession:
         """A CPU session of the optimised model that takes the shared weights and allocates
         from the shared arena. (Its graph is already optimised: optimising it again at the
         caller's level finds nothing more to do.)"""
-        if self.model is None:
+        if self.folder is None:
             raise RuntimeError("the shared weights were released: no more sessions")
         register_shared_arena()
         for name, value in self.values.items():
             options.add_initializer(name, value)
         options.add_session_config_entry(USE_ENV_ALLOCATORS, "1")
-        return ort.InferenceSession(self.model, options, providers=["CPUExecutionProvider"])
+        optimised = Path(self.folder.name) / OPTIMISED
+        return ort.InferenceSession(str(optimised), options, providers=["CPUExecutionProvider"])
 
     def release(self) -> None:
-        """Drop the optimised model's bytes (the sessions keep the shared weights)."""
-        self.model = None
+        """Remove the optimised model's file (the sessions keep the shared weights)."""
+        if self.folder is not None:
+            self.folder.cleanup()
+            self.folder = None

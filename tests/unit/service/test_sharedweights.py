@@ -59,7 +59,7 @@ def test_every_session_of_a_version_takes_the_one_copy(tmp_path):
     shared = model.engines.shared
     assert shared is not None
     assert [e.shares_weights for e in model.engines.all] == [True] * 3
-    assert shared.model is None, "the optimised model's bytes are dropped after the load"
+    assert shared.folder is None, "the optimised model's file is removed after the load"
     with pytest.raises(RuntimeError, match="released"):
         shared.session(ort.SessionOptions())
 
@@ -110,3 +110,17 @@ def test_the_load_reports_the_memory_the_version_took(tmp_path, caplog):
     assert gauge == model.memory_bytes
     assert f"{model.memory_bytes / 1e6:.1f} MB resident, weights " in caplog.text
     assert "shared by 2 sessions" in caplog.text
+
+
+def test_a_model_whose_weights_cannot_be_shared_loads_unshared(tmp_path, monkeypatch, caplog):
+    make_repo(tmp_path)
+
+    def fail(*args):
+        raise ValueError("no room")
+
+    monkeypatch.setattr(SharedWeights, "build", fail)
+    with caplog.at_level(logging.WARNING, logger="service.engine"):
+        model = load(tmp_path, "tiny", instances=2)
+    assert model.engines.shared is None
+    assert not any(e.shares_weights for e in model.engines.all)
+    assert "weights not shared, each session loads its own: no room" in caplog.text
