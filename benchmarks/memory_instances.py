@@ -20,6 +20,7 @@ clients split over them.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -41,13 +42,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+NAN = float("nan")
 DESIGNS = {"shared": "--share-weights", "unshared": "--no-share-weights"}
 
 
 def drive(
-    server_target: str, names: list[str], items: list[bytes], args: argparse.Namespace
+    server_target: str, pid: int, names: list[str], items: list[bytes], args: argparse.Namespace
 ) -> dict:
-    """`args.concurrency` clients split over `names` for `args.duration` seconds."""
+    """`args.concurrency` clients split over `names` for `args.duration` seconds; the server's
+    CPU time per image over the measured window (which the other tenants of a shared machine
+    disturb far less than images/s)."""
+    cores: list[float] = []
     connection = wire.Connection(server_target)
     results: dict[str, dict] = {}
     runners = []
@@ -57,8 +62,11 @@ def drive(
 
     def one(name: str, runner: load.LoadRunner, clients: int) -> None:
         point = load.Point("closed", args.warmup, args.duration, concurrency=clients)
-        got = runner.run(point, None, name)
+        probe = functools.partial(cpu_seconds, pid) if name == names[0] else None
+        got = runner.run(point, None, name, cpu_seconds=probe)
         results[name] = stats.summarise(got.records, *got.window, 1).as_dict()
+        if "server_cpu_cores" in got.server:
+            cores.append(float(got.server["server_cpu_cores"]))  # type: ignore[arg-type]
 
     shares = split_evenly(args.concurrency, len(names))
     threads = [
@@ -73,9 +81,11 @@ def drive(
     for runner in runners:
         runner.close()
     got = list(results.values())
+    images_per_s = sum(s["throughput_ips"] for s in got)
     return {
-        "images_per_s": sum(s["throughput_ips"] for s in got),
+        "images_per_s": images_per_s,
         "errors": sum(sum(s["errors"].values()) for s in got),
+        "cpu_ms_per_image": 1000 * cores[0] / images_per_s if cores and images_per_s else NAN,
     }
 
 
@@ -101,23 +111,16 @@ def measure(args: argparse.Namespace, instances: int, design: str, items: list[b
 
                 sampler = threading.Thread(target=sample)
                 sampler.start()
-                cpu = cpu_seconds(pid)
                 try:
-                    row |= drive(server.target, names, items, args)
+                    row |= drive(server.target, pid, names, items, args)
                 finally:
                     done.set()
                     sampler.join()
-                # The server's CPU time per image, which the other tenants of a shared
-                # machine disturb far less than images/s: over the whole run, warm-up
-                # included, at the measured window's rate.
-                images = row["images_per_s"] * (args.warmup + args.duration)
-                row["cpu_ms_per_image"] = 1000 * (cpu_seconds(pid) - cpu) / max(images, 1)
                 row["peak_rss_mib"] = peak[0] / 2**20
                 row["after_rss_mib"] = rss_bytes(pid) / 2**20
     return row
 
 
-NAN = float("nan")
 COLUMNS = (
     ("loaded_rss_mib", "RSS loaded MiB", ".0f"),
     ("model_memory_mib", "gauge MiB", ".0f"),
@@ -178,7 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=16, help="clients in all")
     p.add_argument("--image-size", default="0.3mp")
     p.add_argument("--duration", type=float, default=10.0, help="seconds of load (0: none)")
-    p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=5.0,
+        help="seconds of load before the measured window (the arena grows)",
+    )
     p.add_argument("--server-args", default="", help="extra `imgclf serve` arguments")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
