@@ -13,8 +13,8 @@ session; the Python API has no shared pre-packed weights container (docs/perform
 the measurements).
 
 ONNX Runtime's Python package has no ONNX protobuf classes and the serving install has no
-`onnx`, so the few ModelProto fields needed are described here (`_onnx_subset`); every other
-field passes through a parse and a serialisation untouched.
+`onnx`, so the few ModelProto fields read are described here (`_model_proto`); a parse skips
+every other field.
 """
 
 from __future__ import annotations
@@ -52,9 +52,9 @@ DTYPES: dict[int, Any] = {
 
 
 @functools.cache
-def _onnx_subset() -> tuple[type, type]:
-    """ModelProto and TensorProto classes that know only the fields read here: graph (7) ->
-    initializer (5) -> dims (1), data_type (2), name (8), raw_data (9), data_location (14)."""
+def _model_proto() -> type:
+    """A ModelProto class that knows only the fields read here: graph (7) -> initializer (5)
+    -> dims (1), data_type (2), name (8), raw_data (9), data_location (14)."""
     f = descriptor_pb2.FileDescriptorProto(
         name="imgclf_onnx_subset.proto", package="imgclf_onnx_subset", syntax="proto2"
     )
@@ -92,17 +92,13 @@ def _onnx_subset() -> tuple[type, type]:
     pool = descriptor_pool.DescriptorPool()
     pool.Add(f)
     classes = message_factory.GetMessageClassesForFiles([f.name], pool)
-    return (
-        classes["imgclf_onnx_subset.ModelProto"],
-        classes["imgclf_onnx_subset.TensorProto"],
-    )
+    return classes["imgclf_onnx_subset.ModelProto"]
 
 
 def initializers(model_bytes: bytes) -> dict[str, np.ndarray]:
     """A serialised model's initializers of MIN_SHARED_BYTES or more stored as raw data in
     the file (how ONNX Runtime saves an optimised model), as arrays of their own."""
-    model_class, _ = _onnx_subset()
-    model = model_class()
+    model = _model_proto()()
     model.ParseFromString(model_bytes)
     arrays: dict[str, np.ndarray] = {}
     for tensor in model.graph.initializer:
@@ -151,6 +147,7 @@ class SharedWeights:
         use it: the same optimisation level), and take its weights out. The optimised graph
         is that of a CPU session on this host (convolution layouts for its instruction set):
         for this process's CPU sessions only."""
+        register_shared_arena()
         folder = tempfile.TemporaryDirectory(prefix="imgclf-optimised-")
         try:
             optimised = Path(folder.name) / OPTIMISED
