@@ -28,11 +28,14 @@ RUN apt-get update \
         --shell /usr/sbin/nologin imgclf
 
 # ---- the serving install into a virtual environment: `pip install .`, no torch -----------------
+# One import name, imgclf, over service/ and training/ (pyproject.toml maps both): training's
+# modules are installed but never imported by the server, and torch is not installed.
 FROM cuda-python AS serve-build
 WORKDIR /src
 RUN python3 -m venv /opt/imgclf
 COPY pyproject.toml README.md ./
 COPY service/ service/
+COPY training/ training/
 RUN /opt/imgclf/bin/pip install --no-cache-dir . \
     && /opt/imgclf/bin/python -c "import importlib.util as u; assert u.find_spec('torch') is None"
 

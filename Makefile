@@ -19,17 +19,24 @@ help:
 	@echo "make models  - rebuild the bundled models with the training pipeline"
 	@echo "make proto   - regenerate the gRPC stubs from proto/"
 
-# The stamps make both installs idempotent and fast when pyproject.toml has not changed.
+# The stamps make both installs idempotent and fast when nothing they depend on changed.
+# The import name is `imgclf` (service/ and training/ mapped in pyproject.toml): a strict
+# editable install links every file under build/__editable__*, a tree that type checkers and
+# subprocesses see like an installed package; a file added or removed in a package folder
+# changes the folder, which re-links.
+EDITABLE := --config-settings editable_mode=strict
+PACKAGE_DIRS := $(shell find service training -type d -not -name __pycache__ 2>/dev/null)
+
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
-$(VENV)/.serve-installed: pyproject.toml | $(VENV)/bin/python
-	$(PIP) install --quiet -e .
+$(VENV)/.serve-installed: pyproject.toml $(PACKAGE_DIRS) | $(VENV)/bin/python
+	$(PIP) install --quiet -e . $(EDITABLE)
 	touch $@
 
-$(VENV)/.all-installed: pyproject.toml | $(VENV)/bin/python
-	$(PIP) install --quiet -e '.[train,bench,dev]'
+$(VENV)/.all-installed: pyproject.toml $(PACKAGE_DIRS) | $(VENV)/bin/python
+	$(PIP) install --quiet -e '.[train,bench,dev]' $(EDITABLE)
 	touch $@ $(VENV)/.serve-installed
 
 install: $(VENV)/.serve-installed
@@ -51,17 +58,18 @@ test: install-all lint proto-check deploy-check
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # Generated stubs are committed (the serving image has no grpcio-tools); imports are rewritten
-# to live under service._generated, and the Open Inference Protocol messages are built in a
-# private descriptor pool (service/protopool.py) so that tritonclient can share the process.
+# to live under imgclf._generated (the folder service/_generated), and the Open Inference
+# Protocol messages are built in a private descriptor pool (service/grpc/protopool.py) so that
+# tritonclient can share the process.
 define gen_stubs
 	rm -rf $(1) && mkdir -p $(1)
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=$(1) --pyi_out=$(1) \
 		--grpc_python_out=$(1) $(PROTOS)
 	find $(1) -name '*.py' -exec sed -i -E \
-		's/^from (imgclf|inference)(\.[a-z0-9_.]+)? import/from service._generated.\1\2 import/' {} +
+		's/^from (imgclf|inference)(\.[a-z0-9_.]+)? import/from imgclf._generated.\1\2 import/' {} +
 	find $(1)/inference -name '*_pb2.py' -exec sed -i -E \
 		-e 's/_descriptor_pool\.Default\(\)/_protopool.POOL/' \
-		-e 's/^(from google\.protobuf import descriptor_pool as _descriptor_pool)$$/\1\nfrom service import protopool as _protopool/' {} +
+		-e 's/^(from google\.protobuf import descriptor_pool as _descriptor_pool)$$/\1\nfrom imgclf.grpc import protopool as _protopool/' {} +
 	find $(1) -type d -exec touch {}/__init__.py \;
 endef
 
@@ -74,12 +82,12 @@ proto-check: install-all
 		{ echo "Generated stubs in $(GEN) are stale: run 'make proto' and commit."; exit 1; }
 
 models: install-all
-	$(PY) -m training.bundled
+	$(PY) -m imgclf.training.bundled
 
 docs: install
-	$(PY) -m service.doctables
+	$(PY) -m imgclf.doctables
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache runs
+	rm -rf $(VENV) .pytest_cache .ruff_cache runs build
 
 include deploy/deploy.mk

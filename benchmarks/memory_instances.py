@@ -31,9 +31,9 @@ from pathlib import Path
 
 from benchmarks import REPO_ROOT, rss_bytes
 from benchmarks.models import repository_of_copies
-from service.bench import inputs, load, scrape, stats, wire
-from service.bench.server import serving
-from service.bench.stats import split_evenly
+from imgclf.client.bench import inputs, load, scrape, stats, wire
+from imgclf.client.bench.launcher import serving
+from imgclf.client.bench.stats import split_evenly
 
 
 def cpu_seconds(pid: int) -> float:

@@ -16,9 +16,9 @@ import struct
 
 import numpy as np
 
-from service._generated.inference import grpc_service_pb2 as pb
-from service.core import ImageInput
-from service.errors import InvalidInput
+from imgclf._generated.inference import grpc_service_pb2 as pb
+from imgclf.dataplane import ImageInput
+from imgclf.errors import InvalidInput
 
 IMAGE_INPUT = "image"
 PROBABILITIES_OUTPUT = "probabilities"
@@ -50,10 +50,6 @@ def parse_bytes_elements(raw: bytes, limit: int | None = None) -> list[bytes]:
     return out
 
 
-def serialize_bytes_elements(elements: list[bytes]) -> bytes:
-    return b"".join(struct.pack("<I", len(e)) + e for e in elements)
-
-
 def decode_images(
     tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None, max_batch_size: int
 ) -> list[bytes]:
@@ -67,7 +63,7 @@ def decode_images(
                            reason="bad_shape")  # fmt: skip
     if shape[0] > max_batch_size:
         raise InvalidInput(
-            f"batch of {shape[0]} is larger than the request limit of {max_batch_size} images",
+            f"batch of {shape[0]} is larger than the model's max batch size of {max_batch_size}",
             reason="batch_too_large",
         )
     if raw is not None:
@@ -152,7 +148,7 @@ def request_images(
         )
     if len(images) > max_batch_size:
         raise InvalidInput(
-            f"batch of {len(images)} is larger than the request limit of {max_batch_size} images",
+            f"batch of {len(images)} is larger than the model's max batch size of {max_batch_size}",
             reason="batch_too_large",
         )
     return images

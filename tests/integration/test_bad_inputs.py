@@ -31,13 +31,15 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
-from service._generated.imgclf.v1 import image_classifier_pb2 as pb
-from service._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
-from service._generated.inference import grpc_service_pb2 as oip_pb
-from service._generated.inference import grpc_service_pb2_grpc as oip_grpc
-from service.bench.server import ServerProcess, start_server
-from service.client import open_channel
-from service.modelmeta import ModelMetadata
+from imgclf._generated.imgclf.v1 import image_classifier_pb2 as pb
+from imgclf._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
+from imgclf._generated.inference import grpc_service_pb2 as oip_pb
+from imgclf._generated.inference import grpc_service_pb2_grpc as oip_grpc
+from imgclf.bytestensor import serialize_bytes_elements
+from imgclf.client.bench.launcher import ServerProcess, start_server
+from imgclf.client.channel import open_channel
+from imgclf.errors import MAX_MESSAGE_CHARS
+from imgclf.modelmeta import ModelMetadata
 from tests.images import encode
 from tests.tiny_model import make_tiny_model
 from tests.unit.service.support import png_declaring
@@ -392,7 +394,7 @@ def raw_request(
 
 
 def bytes_elements(*elements: bytes) -> bytes:
-    return b"".join(struct.pack("<I", len(e)) + e for e in elements)
+    return serialize_bytes_elements(elements)
 
 
 def class_count_param(value: int) -> oip_pb.ModelInferRequest:
@@ -448,6 +450,12 @@ OURS: dict[str, Send] = {
     ),
     "unknown-model": lambda c: c.classify(
         classify([pb.Image(encoded=solid(RED, "PNG"))], model="no-such-model")
+    ),
+    "model-name-1mb": lambda c: c.classify(
+        classify([pb.Image(encoded=solid(RED, "PNG"))], model="m" * 1_000_000)
+    ),
+    "model-name-traversal": lambda c: c.classify(
+        classify([pb.Image(encoded=solid(RED, "PNG"))], model="../outside/evil")
     ),
     "unknown-version": lambda c: c.classify(
         classify([pb.Image(encoded=solid(RED, "PNG"))], version=9)
@@ -547,6 +555,8 @@ OIP: dict[str, Send] = {
         "tiny", [bytes_input(random.Random(1).randbytes(3 * MAX_MESSAGE // 2))]
     ),
     "oip-unknown-model": lambda c: c.infer("no-such-model", [bytes_input(solid(RED, "PNG"))]),
+    "oip-model-name-1mb": lambda c: c.infer("m" * 1_000_000, [bytes_input(solid(RED, "PNG"))]),
+    "oip-model-name-traversal": lambda c: c.infer("/etc/passwd", [bytes_input(solid(RED, "PNG"))]),
     "oip-unknown-version": lambda c: c.infer(
         "tiny", [bytes_input(solid(RED, "PNG"))], model_version="9"
     ),
@@ -621,6 +631,7 @@ def test_bad_input_row(server: ServerProcess, clients: Clients, row: Row) -> Non
     SENT.append(row)
     assert outcome.code == row.code, f"{row.input}: {outcome}"
     assert row.expect in outcome.text, f"{row.input}: {outcome}"
+    assert len(outcome.text) <= MAX_MESSAGE_CHARS, f"{row.input}: {outcome.text[:200]}..."
     if outcome.code == "INTERNAL":  # never a traceback or an internal detail to the client
         assert outcome.text == "internal error; see the server log"
     assert_still_serving(clients)

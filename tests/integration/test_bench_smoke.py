@@ -1,4 +1,4 @@
-"""`python -m service.bench` for real, briefly, against a real server on the tiny model: every
+"""`python -m imgclf.client.bench` for real, briefly, against a real server on the tiny model: every
 input kind through both APIs, and the --start-server --limit path. No timed assertions: only
 that requests flowed (throughput > 0) and none failed."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from service.bench.server import ServerProcess
+from imgclf.client.bench.launcher import ServerProcess
 from tests.tiny_model import make_tiny_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -21,7 +21,7 @@ SHORT = ["--duration", "1", "--warmup", "0.5"]
 def bench(tmp_path: Path, *args: str) -> dict:
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "service.bench", "--model", "tiny", *SHORT, *args,
+        [sys.executable, "-m", "imgclf.client.bench", "--model", "tiny", *SHORT, *args,
          "--json", str(out)],
         capture_output=True, text=True, timeout=240, cwd=REPO_ROOT,
     )  # fmt: skip
@@ -99,7 +99,7 @@ def test_bench_floor_drives_a_bare_grpc_server_with_the_same_requests(
 
 def test_bench_says_what_failed(tiny_server: ServerProcess, tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "service.bench", "--target", tiny_server.target,
+        [sys.executable, "-m", "imgclf.client.bench", "--target", tiny_server.target,
          "--model", "no-such-model", "--input", "jpeg", *SHORT],
         capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
     )  # fmt: skip
@@ -150,6 +150,27 @@ def test_models_benchmark_spreads_the_load_over_copies(tiny_repo: Path, tmp_path
         assert r["images_per_s"] > 0 and r["errors"] == 0
         assert r["idle_rss_mib"] > 0 and r["threads"] > 0
     assert rows[1]["threads"] > rows[0]["threads"]  # each model brings its own workers
+
+
+def test_start_server_serves_the_repository_the_limit_reads(tmp_path: Path) -> None:
+    """A relative --model-repository names the caller's files for the started server (and the
+    floor server) as for --limit: the server once ran in the source root, where `models` is
+    another repository."""
+    make_tiny_model(tmp_path / "models" / "tiny" / "1" / "model.onnx")
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "imgclf.client.bench", "--model", "tiny", *SHORT,
+         "--start-server", "--model-repository", "models", "--input", "tensor",
+         "--concurrency", "1", "--floor", "--limit", "--limit-duration", "0.5",
+         "--limit-batch", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=240, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    result = json.loads(out.read_text())
+    assert_served_cleanly(result, 1)
+    assert result["server_model"]["versions"] == [1]
+    assert result["limit"]["images_per_s"] > 0
+    assert result["points"][0]["floor"]["errors"] == 0
 
 
 def test_memory_benchmark_alternates_shared_and_unshared(tiny_repo: Path, tmp_path: Path) -> None:

@@ -16,8 +16,8 @@ import pytest
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
-from service.bench.server import start_server
-from service.client import Client
+from imgclf.client import Client
+from imgclf.client.bench.launcher import start_server
 from tests.images import encode
 from tests.integration.test_server import sample, scrape
 from tests.tiny_model import make_tiny_model
@@ -37,7 +37,7 @@ def wait_for(check: Callable[[], bool], timeout: float = WAIT_S, step: float = 0
     return time.monotonic() - started
 
 
-def test_new_version_serves_within_the_poll_interval_with_no_failed_request(
+def test_new_version_serves_within_two_poll_intervals_with_no_failed_request(
     tmp_path: Path,
 ) -> None:
     repo = tmp_path / "models"

@@ -10,8 +10,8 @@ import grpc
 import numpy as np
 import pytest
 
-from service.bench.server import start_server
-from service.client import Client
+from imgclf.client import Client
+from imgclf.client.bench.launcher import start_server
 from tests.images import encode
 from tests.pki import make_pki
 
@@ -20,7 +20,7 @@ RED = encode(np.full((20, 20, 3), (230, 10, 10), dtype=np.uint8), "PNG")
 
 def health_cli(target: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", "health", "--server", target, *args],
+        [sys.executable, "-m", "imgclf.cli", "health", "--server", target, *args],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
 
@@ -92,6 +92,13 @@ def test_bearer_token_required_except_for_health(tiny_repo: Path, tmp_path: Path
             oip.is_server_ready()
         assert refused.value.status() == "StatusCode.UNAUTHENTICATED"
         assert oip.is_server_ready(headers={"authorization": "Bearer s3cret-token"})
+        # RFC 7235: the auth scheme is case-insensitive; another scheme is refused.
+        for scheme in ("bearer", "BEARER", "bEaReR"):
+            assert oip.is_server_ready(headers={"authorization": f"{scheme} s3cret-token"})
+        for value in ("Basic s3cret-token", "Bearers3cret-token", "s3cret-token"):
+            with pytest.raises(InferenceServerException) as refused:
+                oip.is_server_ready(headers={"authorization": value})
+            assert refused.value.status() == "StatusCode.UNAUTHENTICATED", value
         oip.close()
     finally:
         server.stop()
