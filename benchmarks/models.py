@@ -33,19 +33,16 @@ from imgclf.models.repository import versions
 
 
 def repository_of_copies(source: Path, model: str, count: int, root: Path) -> list[str]:
-    """`count` names for the newest version of `model`, each a folder with its files: hard
-    links where `root` is on the same file system, else copies (the server refuses symbolic
-    links that lead out of its repository)."""
+    """`count` names for the newest version of `model`, each a folder with its own copy of the
+    files (the server refuses links that leave its repository)."""
     (newest, *_) = versions(source / model)
     names = [f"{model}_{i}" for i in range(count)]
     for name in names:
         folder = root / name / "1"
         folder.mkdir(parents=True)
         for item in newest.path.parent.iterdir():
-            try:
-                os.link(item.resolve(), folder / item.name)
-            except OSError:
-                shutil.copy2(item.resolve(), folder / item.name)
+            if item.is_file():
+                shutil.copyfile(item, folder / item.name)
     return names
 
 
