@@ -22,6 +22,7 @@ from service.batching import Admission
 from service.errors import ImgclfError, InvalidInput, ModelNotReady
 from service.imaging import normalize, pixels_from_bytes, preprocess_bytes
 from service.manager import ModelManager
+from service.memory import MemoryBudget
 from service.metrics import Metrics, ModelSeries
 from service.model import ServedModel
 from service.osthreads import name_this_thread
@@ -101,6 +102,8 @@ class Core:
         self.settings = settings
         self.metrics = metrics
         self.manager = manager
+        self.memory = MemoryBudget(settings.memory_budget_bytes)
+        """Bytes in flight: request messages (service/grpc/budget.py) and decodes."""
         self._preprocess_pool = ThreadPoolExecutor(
             max_workers=settings.preprocess_workers,
             thread_name_prefix="preprocess",
@@ -340,7 +343,8 @@ class Core:
             )
         else:
             assert image.encoded is not None
-            args = (image.encoded, spec, self.settings.max_pixels, self.settings.jpeg_draft)
+            s = self.settings
+            args = (image.encoded, spec, s.max_pixels, s.jpeg_draft, self.memory)
             # Always off the event loop: even a few hundred bytes may declare millions of pixels.
             convert = pixels_from_bytes if model.metadata.pixel_input else preprocess_bytes
             if model.decodes_in_workers:  # by the worker that runs it (service.batching)

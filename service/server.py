@@ -23,6 +23,7 @@ from service._generated.inference import grpc_service_pb2_grpc as oip_grpc
 from service.core import Core
 from service.gpu import register_gpu_metrics
 from service.grpc.auth import TokenAuthInterceptor, read_token, server_credentials
+from service.grpc.budget import MessageBudgetInterceptor
 from service.grpc.classifier import ImageClassifierServicer
 from service.grpc.inference import InferenceServicer
 from service.manager import ModelManager
@@ -41,8 +42,8 @@ SERVICE_NAMES = (
 def grpc_server_options(s: ServerSettings) -> list[tuple[str, int]]:
     """The gRPC server's channel options (also used by `imgclf bench --floor`)."""
     return [
-        ("grpc.max_receive_message_length", s.max_message_bytes),
-        ("grpc.max_send_message_length", s.max_message_bytes),
+        ("grpc.max_receive_message_length", s.message_limit),
+        ("grpc.max_send_message_length", s.message_limit),
         ("grpc.so_reuseport", 0),
         # gRPC core cancels calls the application has not picked up yet beyond these
         # (defaults 1000/3000): a burst should queue and meet our own admission control
@@ -93,7 +94,11 @@ class Server:
         self.metrics_port = http.server_port
         options = grpc_server_options(s)
         token = read_token(s.auth_token, s.auth_token_file)
-        interceptors = [TokenAuthInterceptor(token)] if token else []
+        # Authentication first: an unauthenticated call is refused before its message is read.
+        interceptors: list[grpc.aio.ServerInterceptor] = (
+            [TokenAuthInterceptor(token)] if token else []
+        )
+        interceptors.append(MessageBudgetInterceptor(self.core.memory, s.message_limit))
         self._grpc = grpc.aio.server(options=options, interceptors=interceptors)
         pb_grpc.add_ImageClassifierServicer_to_server(
             ImageClassifierServicer(self.core), self._grpc

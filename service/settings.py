@@ -113,8 +113,12 @@ class ServerSettings(BaseSettings):
     twice the model's resize (much faster; not bit-identical to a full decode)."""
     max_pixels: int = Field(40_000_000, ge=1)
     """Largest image (width x height) accepted, checked before decoding."""
-    max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024)
-    """Largest gRPC message received or sent."""
+    memory_budget_bytes: int = Field(1024 * 1024 * 1024, ge=1024 * 1024)
+    """Memory that requests may hold in flight (messages being received and served, images
+    being decoded); beyond it, requests get RESOURCE_EXHAUSTED at once (SECURITY.md)."""
+    max_message_bytes: int = Field(0, ge=0)
+    """Largest gRPC message received or sent (0: the memory budget / 32, so that 16 messages
+    of the largest size fit in the budget at once)."""
     pre_drain_delay_s: float = Field(0.0, ge=0)
     """On SIGTERM/SIGINT: keep serving this long after readiness turns NOT_SERVING, so load
     balancers stop routing here first."""
@@ -138,6 +142,11 @@ class ServerSettings(BaseSettings):
     @property
     def preprocess_workers(self) -> int:
         return self.preprocess_threads or cpus()
+
+    @property
+    def message_limit(self) -> int:
+        """The effective --max-message-bytes."""
+        return self.max_message_bytes or self.memory_budget_bytes // 32
 
     @property
     def metrics_bind(self) -> str:

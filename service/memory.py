@@ -1,0 +1,100 @@
+"""The server's memory budget: bytes that requests hold in flight, reserved before they are
+spent and refused at once (RESOURCE_EXHAUSTED) beyond the budget.
+
+Two kinds of reservation draw on one budget: a request message while it is received and parsed
+(service/grpc/budget.py) and an image while it is decoded (service/imaging.py, from the header,
+before any pixel is decoded). Released memory is handed back to the operating system with
+glibc's `malloc_trim` once enough has been freed, so a burst of large requests does not leave
+the process at its peak.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from service.errors import MemoryExhausted
+
+log = logging.getLogger(__name__)
+
+TRIM_AFTER_BYTES = 64 * 1024 * 1024
+"""Call malloc_trim once this much reserved memory has been released since the last trim."""
+
+
+def _malloc_trim() -> Callable[[], None]:
+    """glibc's malloc_trim(0) (returns freed heap and arena memory to the OS); a no-op where
+    the C library has none (musl, macOS)."""
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        trim = None
+    if trim is None:
+        return lambda: None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return lambda: trim(0) and None
+
+
+class MemoryBudget:
+    """A thread-safe byte budget: `reserve` or refuse at once, never wait."""
+
+    def __init__(self, limit_bytes: int, trim: Callable[[], None] | None = None) -> None:
+        self.limit = limit_bytes
+        self._held = 0
+        self._peak = 0
+        self._released_since_trim = 0
+        self._lock = threading.Lock()
+        self._trim = trim if trim is not None else _malloc_trim()
+
+    @property
+    def held(self) -> int:
+        """Bytes reserved now."""
+        return self._held
+
+    @property
+    def peak(self) -> int:
+        """Most bytes ever reserved at once."""
+        return self._peak
+
+    def try_reserve(self, nbytes: int) -> bool:
+        """Reserve `nbytes` if they fit in what is left; False (nothing reserved) if not."""
+        with self._lock:
+            if self._held + nbytes > self.limit:
+                return False
+            self._held += nbytes
+            self._peak = max(self._peak, self._held)
+            return True
+
+    def release(self, nbytes: int) -> None:
+        """Give back a reservation; trims the heap once enough has come back."""
+        with self._lock:
+            self._held -= nbytes
+            self._released_since_trim += nbytes
+            trim = self._released_since_trim >= TRIM_AFTER_BYTES
+            if trim:
+                self._released_since_trim = 0
+        if trim:
+            self._trim()
+
+    def reserve(self, nbytes: int, what: str) -> None:
+        """Reserve or raise MemoryExhausted (RESOURCE_EXHAUSTED: retry later)."""
+        if not self.try_reserve(nbytes):
+            raise MemoryExhausted(
+                f"server memory budget exhausted: {what} needs {nbytes / 2**20:.1f} MiB, "
+                f"{max(0, self.limit - self._held) / 2**20:.1f} MiB of "
+                f"{self.limit / 2**20:.0f} MiB free; retry later"
+            )
+
+    @contextmanager
+    def held_for(self, nbytes: int, what: str) -> Iterator[None]:
+        """Hold `nbytes` for the body of the with statement (see reserve)."""
+        self.reserve(nbytes, what)
+        try:
+            yield
+        finally:
+            self.release(nbytes)
