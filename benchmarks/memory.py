@@ -8,7 +8,7 @@ clients at once send what costs it the most memory, and what it holds afterwards
 Phases, each `--concurrency` clients x `--requests` calls at once (loopback only, bounded):
 
 - `messages`: Classify requests of `--message-mib` MiB of random bytes (the largest message
-  the server accepts by default is budget/32: 32 MiB; refused as INVALID_ARGUMENT after
+  the server accepts by default is budget/48: 21.3 MiB; refused as INVALID_ARGUMENT after
   receipt, or RESOURCE_EXHAUSTED when the memory budget is full);
 - `png16`: a 90 KB 6300x6300 16-bit greyscale PNG (39.7 M pixels, under --max-pixels);
 - `rgba`: a 6300x6300 RGBA PNG (the mode that costs the most per pixel to decode);
@@ -130,12 +130,13 @@ async def run_phase(
     concurrency: int,
     requests: int,
     settle: float,
+    model: str,
     metadata: tuple[tuple[str, str], ...] = (),
 ) -> Phase:
     assert target.pid is not None
     chans = channels(target.address, concurrency)
     stubs = [pb_grpc.ImageClassifierStub(c) for c in chans]
-    request = pb.ClassifyRequest(images=[pb.Image(encoded=payload)], top_k=1)
+    request = pb.ClassifyRequest(model=model, images=[pb.Image(encoded=payload)], top_k=1)
     codes: Counter[str] = Counter()
 
     async def client(stub: pb_grpc.ImageClassifierStub) -> None:
@@ -162,9 +163,11 @@ async def run_phase(
     )  # fmt: skip
 
 
-async def serves(target: Target) -> bool:
+async def serves(target: Target, model: str) -> bool:
     [chan] = channels(target.address, 1)
-    request = pb.ClassifyRequest(images=[pb.Image(encoded=sample_image("photo"))], top_k=1)
+    request = pb.ClassifyRequest(
+        model=model, images=[pb.Image(encoded=sample_image("photo"))], top_k=1
+    )
     outcome = await classify(pb_grpc.ImageClassifierStub(chan), request, timeout=30)
     await chan.close()
     return outcome.code == "OK"
@@ -187,15 +190,16 @@ async def measure(target: Target, args: argparse.Namespace, log: Callable[[str],
         if name == "unauthenticated":
             continue
         phase = await run_phase(
-            target, name, PAYLOADS[name](args), args.concurrency, args.requests, args.settle
-        )
+            target, name, PAYLOADS[name](args), args.concurrency, args.requests, args.settle,
+            args.model,
+        )  # fmt: skip
         log(
             f"{name:10s} {phase.payload_bytes / MIB:8.2f} MiB x {phase.calls:3d}: "
             f"peak {phase.peak_mib:7.1f} MiB, held after {phase.held_after_mib:7.1f} MiB, "
             f"{phase.seconds:6.2f} s, {phase.codes}"
         )
         phases.append(phase)
-    ok = await serves(target)
+    ok = await serves(target, args.model)
     peak = max([baseline, *(p.peak_mib for p in phases)])
     return Report(
         target.address, args.concurrency, round(baseline, 1), phases, peak, ok, args.limit_mib
@@ -207,7 +211,7 @@ async def measure_unauthenticated(
 ) -> Phase:
     phase = await run_phase(
         target, "unauthenticated", PAYLOADS["messages"](args), args.concurrency, args.requests,
-        args.settle, metadata=(("authorization", "Bearer wrong"),),
+        args.settle, args.model, metadata=(("authorization", "Bearer wrong"),),
     )  # fmt: skip
     log(
         f"unauthenticated {phase.payload_bytes / MIB:.2f} MiB x {phase.calls}: "
@@ -219,12 +223,13 @@ async def measure_unauthenticated(
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model-repository", type=Path, default=REPO_ROOT / "models")
+    p.add_argument("--model", default="efficientnet_lite0")
     p.add_argument("--server-args", default="", help="extra `imgclf serve` arguments (quoted)")
     p.add_argument("--target", help="an already running server (host:port); needs --pid")
     p.add_argument("--pid", type=int, help="process id of the --target server")
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--requests", type=int, default=2, help="calls per client per phase")
-    p.add_argument("--message-mib", type=float, default=31.0)
+    p.add_argument("--message-mib", type=float, default=21.0)
     p.add_argument(
         "--phases", nargs="+", default=["messages", "png16", "rgba", "jpeg"],
         choices=[*PAYLOADS, "unauthenticated"],

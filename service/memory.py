@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,17 +24,50 @@ from service.errors import MemoryExhausted
 log = logging.getLogger(__name__)
 
 TRIM_AFTER_BYTES = 64 * 1024 * 1024
-"""Call malloc_trim once this much reserved memory has been released since the last trim."""
+"""Collect garbage and call malloc_trim once this much reserved memory has been released
+since the last time."""
+TRIM_DELAY_S = 0.2
+"""... that long after the release that crossed the threshold (the releasing call frees its
+buffers right after; the trim catches those of the calls that end meanwhile too)."""
+
+
+MMAP_THRESHOLD_BYTES = 1024 * 1024
+"""Allocations from this size up get their own mapping, unmapped (returned to the OS) when
+freed. glibc's default starts at 128 KiB but raises itself to the largest block freed (up to
+32 MiB), after which request-sized buffers come from the heap and stay resident."""
+ARENA_MAX = 2
+"""glibc malloc arenas (default: 8 per core); fewer arenas, less memory held in their free
+lists across the gRPC, decode and ONNX Runtime threads."""
+
+
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+
+
+def configure_allocator() -> bool:
+    """Set glibc malloc's mmap threshold and arena count (see MMAP_THRESHOLD_BYTES, ARENA_MAX)
+    for this process, unless the environment already sets them (MALLOC_MMAP_THRESHOLD_,
+    MALLOC_ARENA_MAX); False where the C library is not glibc."""
+    libc = _libc()
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is None:
+        return False
+    m_mmap_threshold, m_arena_max = -3, -8  # <malloc.h>
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        mallopt(m_mmap_threshold, MMAP_THRESHOLD_BYTES)
+    if "MALLOC_ARENA_MAX" not in os.environ:
+        mallopt(m_arena_max, ARENA_MAX)
+    return True
 
 
 def _malloc_trim() -> Callable[[], None]:
     """glibc's malloc_trim(0) (returns freed heap and arena memory to the OS); a no-op where
     the C library has none (musl, macOS)."""
-    name = ctypes.util.find_library("c")
-    try:
-        trim = ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):
-        trim = None
+    trim = getattr(_libc(), "malloc_trim", None)
     if trim is None:
         return lambda: None
     trim.argtypes = [ctypes.c_size_t]
@@ -48,6 +83,7 @@ class MemoryBudget:
         self._held = 0
         self._peak = 0
         self._released_since_trim = 0
+        self._trim_pending = False
         self._lock = threading.Lock()
         self._trim = trim if trim is not None else _malloc_trim()
 
@@ -75,11 +111,22 @@ class MemoryBudget:
         with self._lock:
             self._held -= nbytes
             self._released_since_trim += nbytes
-            trim = self._released_since_trim >= TRIM_AFTER_BYTES
+            trim = self._released_since_trim >= TRIM_AFTER_BYTES and not self._trim_pending
             if trim:
                 self._released_since_trim = 0
-        if trim:
-            self._trim()
+                self._trim_pending = True
+        if trim:  # shortly after: the caller still holds what it is releasing
+            timer = threading.Timer(TRIM_DELAY_S, self._trim_now)
+            timer.daemon = True
+            timer.start()
+
+    def _trim_now(self) -> None:
+        with self._lock:
+            self._trim_pending = False
+        # A refused call's buffers hang on reference cycles (the abort's traceback holds the
+        # frames that hold the message): free them now, not at the next full collection.
+        gc.collect()
+        self._trim()
 
     def reserve(self, nbytes: int, what: str) -> None:
         """Reserve or raise MemoryExhausted (RESOURCE_EXHAUSTED: retry later)."""

@@ -27,6 +27,7 @@ from service.grpc.budget import MessageBudgetInterceptor
 from service.grpc.classifier import ImageClassifierServicer
 from service.grpc.inference import InferenceServicer
 from service.manager import ModelManager
+from service.memory import configure_allocator
 from service.metrics import Metrics
 from service.protopool import reflection_pool
 from service.settings import ServerSettings
@@ -168,6 +169,7 @@ class Server:
 
 async def serve(settings: ServerSettings) -> None:
     """Run the server until SIGTERM or SIGINT, then drain and return."""
+    configure_allocator()
     server = Server(settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

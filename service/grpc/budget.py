@@ -28,10 +28,10 @@ from service.memory import MemoryBudget
 
 log = logging.getLogger(__name__)
 
-MESSAGE_COPIES = 2
-"""A message is in memory twice while it is served: the bytes received and the parsed
-message (protobuf copies the image bytes out of the wire buffer). The default
---max-message-bytes (budget / 32) lets 16 messages of the largest size be held at once."""
+MESSAGE_COPIES = 3
+"""A message is in memory up to three times while it is served: the bytes received, the parsed
+message, and the image bytes taken out of it (protobuf hands out a copy). The default
+--max-message-bytes (budget / 48) lets 16 messages of the largest size be held at once."""
 
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
 
