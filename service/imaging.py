@@ -67,12 +67,11 @@ class Preprocessing:
 DECODE_BYTES_PER_PIXEL = 8
 """The decode memory budget per image: at most this many bytes per pixel (the pixels as
 Pillow stores the decoded mode, at most 4, plus the 8-bit L or RGB image they become, at most
-4), plus DECODE_OVERHEAD_BYTES, reserved from the header before decoding (see decode_cost).
-With the default --max-pixels of 40 M, one image may take at most 352 MB while it is
-decoded."""
-DECODE_OVERHEAD_BYTES = 32 * 1024 * 1024
-"""Per decode, beside the pixels: the decoder's own state and the strips of the 8-bit
-conversion (measured: 11 MB for a 6300x6300 16-bit PNG)."""
+4), plus the strips of the 8-bit conversion and the decoder's state, reserved from the
+header before decoding (see decode_cost). With the default --max-pixels of 40 M, one image
+may take at most about 350 MB while it is decoded."""
+DECODE_OVERHEAD_BYTES = 1024 * 1024
+"""Per decode, beside the pixels and the strips: the decoder's own state."""
 
 _STORED_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
 """Bytes per pixel of a decoded Pillow image by mode; every other mode takes 4."""
@@ -93,6 +92,8 @@ _ORIENTATIONS = {
 
 _STRIP_ROWS = 256
 """Rows converted at a time from 16/32-bit grey to 8 bits (bounds the temporary arrays)."""
+_STRIP_BYTES_PER_PIXEL = 16
+"""Temporaries per pixel of a strip: the cropped rows, their array, float64 for 32-bit grey."""
 
 _TO_8BIT_16 = ((np.arange(65536, dtype=np.uint64) * 255 + 32767) // 65535).astype(np.uint8)
 """16-bit -> 8-bit grey, rounded: the same bits as floor(v / 65535 * 255 + 0.5)."""
@@ -101,10 +102,11 @@ _TO_8BIT_16 = ((np.arange(65536, dtype=np.uint64) * 255 + 32767) // 65535).astyp
 def decode_cost(mode: str, width: int, height: int) -> int:
     """Bytes one image of this mode and size takes while it is decoded and made 8-bit:
     its pixels as stored plus the L (grey modes) or RGB image they become (Pillow keeps RGB
-    at 4 bytes per pixel), and DECODE_OVERHEAD_BYTES. At most DECODE_BYTES_PER_PIXEL per
-    pixel."""
+    at 4 bytes per pixel), the strips of the conversion and DECODE_OVERHEAD_BYTES. At most
+    DECODE_BYTES_PER_PIXEL per pixel beside the strips and the overhead."""
     out = 1 if mode in _GREY_MODES else 4
-    return width * height * (_STORED_BYTES.get(mode, 4) + out) + DECODE_OVERHEAD_BYTES
+    strips = _STRIP_ROWS * width * _STRIP_BYTES_PER_PIXEL
+    return width * height * (_STORED_BYTES.get(mode, 4) + out) + strips + DECODE_OVERHEAD_BYTES
 
 
 def decode_image(
