@@ -23,6 +23,20 @@ from service.errors import MemoryExhausted
 
 log = logging.getLogger(__name__)
 
+MESSAGE_COPIES = 3
+"""A request message is in memory up to three times while it is served: the bytes received,
+the parsed message, and the image bytes taken out of it (protobuf hands out a copy);
+measured with benchmarks/memory.py."""
+MESSAGE_SLOTS = 16
+"""Largest-size messages the budget holds at once: the default --max-message-bytes is the
+budget / (MESSAGE_COPIES x MESSAGE_SLOTS)."""
+
+
+def default_message_limit(budget_bytes: int) -> int:
+    """The message-size limit a memory budget affords (see MESSAGE_SLOTS)."""
+    return budget_bytes // (MESSAGE_COPIES * MESSAGE_SLOTS)
+
+
 TRIM_AFTER_BYTES = 64 * 1024 * 1024
 """Collect garbage and call malloc_trim once this much reserved memory has been released
 since the last time."""
@@ -106,10 +120,13 @@ class MemoryBudget:
             self._peak = max(self._peak, self._held)
             return True
 
-    def release(self, nbytes: int) -> None:
-        """Give back a reservation; trims the heap once enough has come back."""
+    def release(self, nbytes: int, freed: bool = True) -> None:
+        """Give back a reservation; trims the heap once enough freed memory has come back
+        (`freed=False`: the bytes were reserved but never allocated, e.g. a worst case)."""
         with self._lock:
             self._held -= nbytes
+            if not freed:
+                return
             self._released_since_trim += nbytes
             trim = self._released_since_trim >= TRIM_AFTER_BYTES and not self._trim_pending
             if trim:

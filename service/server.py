@@ -99,7 +99,9 @@ class Server:
         interceptors: list[grpc.aio.ServerInterceptor] = (
             [TokenAuthInterceptor(token)] if token else []
         )
-        interceptors.append(MessageBudgetInterceptor(self.core.memory, s.message_limit))
+        interceptors.append(
+            MessageBudgetInterceptor(self.core.memory, s.message_limit, self.core.reject)
+        )
         self._grpc = grpc.aio.server(options=options, interceptors=interceptors)
         pb_grpc.add_ImageClassifierServicer_to_server(
             ImageClassifierServicer(self.core), self._grpc

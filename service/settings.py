@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.cpus import cpus
+from service.memory import default_message_limit
 
 
 class ServerSettings(BaseSettings):
@@ -146,7 +147,7 @@ class ServerSettings(BaseSettings):
     @property
     def message_limit(self) -> int:
         """The effective --max-message-bytes."""
-        return self.max_message_bytes or self.memory_budget_bytes // 48
+        return self.max_message_bytes or default_message_limit(self.memory_budget_bytes)
 
     @property
     def metrics_bind(self) -> str:

@@ -23,15 +23,10 @@ from typing import Any
 
 import grpc
 
-from service.errors import MemoryExhausted
-from service.memory import MemoryBudget
+from service.errors import ImgclfError, MemoryExhausted
+from service.memory import MESSAGE_COPIES, MemoryBudget
 
 log = logging.getLogger(__name__)
-
-MESSAGE_COPIES = 3
-"""A message is in memory up to three times while it is served: the bytes received, the parsed
-message, and the image bytes taken out of it (protobuf hands out a copy). The default
---max-message-bytes (budget / 48) lets 16 messages of the largest size be held at once."""
 
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
 
@@ -39,9 +34,16 @@ EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
 class MessageBudgetInterceptor(grpc.aio.ServerInterceptor):
     """Holds each unary request's message inside the memory budget (see the module doc)."""
 
-    def __init__(self, budget: MemoryBudget, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        budget: MemoryBudget,
+        max_message_bytes: int,
+        on_refused: Callable[[ImgclfError], None] = lambda error: None,
+    ) -> None:
         self._budget = budget
         self._worst = max_message_bytes * MESSAGE_COPIES
+        self._on_refused = on_refused
+        """Counts a refusal (the core's metrics): the call never reaches the core."""
 
     async def intercept_service(
         self,
@@ -57,7 +59,7 @@ class MessageBudgetInterceptor(grpc.aio.ServerInterceptor):
         return self._accounted(handler)
 
     def _accounted(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        budget, worst = self._budget, self._worst
+        budget, worst, on_refused = self._budget, self._worst, self._on_refused
         deserialize = handler.request_deserializer
         behaviour = handler.unary_unary
 
@@ -66,6 +68,7 @@ class MessageBudgetInterceptor(grpc.aio.ServerInterceptor):
                 error = MemoryExhausted(
                     "server memory budget exhausted by requests in flight; retry later"
                 )
+                on_refused(error)
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
             held = worst
             try:
@@ -73,10 +76,17 @@ class MessageBudgetInterceptor(grpc.aio.ServerInterceptor):
                 if raw is grpc.aio.EOF:
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no request message")
                 actual = len(raw) * MESSAGE_COPIES
-                budget.release(held - actual)
+                budget.release(held - actual, freed=False)  # the worst case was never allocated
                 held = actual
-                request = deserialize(raw) if deserialize is not None else raw
+                try:
+                    request = deserialize(raw) if deserialize is not None else raw
+                except Exception:
+                    request = None
                 del raw
+                if request is None:
+                    await context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT, "request message could not be parsed"
+                    )
                 return await behaviour(request, context)
             finally:
                 budget.release(held)
