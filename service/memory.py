@@ -128,14 +128,21 @@ class MemoryBudget:
             if not freed:
                 return
             self._released_since_trim += nbytes
-            trim = self._released_since_trim >= TRIM_AFTER_BYTES and not self._trim_pending
-            if trim:
-                self._released_since_trim = 0
-                self._trim_pending = True
-        if trim:  # shortly after: the caller still holds what it is releasing
-            timer = threading.Timer(TRIM_DELAY_S, self._trim_now)
-            timer.daemon = True
-            timer.start()
+            if self._released_since_trim < TRIM_AFTER_BYTES:
+                return
+        self.trim_soon()
+
+    def trim_soon(self) -> None:
+        """Collect garbage and trim the heap shortly (the releasing caller still holds what
+        it released; a refusal may be owed to reservations that hang on reference cycles)."""
+        with self._lock:
+            if self._trim_pending:
+                return
+            self._released_since_trim = 0
+            self._trim_pending = True
+        timer = threading.Timer(TRIM_DELAY_S, self._trim_now)
+        timer.daemon = True
+        timer.start()
 
     def _trim_now(self) -> None:
         with self._lock:
