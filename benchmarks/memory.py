@@ -8,7 +8,7 @@ clients at once send what costs it the most memory, and what it holds afterwards
 Phases, each `--concurrency` clients x `--requests` calls at once (loopback only, bounded):
 
 - `messages`: Classify requests of `--message-mib` MiB of random bytes (the largest message
-  the server accepts by default is budget/48: 21.3 MiB; refused as INVALID_ARGUMENT after
+  the server accepts by default is budget/64: 16 MiB; refused as INVALID_ARGUMENT after
   receipt, or RESOURCE_EXHAUSTED when the memory budget is full);
 - `png16`: a 90 KB 6300x6300 16-bit greyscale PNG (39.7 M pixels, under --max-pixels);
 - `rgba`: a 6300x6300 RGBA PNG (the mode that costs the most per pixel to decode);
@@ -237,7 +237,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--pid", type=int, help="process id of the --target server")
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--requests", type=int, default=2, help="calls per client per phase")
-    p.add_argument("--message-mib", type=float, default=21.0)
+    p.add_argument("--message-mib", type=float, default=15.9)
     p.add_argument(
         "--phases", nargs="+", default=["messages", "png16", "rgba", "jpeg"],
         choices=[*PAYLOADS, "unauthenticated"],

@@ -118,8 +118,8 @@ class ServerSettings(BaseSettings):
     """Memory that requests may hold in flight (messages being received and served, images
     being decoded); beyond it, requests get RESOURCE_EXHAUSTED at once (SECURITY.md)."""
     max_message_bytes: int = Field(0, ge=0)
-    """Largest gRPC message received or sent (0: the memory budget / 48, so that 16 messages
-    of the largest size fit in the budget at once, each held up to three times)."""
+    """Largest gRPC message received or sent (0: the memory budget / 64, so that 16 messages
+    of the largest size fit in the budget at once, each held up to four times)."""
     pre_drain_delay_s: float = Field(0.0, ge=0)
     """On SIGTERM/SIGINT: keep serving this long after readiness turns NOT_SERVING, so load
     balancers stop routing here first."""

@@ -7,7 +7,8 @@ claimed when the call arrives, before its message is read:
    RESOURCE_EXHAUSTED; a refused call is answered by a request-streaming handler that never
    reads, so its message is not received into memory (gRPC resets the stream);
 2. once the message is read, keep only what it really takes (its size x MESSAGE_COPIES: the
-   received bytes, the parsed message, the image bytes taken out of it) for the call's life;
+   receive buffer and bytes, the parsed message, the image bytes taken out of it) for the
+   call's life;
 3. give it back when the call ends, however it ends: at the end of the handler, or, for a call
    that ended before its message arrived, when gRPC drops the call's handler.
 
@@ -20,6 +21,7 @@ unchanged: each of their messages is bounded by `max_message_bytes` and read one
 from __future__ import annotations
 
 import logging
+import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -55,6 +57,18 @@ class _Hold:
 
     def __del__(self) -> None:
         self.release()
+
+
+def _drop_frames(exc: BaseException | None) -> None:
+    """Clear the locals of the finished frames in an exception's tracebacks (its context and
+    cause included). gRPC keeps an abort's exception on the call, whose handler frames hold
+    the call: a reference cycle that would keep the request (and its image bytes) alive until
+    the next garbage collection, long after its reservation was released."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        traceback.clear_frames(exc.__traceback__)
+        exc = exc.__context__ or exc.__cause__
 
 
 def _refusing(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
@@ -115,6 +129,9 @@ def _accounted(handler: grpc.RpcMethodHandler, hold: _Hold) -> grpc.RpcMethodHan
     async def serve(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await behaviour(request, context)
+        except BaseException as exc:
+            _drop_frames(exc)
+            raise
         finally:
             hold.release()
 

@@ -48,6 +48,6 @@ def test_allocator_settings_apply_on_glibc() -> None:
 
 
 def test_default_message_limit_follows_the_budget() -> None:
-    settings = ServerSettings(memory_budget_bytes=480 << 20)
+    settings = ServerSettings(memory_budget_bytes=640 << 20)
     assert settings.message_limit == 10 << 20
     assert ServerSettings(max_message_bytes=4096).message_limit == 4096
