@@ -16,6 +16,7 @@ import gc
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -41,6 +42,8 @@ def default_message_limit(budget_bytes: int) -> int:
 TRIM_AFTER_BYTES = 64 * 1024 * 1024
 """Collect garbage and call malloc_trim once this much reserved memory has been released
 since the last time."""
+TRIM_INTERVAL_S = 1.0
+"""At most one collection and trim per this many seconds (a full collection holds the GIL)."""
 TRIM_DELAY_S = 0.2
 """... that long after the release that crossed the threshold (the releasing call frees its
 buffers right after; the trim catches those of the calls that end meanwhile too)."""
@@ -99,6 +102,7 @@ class MemoryBudget:
         self._peak = 0
         self._released_since_trim = 0
         self._trim_pending = False
+        self._last_trim = -TRIM_INTERVAL_S
         self._lock = threading.Lock()
         self._trim = trim if trim is not None else _malloc_trim()
 
@@ -121,12 +125,13 @@ class MemoryBudget:
             self._peak = max(self._peak, self._held)
             return True
 
-    def release(self, nbytes: int, freed: bool = True) -> None:
-        """Give back a reservation; trims the heap once enough freed memory has come back
-        (`freed=False`: the bytes were reserved but never allocated, e.g. a worst case)."""
+    def release(self, nbytes: int, trim: bool = True) -> None:
+        """Give back a reservation; trims the heap once TRIM_AFTER_BYTES have come back
+        (`trim=False`: nothing to trim, e.g. a worst case never allocated, or memory that goes
+        back to the OS by itself when freed)."""
         with self._lock:
             self._held -= nbytes
-            if not freed:
+            if not trim:
                 return
             self._released_since_trim += nbytes
             if self._released_since_trim < TRIM_AFTER_BYTES:
@@ -141,13 +146,15 @@ class MemoryBudget:
                 return
             self._released_since_trim = 0
             self._trim_pending = True
-        timer = threading.Timer(TRIM_DELAY_S, self._trim_now)
+            delay = max(TRIM_DELAY_S, self._last_trim + TRIM_INTERVAL_S - time.monotonic())
+        timer = threading.Timer(delay, self._trim_now)
         timer.daemon = True
         timer.start()
 
     def _trim_now(self) -> None:
         with self._lock:
             self._trim_pending = False
+            self._last_trim = time.monotonic()
         # A refused call's buffers hang on reference cycles (the abort's traceback holds the
         # frames that hold the message): free them now, not at the next full collection.
         gc.collect()

@@ -48,7 +48,7 @@ class _Hold:
         """Keep `nbytes` (the message's real cost); the rest was never allocated."""
         excess, self._nbytes = self._nbytes - nbytes, nbytes
         if excess > 0:
-            self._budget.release(excess, freed=False)
+            self._budget.release(excess, trim=False)
 
     def release(self) -> None:
         nbytes, self._nbytes = self._nbytes, 0

@@ -34,7 +34,7 @@ def test_trims_shortly_after_large_releases(monkeypatch: pytest.MonkeyPatch) -> 
     budget.release(memory.TRIM_AFTER_BYTES - 1)
     assert not trimmed.wait(0.1)
     budget.reserve(memory.TRIM_AFTER_BYTES, "a worst case never allocated")
-    budget.release(memory.TRIM_AFTER_BYTES, freed=False)
+    budget.release(memory.TRIM_AFTER_BYTES, trim=False)
     assert not trimmed.wait(0.1)
     budget.reserve(1, "the byte that crosses")
     budget.release(1)
