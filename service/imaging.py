@@ -306,7 +306,7 @@ def pixels_from_bytes(
         img = decode_8bit(data, max_pixels=max_pixels, min_shorter_side=min_side, hold=hold)
         img = resize_and_crop(img, spec)
     finally:
-        if held:  # Pillow's image blocks are mapped and unmapped: no heap to trim
+        if held:  # Pillow's large image blocks are mapped and unmapped: no heap to trim
             budget.release(held, trim=False)  # type: ignore[union-attr]
     return np.asarray(img if img.mode == "RGB" else img.convert("RGB"), dtype=np.uint8)
 

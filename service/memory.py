@@ -49,13 +49,12 @@ TRIM_DELAY_S = 0.2
 buffers right after; the trim catches those of the calls that end meanwhile too)."""
 
 
-MMAP_THRESHOLD_BYTES = 1024 * 1024
+MMAP_THRESHOLD_BYTES = 4 * 1024 * 1024
 """Allocations from this size up get their own mapping, unmapped (returned to the OS) when
 freed. glibc's default starts at 128 KiB but raises itself to the largest block freed (up to
-32 MiB), after which request-sized buffers come from the heap and stay resident."""
-ARENA_MAX = 2
-"""glibc malloc arenas (default: 8 per core); fewer arenas, less memory held in their free
-lists across the gRPC, decode and ONNX Runtime threads."""
+32 MiB), after which request-sized buffers come from the heap and stay resident. 1 MiB cost
+a quarter of the throughput of a small model (map/unmap and page faults per decode), and so
+did 2 malloc arenas instead of glibc's default (measured with `imgclf bench`, ABAB)."""
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -67,18 +66,15 @@ def _libc() -> ctypes.CDLL | None:
 
 
 def configure_allocator() -> bool:
-    """Set glibc malloc's mmap threshold and arena count (see MMAP_THRESHOLD_BYTES, ARENA_MAX)
-    for this process, unless the environment already sets them (MALLOC_MMAP_THRESHOLD_,
-    MALLOC_ARENA_MAX); False where the C library is not glibc."""
-    libc = _libc()
-    mallopt = getattr(libc, "mallopt", None)
+    """Set glibc malloc's mmap threshold (see MMAP_THRESHOLD_BYTES) for this process, unless
+    the environment already sets it (MALLOC_MMAP_THRESHOLD_); False where the C library is not
+    glibc."""
+    mallopt = getattr(_libc(), "mallopt", None)
     if mallopt is None:
         return False
-    m_mmap_threshold, m_arena_max = -3, -8  # <malloc.h>
+    m_mmap_threshold = -3  # <malloc.h>
     if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
         mallopt(m_mmap_threshold, MMAP_THRESHOLD_BYTES)
-    if "MALLOC_ARENA_MAX" not in os.environ:
-        mallopt(m_arena_max, ARENA_MAX)
     return True
 
 
