@@ -8,6 +8,13 @@ Nothing here imports grpc.
 
 from __future__ import annotations
 
+import re
+
+MAX_MESSAGE_CHARS = 400
+"""Longest status message a client is sent; longer ones lose their middle (echoed input)."""
+ABSOLUTE_PATH = re.compile(r"(?<![\w.~/-])/(?:[\w.@+~-]+/)+([\w.@+~-]*)")
+"""An absolute file path (at least one folder deep), not part of a relative one."""
+
 
 class ImgclfError(Exception):
     """Base of every error the service reports to a client."""
@@ -26,6 +33,13 @@ class InvalidInput(ImgclfError):
 
     code = "INVALID_ARGUMENT"
     reason = "invalid_input"
+
+
+class InvalidModelName(InvalidInput):
+    """A model name that is not a plain folder name of the repository (separators, `..`, an
+    absolute path, odd characters, or a folder linking outside the repository)."""
+
+    reason = "bad_model_name"
 
 
 class ModelNotFound(ImgclfError):
@@ -48,8 +62,10 @@ class QueueFull(ImgclfError):
     code = "RESOURCE_EXHAUSTED"
     reason = "queue_full"
 
-    def __init__(self, message: str, retry_after_ms: int | None = None) -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str, retry_after_ms: int | None = None, reason: str | None = None
+    ) -> None:
+        super().__init__(message, reason)
         self.retry_after_ms = retry_after_ms
 
 
@@ -86,3 +102,16 @@ class InferenceFailed(ImgclfError):
 
     code = "INTERNAL"
     reason = "inference_failed"
+
+
+def redact(text: str) -> str:
+    """What of a message may reach a client: absolute paths cut to their last component
+    (`.../name`), and at most MAX_MESSAGE_CHARS characters, the middle elided, so that input
+    echoed back (a model name of a megabyte) neither bloats the status nor hides its end."""
+    text = ABSOLUTE_PATH.sub(lambda m: f".../{m.group(1)}", text)
+    if len(text) <= MAX_MESSAGE_CHARS:
+        return text
+    keep = MAX_MESSAGE_CHARS - 40  # room for the marker
+    marker = f"...[{len(text) - keep} characters cut]..."
+    head = keep // 2
+    return text[:head] + marker + text[len(text) - (keep - head) :]

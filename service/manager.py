@@ -20,16 +20,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from service.cores import Cores
-from service.errors import ModelControlError, ModelNotFound, ModelNotReady
+from service.errors import InvalidModelName, ModelControlError, ModelNotFound, ModelNotReady
 from service.metrics import Metrics
 from service.model import ServedModel, load_model
-from service.repository import ModelConfig, config_fingerprint, model_names, read_model_config
+from service.repository import (
+    ModelConfig,
+    ModelEntry,
+    config_fingerprint,
+    model_dir,
+    read_model_config,
+    relative_to_root,
+    scan,
+)
 from service.repository import versions as repo_versions
 from service.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
 STATES = ("LOADING", "READY", "UNAVAILABLE", "FAILED")
+Fingerprint = tuple[int, int, int]
 
 
 @dataclass
@@ -56,7 +65,13 @@ class ModelManager:
         self.status: dict[str, dict[int, VersionStatus]] = {}
         self._wanted: set[str] = set()
         """Models that should be serving (readiness is judged against these)."""
-        self._failed: dict[tuple[str, int], tuple[int, int, int]] = {}
+        self._failed: dict[tuple[str, int], Fingerprint] = {}
+        """Versions that failed to load, with the fingerprint of the files that failed."""
+        self._seen: dict[str, dict[int, Fingerprint]] = {}
+        self._seen_config: dict[str, int] = {}
+        """What the previous pass saw on disk (poll mode loads only files seen unchanged)."""
+        self._refused: set[str] = set()
+        """Repository entries refused as model names (logged once each)."""
         self._config_seen: dict[str, int] = {}
         self._bad_config: dict[str, int] = {}
         self._lock = asyncio.Lock()
@@ -124,9 +139,17 @@ class ModelManager:
         ]
         known = set(self.status)
         with contextlib.suppress(FileNotFoundError):
-            rows += [(n, 0, "UNAVAILABLE", "not loaded") for n in model_names(self.root)
+            rows += [(n, 0, "UNAVAILABLE", "not loaded") for n in self._model_names()
                      if n not in known]  # fmt: skip
         return sorted(rows)
+
+    def _model_names(self) -> list[str]:
+        """The repository's models; entries refused as names are logged (once each)."""
+        names, refused = scan(self.root)
+        for entry in sorted(set(refused) - self._refused):
+            log.warning("repository entry %r ignored: %s", entry, refused[entry])
+        self._refused = set(refused)
+        return names
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -136,13 +159,13 @@ class ModelManager:
         In explicit mode only the `load` names are loaded ("*" for every model)."""
         load = load or []
         if self.mode == "explicit":
-            names = model_names(self.root) if "*" in load else list(load)
+            names = self._model_names() if "*" in load else list(load)
         else:
-            names = model_names(self.root)
+            names = self._model_names()
         for name in names:
             try:
                 await self.load(name, _control=True)
-            except (ModelControlError, ModelNotFound) as exc:
+            except (ModelControlError, ModelNotFound, InvalidModelName) as exc:
                 log.error("model %s: %s", name, exc)
         if self.mode == "none" and not self._serving:
             raise RuntimeError(f"no model could be loaded from {self.root}")
@@ -163,13 +186,14 @@ class ModelManager:
 
     async def load(self, name: str, _control: bool = False) -> None:
         """Load (or reload) a model's wanted versions. RPC entry point in explicit mode."""
+        folder = model_dir(self.root, name)  # InvalidModelName before anything else
         if not _control and self.mode != "explicit":
             raise ModelControlError(
                 f"model control mode is {self.mode!r}; load/unload needs --model-control-mode "
                 "explicit"
             )
-        if not repo_versions(self.root / name):
-            raise ModelNotFound(f"no model {name!r} with a version in {self.root}")
+        if not repo_versions(folder):
+            raise ModelNotFound(f"no model {name!r} with a version in the model repository")
         self._wanted.add(name)
         async with self._lock:
             await self._sync(name)
@@ -180,6 +204,7 @@ class ModelManager:
             )
 
     async def unload(self, name: str) -> None:
+        model_dir(self.root, name)  # InvalidModelName before anything else
         if self.mode != "explicit":
             raise ModelControlError(
                 f"model control mode is {self.mode!r}; load/unload needs --model-control-mode "
@@ -201,6 +226,20 @@ class ModelManager:
             self.metrics.model_state.labels(model=name, version=str(version), state=s).set(
                 1 if s == state else 0
             )
+
+    def _forget(self, name: str, version: int) -> None:
+        """Drop a version that left the repository from the index and the state metric."""
+        self.status.get(name, {}).pop(version, None)
+        if not self.status.get(name):
+            self.status.pop(name, None)
+        self._failed.pop((name, version), None)
+        for s in STATES:
+            with contextlib.suppress(KeyError):
+                self.metrics.model_state.remove(name, str(version), s)
+
+    def _public(self, text: str) -> str:
+        """A reason as clients see it: paths relative to the repository root."""
+        return relative_to_root(text, self.root)
 
     def _changed(self) -> None:
         if self._on_change is not None:
@@ -234,9 +273,12 @@ class ModelManager:
         task.add_done_callback(self._retiring.discard)
 
     async def _load_version(
-        self, name: str, entry_version: int, config: ModelConfig
+        self, entry: ModelEntry, before: Fingerprint, config: ModelConfig
     ) -> ServedModel | None:
-        entry = next(e for e in repo_versions(self.root / name) if e.version == entry_version)
+        """Load one version whose files had fingerprint `before`. A failure is remembered
+        against `before` only if the files still have it afterwards: a file that changed while
+        it was read (still being copied in) is tried again, not held as failed for good."""
+        name = entry.name
         self._set_status(name, entry.version, "LOADING")
         loop = asyncio.get_running_loop()
         try:
@@ -246,10 +288,10 @@ class ModelManager:
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
             log.error("model %s version %s failed to load: %s", name, entry.version, reason)
-            self._set_status(name, entry.version, "FAILED", reason)
+            self._set_status(name, entry.version, "FAILED", self._public(reason))
             self.metrics.load_failures.labels(model=name).inc()
-            with contextlib.suppress(OSError):
-                self._failed[(name, entry.version)] = entry.fingerprint()
+            if _fingerprint(entry) == before:
+                self._failed[(name, entry.version)] = before
             return None
         model.start()
         self._set_status(name, entry.version, "READY")
@@ -258,81 +300,131 @@ class ModelManager:
         ).set(1)
         return model
 
-    async def _sync(self, name: str) -> None:
-        """Bring one model's serving versions in line with the repository and its policy."""
+    async def _sync(self, name: str, settle: bool = False) -> None:
+        """Bring one model's serving versions in line with the repository and its policy.
+
+        With `settle` (poll passes), a version whose files changed since the previous pass is
+        not loaded yet (it may still be being copied in): it counts once two passes in a row
+        saw the same files. A serving version whose folder is gone leaves service (after a
+        replacement the policy allows has loaded, if any); a version gone from disk and out
+        of service leaves the index and `imgclf_model_state`."""
         self.metrics.load_failures.labels(model=name)  # the series exists (at 0) from the start
-        model_dir = self.root / name
-        entries = repo_versions(model_dir)
+        try:
+            folder = model_dir(self.root, name)
+        except InvalidModelName:  # now links outside the repository: as good as gone
+            folder = None
+        entries: dict[int, tuple[ModelEntry, Fingerprint]] = {}
+        for e in repo_versions(folder) if folder is not None else []:
+            fingerprint = _fingerprint(e)
+            if fingerprint is not None:  # gone meanwhile: absent
+                entries[e.version] = (e, fingerprint)
+        on_disk = {v: fp for v, (_, fp) in entries.items()}
+        seen, self._seen[name] = self._seen.get(name, {}), on_disk
         serving = self._serving.get(name, {})
         if not entries:
             for version in list(serving):
                 self._retire(name, version, "removed from the repository")
+            self._forget_missing(name, on_disk)
             self._changed()
             return
-        config_print = config_fingerprint(model_dir)
+        assert folder is not None
+        config_print = config_fingerprint(folder)
+        seen_config, self._seen_config[name] = self._seen_config.get(name), config_print
+        if settle and seen_config is not None and seen_config != config_print:
+            return  # config.json is changing: wait for a pass that sees it unchanged
         if self._bad_config.get(name) == config_print:
             return  # the same bad config.json failed before: wait for a change
         try:
-            config = read_model_config(model_dir)
+            config = read_model_config(folder)
         except Exception as exc:
             self._bad_config[name] = config_print
-            reason = f"bad {model_dir / 'config.json'}: {exc}"
+            reason = f"bad {folder / 'config.json'}: {exc}"
             log.error("model %s: %s", name, reason)
-            for e in entries[:1]:
-                if e.version not in serving:
-                    self._set_status(name, e.version, "FAILED", reason)
+            newest = max(entries)
+            if newest not in serving:
+                self._set_status(name, newest, "FAILED", self._public(reason))
             self.metrics.load_failures.labels(model=name).inc()
             return
         self._bad_config.pop(name, None)
         config_changed = self._config_seen.get(name) != config_print
         self._config_seen[name] = config_print
-        wanted = config.version_policy.select([e.version for e in entries])
-        fingerprints = {e.version: e.fingerprint() for e in entries}
+        settled = {v for v, fp in on_disk.items() if not settle or seen.get(v) == fp}
+        # A version still being written is not a candidate yet, unless it serves already.
+        wanted = config.version_policy.select(sorted(settled | (set(serving) & set(on_disk))))
         loaded: dict[int, ServedModel] = {}
         for version in wanted:
+            entry, fingerprint = entries[version]
             current = serving.get(version)
-            unchanged = current is not None and current.fingerprint == fingerprints[version]
+            unchanged = current is not None and current.fingerprint == fingerprint
             if unchanged and not config_changed:
                 continue
-            if self._failed.get((name, version)) == fingerprints[version] and not config_changed:
+            if version not in settled:
+                continue  # changing right now: keep what serves, look again next pass
+            if self._failed.get((name, version)) == fingerprint and not config_changed:
                 continue  # the same bytes failed before: wait for a change
-            model = await self._load_version(name, version, config)
+            model = await self._load_version(entry, fingerprint, config)
             if model is not None:
                 loaded[version] = model
                 self._failed.pop((name, version), None)
-        if not loaded and not any(v in serving for v in wanted) and serving:
-            log.warning(
-                "model %s: no wanted version %s loaded; keeping %s in service",
-                name, wanted, sorted(serving),
-            )  # fmt: skip
-            self._changed()
-            return
         routed = dict(serving)
         leaving: list[tuple[ServedModel, str]] = []
         for version, model in loaded.items():
             if version in routed:
                 leaving.append((routed[version], "replaced by a new load"))
             routed[version] = model
-        for version in list(routed):
-            if version not in wanted:
+        # Out-of-policy versions leave only once a wanted one serves (a failed new version
+        # keeps the old one in service); a version whose folder is gone leaves regardless.
+        any_wanted = any(v in routed for v in wanted)
+        for version in sorted(routed):
+            if version not in on_disk:
+                leaving.append((routed.pop(version), "its folder was removed from the repository"))
+            elif version not in wanted and any_wanted:
                 leaving.append((routed.pop(version), "not in the version policy any more"))
+        if not any_wanted and routed:
+            log.warning(
+                "model %s: no wanted version %s loaded; keeping %s in service",
+                name, wanted, sorted(routed),
+            )  # fmt: skip
         self._route(name, routed)
         for model, why in leaving:
             self._close_later(model, why)
+        self._forget_missing(name, on_disk)
         self._changed()
+
+    def _forget_missing(self, name: str, on_disk: dict[int, Fingerprint]) -> None:
+        """Forget the versions of `name` that are neither on disk nor serving."""
+        serving = self._serving.get(name, {})
+        for version in list(self.status.get(name, {})):
+            if version not in on_disk and version not in serving:
+                self._forget(name, version)
+        if not on_disk:
+            for memo in (self._seen, self._seen_config, self._config_seen, self._bad_config):
+                memo.pop(name, None)
 
     async def _poll(self) -> None:
         interval = self.settings.poll_interval_s
         while True:
             await asyncio.sleep(interval)
             try:
-                present = set(model_names(self.root))
-                for name in sorted(present | set(self._serving)):
-                    if name in present:
-                        self._wanted.add(name)
-                    else:
-                        self._wanted.discard(name)
-                    async with self._lock:
-                        await self._sync(name)
+                present = set(self._model_names())
             except Exception:
                 log.exception("repository poll failed; will retry")
+                continue
+            for name in sorted(present | set(self._serving) | set(self.status)):
+                if name in present:
+                    self._wanted.add(name)
+                else:
+                    self._wanted.discard(name)
+                try:
+                    async with self._lock:
+                        await self._sync(name, settle=True)
+                except Exception:
+                    log.exception("model %s: repository poll failed; will retry", name)
+
+
+def _fingerprint(entry: ModelEntry) -> Fingerprint | None:
+    """The entry's fingerprint, or None when its files are gone."""
+    try:
+        return entry.fingerprint()
+    except OSError:
+        return None

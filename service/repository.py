@@ -10,12 +10,14 @@ Optional files:
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from service.errors import InvalidModelName
 from service.settings import describe_field
 
 MODEL_FILE = "model.onnx"
@@ -148,8 +150,12 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def read_model_config(model_dir: Path) -> ModelConfig:
-    """Serving knobs from models/<name>/config.json (defaults when absent)."""
-    return ModelConfig(**read_json(model_dir / CONFIG_FILE))
+    """Serving knobs from models/<name>/config.json (defaults when absent; ValueError when it
+    links outside the repository, which is model_dir's parent)."""
+    path = model_dir / CONFIG_FILE
+    if not inside(path, model_dir.parent):
+        raise ValueError(f"{CONFIG_FILE} links outside the model repository")
+    return ModelConfig(**read_json(path))
 
 
 def config_fingerprint(model_dir: Path) -> int:
@@ -157,13 +163,52 @@ def config_fingerprint(model_dir: Path) -> int:
     return path.stat().st_mtime_ns if path.exists() else 0
 
 
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+"""A plain model name: the POSIX portable filename characters, not starting with a dot (no
+`.`, `..` or hidden folders), at most 128 characters. No separator, NUL or other character
+can reach the file system through it."""
+
+
+def check_model_name(name: str) -> str:
+    """`name` if it is a plain model name; InvalidModelName (never echoing more than the
+    error layer lets through) otherwise."""
+    if not MODEL_NAME.fullmatch(name):
+        raise InvalidModelName(
+            f"model name {name!r} is not a plain name: 1-128 letters, digits, '.', '_' or '-', "
+            "not starting with '.'"
+        )
+    return name
+
+
+def inside(path: Path, root: Path) -> bool:
+    """Whether `path`, symbolic links followed, lies inside `root` (also resolved)."""
+    try:
+        return path.resolve().is_relative_to(root.resolve())
+    except (OSError, RuntimeError):  # a loop of links, or gone meanwhile
+        return False
+
+
+def model_dir(root: Path, name: str) -> Path:
+    """The folder of model `name` in the repository at `root`: the one check every door (load
+    and unload RPCs, the start-up list, polling, the index) passes. The name must be plain
+    and the folder, links followed, must lie inside the repository (InvalidModelName)."""
+    path = root / check_model_name(name)
+    if path.exists() and not inside(path, root):
+        raise InvalidModelName(f"model {name!r} links outside the model repository")
+    return path
+
+
 def versions(model_dir: Path) -> list[ModelEntry]:
-    """Every version folder (numeric name) holding a model file, newest first."""
+    """Every version folder (numeric name) holding a model file, newest first. `model_dir` is
+    <root>/<name>; a version whose folder or model file links outside <root> is skipped."""
     if not model_dir.is_dir():
         return []
+    root = model_dir.parent
     found: dict[int, ModelEntry] = {}
     for p in sorted(model_dir.iterdir()):
         if not (p.is_dir() and p.name.isdigit() and (p / MODEL_FILE).is_file()):
+            continue
+        if not (inside(p / MODEL_FILE, root) and inside(p / CONFIG_FILE, root)):
             continue
         version = int(p.name)
         # "7" and "007" are both version 7: the canonical name wins, else the first in order.
@@ -172,8 +217,37 @@ def versions(model_dir: Path) -> list[ModelEntry]:
     return sorted(found.values(), key=lambda e: e.version, reverse=True)
 
 
-def model_names(root: Path) -> list[str]:
-    """Models in the repository (folders with at least one version), sorted."""
+def scan(root: Path) -> tuple[list[str], dict[str, str]]:
+    """(models in the repository: plain-named folders inside it with at least one version,
+    sorted; entries refused, with why). FileNotFoundError when the repository is missing."""
     if not root.is_dir():
         raise FileNotFoundError(f"model repository {root} does not exist")
-    return [p.name for p in sorted(root.iterdir()) if p.is_dir() and versions(p)]
+    names: list[str] = []
+    refused: dict[str, str] = {}
+    for p in sorted(root.iterdir()):
+        if p.name.startswith("."):
+            continue  # hidden: version control, staging folders, Kubernetes' ..data links
+        try:
+            folder = model_dir(root, p.name)
+        except InvalidModelName as exc:
+            if p.is_dir():
+                refused[p.name] = str(exc)
+            continue
+        if folder.is_dir() and versions(folder):
+            names.append(p.name)
+    return names, refused
+
+
+def model_names(root: Path) -> list[str]:
+    """Models in the repository (see scan), sorted."""
+    return scan(root)[0]
+
+
+def relative_to_root(text: str, root: Path) -> str:
+    """`text` with the repository's path taken out where a path starts (as given, absolute
+    and resolved), so that what reaches a client names files relative to the repository
+    root."""
+    for prefix in sorted({str(root), str(root.absolute()), str(root.resolve())}, key=len)[::-1]:
+        start = re.compile(r"(?<![\w.~/-])" + re.escape(prefix.rstrip("/") + "/"))
+        text = start.sub("", text)
+    return text

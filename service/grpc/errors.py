@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from service.errors import ImgclfError, QueueFull
+from service.errors import ImgclfError, QueueFull, redact
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +24,9 @@ def status_of(error: ImgclfError) -> grpc.StatusCode:
 
 
 def public_message(error: ImgclfError) -> str:
-    """What the client is told: the message, except for internal errors (logged instead)."""
-    return GENERIC_INTERNAL if error.code == "INTERNAL" else str(error)
+    """What the client is told: the message, redacted (absolute paths cut, echoed input
+    bounded: service.errors.redact), except for internal errors (logged instead)."""
+    return GENERIC_INTERNAL if error.code == "INTERNAL" else redact(str(error))
 
 
 def maps_errors(

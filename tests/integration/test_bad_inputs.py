@@ -37,6 +37,7 @@ from service._generated.inference import grpc_service_pb2 as oip_pb
 from service._generated.inference import grpc_service_pb2_grpc as oip_grpc
 from service.bench.server import ServerProcess, start_server
 from service.client import open_channel
+from service.errors import MAX_MESSAGE_CHARS
 from service.modelmeta import ModelMetadata
 from tests.images import encode
 from tests.tiny_model import make_tiny_model
@@ -455,6 +456,12 @@ OURS: dict[str, Send] = {
     "unknown-model": lambda c: c.classify(
         classify([pb.Image(encoded=solid(RED, "PNG"))], model="no-such-model")
     ),
+    "model-name-1mb": lambda c: c.classify(
+        classify([pb.Image(encoded=solid(RED, "PNG"))], model="m" * 1_000_000)
+    ),
+    "model-name-traversal": lambda c: c.classify(
+        classify([pb.Image(encoded=solid(RED, "PNG"))], model="../outside/evil")
+    ),
     "unknown-version": lambda c: c.classify(
         classify([pb.Image(encoded=solid(RED, "PNG"))], version=9)
     ),
@@ -553,6 +560,8 @@ OIP: dict[str, Send] = {
         "tiny", [bytes_input(random.Random(1).randbytes(3 * MAX_MESSAGE // 2))]
     ),
     "oip-unknown-model": lambda c: c.infer("no-such-model", [bytes_input(solid(RED, "PNG"))]),
+    "oip-model-name-1mb": lambda c: c.infer("m" * 1_000_000, [bytes_input(solid(RED, "PNG"))]),
+    "oip-model-name-traversal": lambda c: c.infer("/etc/passwd", [bytes_input(solid(RED, "PNG"))]),
     "oip-unknown-version": lambda c: c.infer(
         "tiny", [bytes_input(solid(RED, "PNG"))], model_version="9"
     ),
@@ -629,6 +638,7 @@ def test_bad_input_row(server: ServerProcess, clients: Clients, row: Row) -> Non
     SENT.append(row)
     assert outcome.code == row.code, f"{row.input}: {outcome}"
     assert row.expect in outcome.text, f"{row.input}: {outcome}"
+    assert len(outcome.text) <= MAX_MESSAGE_CHARS, f"{row.input}: {outcome.text[:200]}..."
     if outcome.code == "INTERNAL":  # never a traceback or an internal detail to the client
         assert outcome.text == "internal error; see the server log"
     assert_still_serving(clients)

@@ -37,7 +37,7 @@ def wait_for(check: Callable[[], bool], timeout: float = WAIT_S, step: float = 0
     return time.monotonic() - started
 
 
-def test_new_version_serves_within_the_poll_interval_with_no_failed_request(
+def test_new_version_serves_within_two_poll_intervals_with_no_failed_request(
     tmp_path: Path,
 ) -> None:
     repo = tmp_path / "models"

@@ -8,6 +8,7 @@ import grpc
 import pytest
 
 from service.errors import (
+    MAX_MESSAGE_CHARS,
     DeadlineExceeded,
     ImgclfError,
     InferenceFailed,
@@ -108,3 +109,11 @@ def test_maps_errors_unexpected_exception(caplog):
     _, context = call(KeyError("secret key"))
     assert context.aborted == (grpc.StatusCode.INTERNAL, GENERIC_INTERNAL)
     assert "failed unexpectedly" in caplog.text
+
+
+def test_public_message_is_redacted():
+    """A client never gets an absolute server path nor its megabyte of input echoed back."""
+    msg = public_message(ModelNotFound(f"model {'n' * 100_000!r} failed in /srv/m/1/model.onnx"))
+    assert len(msg) <= MAX_MESSAGE_CHARS
+    assert "/srv" not in msg
+    assert msg.endswith("failed in .../model.onnx")

@@ -7,14 +7,17 @@ import asyncio
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from service.errors import ModelControlError, ModelNotFound, ModelNotReady
+from service import manager as manager_module
+from service.errors import InvalidModelName, ModelControlError, ModelNotFound, ModelNotReady
 from service.manager import ModelManager
 from service.metrics import Metrics
+from tests.traversal import layout, traversal_names
 from tests.unit.service.support import (
     HANG,
     TINY_SIZE,
@@ -402,9 +405,10 @@ def test_poll_mode_picks_up_a_new_model_and_unloads_a_removed_one(tmp_path):
             shutil.rmtree(tmp_path / "a")
             await eventually(lambda: "a" not in m.serving)
             assert m.names() == ["b", "c"]
-            assert m.status["a"][1].state == "UNAVAILABLE"
+            assert "a" not in m.status  # gone from disk and from service: gone from the index
+            assert [row[0] for row in m.index()] == ["b", "c"]
             assert m.all_ready()  # a removed model is not wanted any more
-            with pytest.raises((ModelNotFound, ModelNotReady)):
+            with pytest.raises(ModelNotFound):
                 m.get("a")
 
     run(main())
@@ -427,6 +431,189 @@ def test_poll_mode_counts_an_unchanged_bad_config_once(tmp_path):
 
     run(main())
     assert load_failures(metrics, "bad") == 1
+
+
+def write_slowly(path: Path, data: bytes, chunks: int, pause: float) -> None:
+    """Copy `data` to `path` in `chunks` writes, `pause` seconds apart (a slow copy into a
+    repository being polled), then set an older mtime as `cp -p` and shutil.copy2 do."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    step = -(-len(data) // chunks)
+    with path.open("wb") as f:
+        for i in range(0, len(data), step):
+            f.write(data[i : i + step])
+            f.flush()
+            time.sleep(pause)
+    os.utime(path, ns=(1_600_000_000 * 10**9, 1_600_000_000 * 10**9))
+
+
+def count_loads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """Record (model, version) of every load the manager starts (the real load runs)."""
+    calls: list[tuple[str, int]] = []
+    real = manager_module.load_model
+
+    def counting(entry, *args):
+        calls.append((entry.name, entry.version))
+        return real(entry, *args)
+
+    monkeypatch.setattr(manager_module, "load_model", counting)
+    return calls
+
+
+def test_poll_mode_loads_a_slowly_copied_version_once_without_failing(tmp_path, monkeypatch):
+    """A version copied in chunks while the poller runs is loaded once it stopped changing:
+    never tried half written (no FAILED, no failure counted), loaded once, not again when
+    the copy's final mtime lands."""
+    make_repo(tmp_path, version=1)
+    data = (make_repo(tmp_path / "src", version=2) / "tiny" / "2" / "model.onnx").read_bytes()
+    metrics = Metrics()
+    loads = count_loads(monkeypatch)
+    poll = 0.5  # ten chunk pauses: a stalled writer would have to stall for 0.5 s
+
+    async def main() -> None:
+        async with managing(
+            tmp_path, metrics=metrics, model_control_mode="poll", poll_interval_s=poll
+        ) as m:
+            target = tmp_path / "tiny" / "2" / "model.onnx"
+            await asyncio.to_thread(write_slowly, target, data, 16, poll / 10)
+            await eventually(lambda: m.get("tiny").version == 2)
+            await asyncio.sleep(poll * 4)  # a few more passes: nothing more to do
+            assert m.status["tiny"][2].state == "READY"
+            assert loads.count(("tiny", 2)) == 1, loads
+            assert load_failures(metrics, "tiny") == 0
+            assert model_state(metrics, "tiny", 2, "FAILED") == 0
+
+    run(main())
+
+
+def test_a_file_finished_while_its_load_failed_is_tried_again(tmp_path, monkeypatch):
+    """The copy finishes while the load of its half-written file fails: the failure is held
+    against the half file, not the finished one, so the next pass loads it (before the fix
+    the finished file's fingerprint was recorded as failed and it stayed FAILED for good)."""
+    make_repo(tmp_path, version=1)
+    data = (make_repo(tmp_path / "src", version=2) / "tiny" / "2" / "model.onnx").read_bytes()
+    target = tmp_path / "tiny" / "2" / "model.onnx"
+    real = manager_module.load_model
+    tries: list[int] = []
+
+    def copy_finishes_during_the_load(entry, *args):
+        if entry.version == 2:
+            tries.append(2)
+        try:
+            return real(entry, *args)
+        except Exception:
+            if entry.version == 2 and len(tries) == 1:
+                target.write_bytes(data)  # the copier was faster than the failing load
+            raise
+
+    monkeypatch.setattr(manager_module, "load_model", copy_finishes_during_the_load)
+
+    async def main() -> None:
+        async with managing(tmp_path, model_control_mode="poll", poll_interval_s=POLL) as m:
+            target.parent.mkdir()
+            target.write_bytes(data[: len(data) // 2])  # half written, and it stays so a while
+            await eventually(lambda: 2 in m.status.get("tiny", {}) or bool(tries))
+            await eventually(lambda: m.get("tiny").version == 2)
+            assert m.status["tiny"][2].state == "READY"
+            assert len(tries) == 2
+
+    run(main())
+
+
+def test_deleting_the_served_version_falls_back_to_the_older_one(tmp_path):
+    """rm -r of the version being served (poll mode): it leaves service and the index, and
+    the older version on disk serves again (the policy is latest 1)."""
+    make_repo(tmp_path, version=1)
+    make_repo(tmp_path, version=2)
+    metrics = Metrics()
+
+    async def main() -> None:
+        async with managing(
+            tmp_path, metrics=metrics, model_control_mode="poll", poll_interval_s=POLL
+        ) as m:
+            assert m.get("tiny").version == 2
+            shutil.rmtree(tmp_path / "tiny" / "2")
+            await eventually(lambda: m.get("tiny").version == 1)
+            await eventually(lambda: 2 not in m.status["tiny"])
+            assert sorted(m.serving["tiny"]) == [1]
+            assert [row[:3] for row in m.index()] == [("tiny", 1, "READY")]
+            assert all(model_state(metrics, "tiny", 2, s) is None for s in manager_module.STATES)
+            out = await asyncio.wait_for(m.get("tiny").batcher.submit(red()), HANG)
+            assert int(np.argmax(out)) == 0
+
+    run(main())
+
+
+def test_deleting_the_only_served_version_takes_the_model_out_of_service(tmp_path):
+    """No older version to fall back to (or it fails): the deleted version leaves service
+    anyway; it does not keep serving from memory."""
+    make_repo(tmp_path, version=2)
+    corrupt(tmp_path, "tiny", 1)
+
+    async def main() -> None:
+        async with managing(tmp_path, model_control_mode="poll", poll_interval_s=POLL) as m:
+            assert m.get("tiny").version == 2
+            shutil.rmtree(tmp_path / "tiny" / "2")
+            await eventually(lambda: "tiny" not in m.serving)
+            await eventually(lambda: m.status["tiny"].keys() == {1})
+            assert m.status["tiny"][1].state == "FAILED"
+            with pytest.raises(ModelNotReady):
+                m.get("tiny")
+            assert not m.all_ready()
+
+    run(main())
+
+
+def test_a_failed_version_whose_folder_is_deleted_leaves_index_and_metric(tmp_path):
+    make_repo(tmp_path, version=1)
+    corrupt(tmp_path, "tiny", 2)
+    corrupt(tmp_path, "broken", 1)  # a model with nothing but a failed version
+    metrics = Metrics()
+
+    async def main() -> None:
+        async with managing(
+            tmp_path, metrics=metrics, model_control_mode="poll", poll_interval_s=POLL
+        ) as m:
+            assert m.status["tiny"][2].state == "FAILED"
+            assert m.status["broken"][1].state == "FAILED"
+            assert model_state(metrics, "tiny", 2, "FAILED") == 1
+            shutil.rmtree(tmp_path / "tiny" / "2")
+            shutil.rmtree(tmp_path / "broken")
+            await eventually(lambda: 2 not in m.status["tiny"] and "broken" not in m.status)
+            assert [row[:3] for row in m.index()] == [("tiny", 1, "READY")]
+            for name, version in (("tiny", 2), ("broken", 1)):
+                for state in manager_module.STATES:
+                    assert model_state(metrics, name, version, state) is None
+            assert m.get("tiny").version == 1
+
+    run(main())
+
+
+# --- names: no door leads out of the repository ----------------------------------------------
+
+
+def test_no_door_loads_a_model_outside_the_repository(tmp_path, monkeypatch):
+    """RPC load and unload, the start-up list and polling all refuse every traversal name
+    (tests/traversal.py); the outside model never loads or shows in the index."""
+    repo, _ = layout(tmp_path)
+    names = traversal_names(tmp_path)
+    loads = count_loads(monkeypatch)
+
+    async def main() -> None:
+        async with managing(repo, load=["tiny", *names], model_control_mode="explicit") as m:
+            for name in names:
+                with pytest.raises((InvalidModelName, ModelNotFound)):
+                    await m.load(name)
+                with pytest.raises((InvalidModelName, ModelNotFound)):
+                    await m.unload(name)
+            assert m.names() == ["tiny"]
+            assert [row[0] for row in m.index()] == ["tiny"]
+        async with managing(repo, model_control_mode="poll", poll_interval_s=POLL) as m:
+            await asyncio.sleep(POLL * 3)
+            assert m.names() == ["tiny"]
+            assert [row[0] for row in m.index()] == ["tiny"]
+
+    run(main())
+    assert loads and all(name == "tiny" for name, _ in loads), loads
 
 
 # --- isolation of failures and readiness ----------------------------------------------------

@@ -10,14 +10,20 @@ from pathlib import Path
 import pydantic
 import pytest
 
+from service.errors import InvalidModelName
 from service.repository import (
     ModelConfig,
     VersionPolicy,
+    check_model_name,
     config_fingerprint,
+    model_dir,
     model_names,
     read_model_config,
+    relative_to_root,
+    scan,
     versions,
 )
+from tests.traversal import LINKS, layout, traversal_names
 
 
 def put_model(root: Path, name: str, version: str) -> Path:
@@ -73,6 +79,81 @@ def test_model_names_sorted_and_empty_ones_skipped(tmp_path):
     (tmp_path / "only-text" / "1" / "notes.txt").write_text("no model here")
     (tmp_path / "stray.onnx").write_bytes(b"onnx")
     assert model_names(tmp_path) == ["alpha", "zeta"]
+
+
+# --- names: the one check every door passes ------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["tiny", "resnet-18", "efficientnet_lite0", "v1.2", "A" * 128])
+def test_plain_names_pass(name):
+    assert check_model_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["", "a" * 129, ".x", "x/y", "x\x00"])
+def test_odd_names_are_refused(name):
+    with pytest.raises(InvalidModelName, match="not a plain name"):
+        check_model_name(name)
+
+
+def test_every_traversal_name_is_refused(tmp_path):
+    """Each name of tests/traversal.py is refused by model_dir, and none resolves to the
+    outside model (links are refused by model_dir or have no version inside)."""
+    repo, _ = layout(tmp_path)
+    names = traversal_names(tmp_path)
+    assert len(names) >= 60
+    for name in names:
+        try:
+            folder = model_dir(repo, name)
+        except InvalidModelName as exc:
+            assert "model" in str(exc)
+            continue
+        assert name in LINKS, f"{name!r} passed the name check"
+        assert versions(folder) == [], f"{name!r} reached a version outside the repository"
+
+
+def test_scan_skips_links_out_of_the_repository_and_reports_them(tmp_path):
+    repo, _ = layout(tmp_path)
+    (repo / "..hidden").mkdir()
+    (repo / "bad name").mkdir()
+    names, refused = scan(repo)
+    assert names == ["tiny"]
+    assert model_names(repo) == ["tiny"]
+    assert set(refused) == {"link-model", "bad name"}  # hidden entries are skipped quietly
+    assert "links outside" in refused["link-model"]
+
+
+def test_links_inside_the_repository_are_followed(tmp_path):
+    """A link that stays inside the repository (a Kubernetes ConfigMap's ..data) is fine."""
+    put_model(tmp_path, "real", "1")
+    (tmp_path / "alias").symlink_to(tmp_path / "real", target_is_directory=True)
+    (tmp_path / "real" / "2").symlink_to(tmp_path / "real" / "1", target_is_directory=True)
+    assert model_names(tmp_path) == ["alias", "real"]
+    assert [e.version for e in versions(model_dir(tmp_path, "alias"))] == [2, 1]
+
+
+def test_config_files_linking_outside_are_refused(tmp_path):
+    repo, outside = layout(tmp_path)
+    write_json(outside / "config.json", {"max_batch_size": 2})
+    (repo / "tiny" / "config.json").symlink_to(outside / "config.json")
+    with pytest.raises(ValueError, match="links outside"):
+        read_model_config(repo / "tiny")
+    (repo / "tiny" / "1" / "config.json").symlink_to(outside / "config.json")
+    assert versions(repo / "tiny") == []  # a version whose sidecar links out is no version
+
+
+def test_relative_to_root_with_a_relative_repository_path():
+    text = "Load model from m/1/model.onnx failed; the platform/m/x stays"
+    assert relative_to_root(text, Path("m")) == (
+        "Load model from 1/model.onnx failed; the platform/m/x stays"
+    )
+
+
+def test_relative_to_root_strips_the_repository_path(tmp_path):
+    path = tmp_path / "m" / "1" / "model.onnx"
+    text = f"Load model from {path} failed: bad; also {tmp_path.resolve()}/m/config.json"
+    assert relative_to_root(text, tmp_path) == (
+        "Load model from m/1/model.onnx failed: bad; also m/config.json"
+    )
 
 
 def test_missing_repository(tmp_path):
