@@ -40,8 +40,8 @@ import grpc
 import numpy as np
 
 from benchmarks import REPO_ROOT, Target, channels, rss_bytes, sample_image
-from service._generated.imgclf.v1 import image_classifier_pb2 as pb
-from service._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
+from imgclf._generated.imgclf.v1 import image_classifier_pb2 as pb
+from imgclf._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
 
 MIB = 1024 * 1024
 SIDE = 6300

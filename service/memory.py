@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from service.errors import MemoryExhausted
+from imgclf.errors import MemoryExhausted
 
 log = logging.getLogger(__name__)
 

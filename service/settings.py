@@ -13,8 +13,8 @@ from typing import Any, Literal, get_args, get_origin
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.cpus import cpus
-from service.memory import default_message_limit
+from imgclf.memory import default_message_limit
+from imgclf.runtime.cpuquota import cpus
 
 
 class ServerSettings(BaseSettings):

@@ -27,8 +27,8 @@ from typing import Any
 
 import grpc
 
-from service.errors import ImgclfError, MemoryExhausted
-from service.memory import MESSAGE_COPIES, MemoryBudget
+from imgclf.errors import ImgclfError, MemoryExhausted
+from imgclf.memory import MESSAGE_COPIES, MemoryBudget
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import pytest
 
 from benchmarks import Target, rss_bytes
 from benchmarks import memory as memory_bench
-from service.bench.server import ServerProcess, start_server
+from imgclf.client.bench.launcher import ServerProcess, start_server
 
 BUDGET = 256 << 20
 """The server's --memory-budget-bytes: the default message limit is then 4 MiB."""

@@ -1,4 +1,4 @@
-"""service.imaging: every Pillow mode decodes to the reference conversion at 8 bits per
+"""imgclf.imaging: every Pillow mode decodes to the reference conversion at 8 bits per
 channel, within the per-image decode memory budget."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.errors import MemoryExhausted
-from service.imaging import (
+from imgclf.errors import MemoryExhausted
+from imgclf.imaging import (
     DECODE_BYTES_PER_PIXEL,
     DECODE_OVERHEAD_BYTES,
     Preprocessing,
@@ -25,7 +25,7 @@ from service.imaging import (
     resize_and_crop,
     to_rgb,
 )
-from service.memory import MemoryBudget
+from imgclf.memory import MemoryBudget
 
 SPEC = Preprocessing(input_size=(24, 24), resize_size=28)
 RNG = np.random.default_rng(12)
@@ -132,7 +132,7 @@ PEAK_SCRIPT = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from service.imaging import Preprocessing, pixels_from_bytes
+    from imgclf.imaging import Preprocessing, pixels_from_bytes
     def peak_rss():  # VmHWM: this process image's high-water mark (ru_maxrss survives exec)
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):

@@ -1,4 +1,4 @@
-"""service.memory: reserve or refuse at once, release, trim after large releases."""
+"""imgclf.memory: reserve or refuse at once, release, trim after large releases."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import threading
 
 import pytest
 
-from service import memory
-from service.errors import MemoryExhausted
-from service.memory import MemoryBudget, configure_allocator
-from service.settings import ServerSettings
+from imgclf import memory
+from imgclf.errors import MemoryExhausted
+from imgclf.memory import MemoryBudget, configure_allocator
+from imgclf.settings import ServerSettings
 
 
 def test_reserves_within_the_limit_and_refuses_beyond_it_at_once() -> None:
