@@ -22,11 +22,13 @@ from imgclf._generated.inference import grpc_service_pb2 as oip_pb
 from imgclf._generated.inference import grpc_service_pb2_grpc as oip_grpc
 from imgclf.dataplane import Core
 from imgclf.grpc.auth import TokenAuthInterceptor, read_token, server_credentials
+from imgclf.grpc.budget import MessageBudgetInterceptor
 from imgclf.grpc.classifier import ImageClassifierServicer
 from imgclf.grpc.inference import InferenceServicer
 from imgclf.grpc.protopool import reflection_pool
 from imgclf.grpc.streams import HealthServicer, StreamEnder
 from imgclf.http.app import HttpServer
+from imgclf.memory import configure_allocator
 from imgclf.metrics.gpu import register_gpu_metrics
 from imgclf.metrics.prometheus import Metrics
 from imgclf.models.manager import ModelManager
@@ -61,8 +63,8 @@ def grpc_server_options(s: ServerSettings) -> list[tuple[str, int]]:
         ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
         ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
         ("grpc.http2.max_pings_without_data", 0),  # keep pinging idle long-lived streams
-        ("grpc.max_receive_message_length", s.max_message_bytes),
-        ("grpc.max_send_message_length", s.max_message_bytes),
+        ("grpc.max_receive_message_length", s.message_limit),
+        ("grpc.max_send_message_length", s.message_limit),
         ("grpc.so_reuseport", 0),
         # gRPC core cancels calls the application has not picked up yet beyond these
         # (defaults 1000/3000): a burst should queue and meet our own admission control
@@ -122,7 +124,13 @@ class Server:
         self.metrics_port = http.server_port
         options = grpc_server_options(s)
         token = read_token(s.auth_token, s.auth_token_file)
-        interceptors = [TokenAuthInterceptor(token)] if token else []
+        # Authentication first: an unauthenticated call is refused before its message is read.
+        interceptors: list[grpc.aio.ServerInterceptor] = (
+            [TokenAuthInterceptor(token)] if token else []
+        )
+        interceptors.append(
+            MessageBudgetInterceptor(self.core.memory, s.message_limit, self.core.reject)
+        )
         self._grpc = grpc.aio.server(options=options, interceptors=interceptors)
         pb_grpc.add_ImageClassifierServicer_to_server(
             ImageClassifierServicer(self.core), self._grpc
@@ -211,6 +219,7 @@ class Server:
 
 async def serve(settings: ServerSettings) -> None:
     """Run the server until SIGTERM or SIGINT, then drain and return."""
+    configure_allocator()
     server = Server(settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
