@@ -18,9 +18,9 @@ from typing import TypeVar
 
 import numpy as np
 
+from imgclf.budget import MemoryBudget
 from imgclf.errors import DeadlineExceeded, ImgclfError, InvalidInput, ModelNotReady
 from imgclf.imaging import normalize, pixels_from_bytes, preprocess_bytes
-from imgclf.memory import MemoryBudget
 from imgclf.metrics.prometheus import Metrics, ModelSeries
 from imgclf.models.loader import ServedModel
 from imgclf.models.manager import ModelManager

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from imgclf.budget import MemoryBudget
 from imgclf.errors import InvalidInput
-from imgclf.memory import MemoryBudget
 
 INTERPOLATIONS: dict[str, Image.Resampling] = {
     "nearest": Image.Resampling.NEAREST,

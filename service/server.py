@@ -20,6 +20,7 @@ from imgclf._generated.imgclf.v1 import image_classifier_pb2 as pb
 from imgclf._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
 from imgclf._generated.inference import grpc_service_pb2 as oip_pb
 from imgclf._generated.inference import grpc_service_pb2_grpc as oip_grpc
+from imgclf.budget import configure_allocator
 from imgclf.dataplane import Core
 from imgclf.grpc.auth import TokenAuthInterceptor, read_token, server_credentials
 from imgclf.grpc.budget import MessageBudgetInterceptor
@@ -28,7 +29,6 @@ from imgclf.grpc.inference import InferenceServicer
 from imgclf.grpc.protopool import reflection_pool
 from imgclf.grpc.streams import HealthServicer, StreamEnder
 from imgclf.http.app import HttpServer
-from imgclf.memory import configure_allocator
 from imgclf.metrics.gpu import register_gpu_metrics
 from imgclf.metrics.prometheus import Metrics
 from imgclf.models.manager import ModelManager

@@ -13,7 +13,7 @@ from typing import Any, Literal, get_args, get_origin
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from imgclf.memory import default_message_limit
+from imgclf.budget import default_message_limit
 from imgclf.runtime.cpuquota import cpus
 
 

@@ -1,4 +1,4 @@
-"""Request messages inside the server's memory budget (service/memory.py).
+"""Request messages inside the server's memory budget (service/budget.py).
 
 gRPC reads a unary call's message into memory before the handler runs, so the budget is
 claimed when the call arrives, before its message is read:
@@ -27,8 +27,8 @@ from typing import Any
 
 import grpc
 
+from imgclf.budget import MESSAGE_COPIES, MemoryBudget
 from imgclf.errors import ImgclfError, MemoryExhausted
-from imgclf.memory import MESSAGE_COPIES, MemoryBudget
 
 log = logging.getLogger(__name__)
 

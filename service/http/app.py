@@ -12,6 +12,7 @@ import logging
 
 from aiohttp import web
 
+from imgclf.budget import MESSAGE_COPIES
 from imgclf.errors import ImgclfError, MemoryExhausted
 from imgclf.grpc.inference import InferenceServicer
 from imgclf.http.classify import ClassifyRoutes
@@ -23,7 +24,6 @@ from imgclf.http.errors import (
 from imgclf.http.oip import OipRoutes, json_response
 from imgclf.http.openapi import openapi_document
 from imgclf.http.security import BearerToken, server_ssl_context
-from imgclf.memory import MESSAGE_COPIES
 from imgclf.metrics.prometheus import Metrics
 
 log = logging.getLogger(__name__)

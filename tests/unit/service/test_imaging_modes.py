@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from imgclf.budget import MemoryBudget
 from imgclf.errors import MemoryExhausted
 from imgclf.imaging import (
     DECODE_BYTES_PER_PIXEL,
@@ -25,7 +26,6 @@ from imgclf.imaging import (
     resize_and_crop,
     to_rgb,
 )
-from imgclf.memory import MemoryBudget
 
 SPEC = Preprocessing(input_size=(24, 24), resize_size=28)
 RNG = np.random.default_rng(12)

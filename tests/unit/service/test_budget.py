@@ -1,4 +1,4 @@
-"""imgclf.memory: reserve or refuse at once, release, trim after large releases."""
+"""imgclf.budget: reserve or refuse at once, release, trim after large releases."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import threading
 import pytest
 
 from imgclf import memory
+from imgclf.budget import MemoryBudget, configure_allocator
 from imgclf.errors import MemoryExhausted
-from imgclf.memory import MemoryBudget, configure_allocator
 from imgclf.settings import ServerSettings
 
 
