@@ -26,6 +26,7 @@ TRAINING_COMMANDS = {
     "export": ("training.export", "export a checkpoint to ONNX into the model repository"),
     "evaluate": ("training.evaluate", "evaluate an exported ONNX model on labelled images"),
     "models": ("training.models_list", "list the architectures imgclf train takes"),
+    "shards": ("training.shard_writer", "write an image folder as tar shards for training"),
 }
 
 

@@ -1,7 +1,8 @@
 """Datasets for training: a built-in one (training.builtin) or an image-folder tree.
 
 ``--data-path DIR`` with ``train/`` and ``val/`` subfolders uses those; a single tree is split
-(stratified, seeded). Class names are kept in order and go into the checkpoint and the ONNX.
+(stratified, seeded); tar shards (training.shards) are read by the loader workers instead.
+Class names are kept in order and go into the checkpoint and the ONNX.
 Unreadable files are reported and left out before training (``skipped``); a file that still
 fails to decode during training is reported once and replaced by the next sample, so batches
 keep their size (which distributed training needs).
@@ -23,6 +24,7 @@ from service.errors import InvalidInput
 from service.imaging import decode_image
 from training.builtin import BUILTIN_DATASETS, builtin_dataset
 from training.folders import class_counts, find_classes, find_corrupt, list_images, stratified_split
+from training.shards import ShardSource, is_shard_source, open_shards
 
 DATASETS = (*BUILTIN_DATASETS, "folder")
 
@@ -98,6 +100,9 @@ class SplitData:
     val_labels: np.ndarray
     skipped: list[tuple[str, str]] = field(default_factory=list)
     """(file, reason) of the files left out because they are not readable images."""
+    shards: ShardSource | None = None
+    """Tar shards, read by the loaders; the sample lists are then empty and the label arrays
+    hold the manifest's class counts in class order."""
 
 
 def _without_corrupt(
@@ -137,6 +142,11 @@ def load_split(
         raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
     if data_path is None:
         raise ValueError("--dataset folder needs --data-path")
+    if is_shard_source(data_path):
+        source = open_shards(data_path)
+        return SplitData(
+            source.class_names, [], source.labels("train"), [], source.labels("val"), [], source
+        )
     root = Path(data_path)
     if (root / "train").is_dir() and (root / "val").is_dir():
         class_names = find_classes(root / "train")

@@ -34,10 +34,18 @@ from training.config import (
     write_args,
 )
 from training.data import ImageDataset, ShardSampler, SplitData, format_class_counts, load_split
-from training.distributed import DistInfo, cleanup, init_distributed, process_device
+from training.distributed import (
+    DistInfo,
+    RendezvousError,
+    all_agree,
+    cleanup,
+    init_distributed,
+    process_device,
+)
 from training.loop import StepOptions, ema_model, evaluate, train_one_epoch
 from training.monitor import TensorBoard, plot_history, read_history, write_history
 from training.presets import EvalPreset, TrainPreset
+from training.shards import ShardDataset, shard_loaders
 from training.transfer import count_trainable, freeze_backbone, parameter_groups, unfreeze
 from training.utils import atomic_save, seed_everything, seed_worker, use_deterministic
 from training.weights import WeightsUnavailable
@@ -58,8 +66,21 @@ class TrainResult:
 
 def build_loaders(
     args: argparse.Namespace, split: SplitData, info: DistInfo, generator: torch.Generator
-) -> tuple[DataLoader, DataLoader, DistributedSampler | None]:
+) -> tuple[DataLoader, DataLoader, DistributedSampler | ShardDataset | None]:
     spec = preprocessing_from_args(args)
+    if split.shards is not None:
+        return shard_loaders(
+            split.shards,
+            TrainPreset(spec, args.augmentation),
+            EvalPreset(spec),
+            batch_size=args.batch_size,
+            workers=args.workers,
+            rank=info.rank,
+            world_size=info.world_size,
+            seed=args.seed,
+            pin_memory=args.device.startswith("cuda"),
+            worker_init_fn=seed_worker,
+        )
     train_ds = ImageDataset(
         split.train_samples, split.train_labels, TrainPreset(spec, args.augmentation)
     )
@@ -135,7 +156,7 @@ def train(args: argparse.Namespace) -> TrainResult:
     args = resolve_args(args)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda, but no CUDA device is available")
-    info = init_distributed(args.device)
+    info = init_distributed(args.device, args.dist_timeout)
     try:
         return _train(args, info)
     finally:
@@ -170,10 +191,17 @@ def _train(args: argparse.Namespace, info: DistInfo) -> TrainResult:
             (out / "skipped_images.txt").write_text("\n".join(lines) + "\n")
     train_loader, val_loader, train_sampler = build_loaders(args, split, info, generator)
 
-    resume = ckpt_mod.load_checkpoint(args.resume) if args.resume else None
+    resume_path = args.resume
+    if args.auto_resume and resume_path is None:
+        # Every rank must see the same checkpoint: the output directory is a shared volume.
+        last = out / "checkpoint.pth"
+        seen = f"{last} exists (--auto-resume needs an --output-dir every node shares)"
+        if all_agree(last.is_file(), seen, device, info):
+            resume_path = last
+    resume = ckpt_mod.load_checkpoint(resume_path) if resume_path else None
     if resume is not None:
         if resume["class_names"] != classes:
-            raise ValueError(f"{args.resume} was trained on other classes: {resume['class_names']}")
+            raise ValueError(f"{resume_path} was trained on other classes: {resume['class_names']}")
         model = create_model(args.model, len(classes), **resume.get("model_kwargs", {}))
     else:
         kwargs = size_kwargs(args.model, args.input_size)
@@ -226,7 +254,7 @@ def _train(args: argparse.Namespace, info: DistInfo) -> TrainResult:
             generator=generator,
         )
         history = [r for r in read_history(out / "history.csv") if r["epoch"] <= state.epoch]
-        log(f"resumed from {args.resume} after epoch {state.epoch}")
+        log(f"resumed from {resume_path} after epoch {state.epoch}")
     if info.enabled:
         torch.manual_seed(args.seed + info.rank + 1000 * state.epoch)  # distinct augmentations
     if main_proc:
@@ -336,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv, get_args_parser())
     try:
         train(args)
-    except (ValueError, FileNotFoundError, WeightsUnavailable) as exc:
+    except (ValueError, FileNotFoundError, WeightsUnavailable, RendezvousError) as exc:
         print(f"train failed: {exc}")
         return 1
     return 0
