@@ -94,7 +94,7 @@ def test_a_brace_pattern_selects_training_shards(tree_and_shards: tuple[Path, Pa
     source = open_shards(shards / "train-{000001..000002}.tar")
     assert [s.path.name for s in source.train] == ["train-000001.tar", "train-000002.tar"]
     assert len(source.labels("train")) == 10 and len(source.val) == 2
-    with pytest.raises(ValueError, match="train-000006.tar is not a train shard of"):
+    with pytest.raises(ValueError, match=r"train-000006\.tar is not a train shard of"):
         open_shards(shards / "train-{000005..000007}.tar")
 
 
