@@ -27,6 +27,7 @@ TRAINING_COMMANDS = {
     "evaluate": ("training.evaluate", "evaluate an exported ONNX model on labelled images"),
     "models": ("training.models_list", "list the architectures imgclf train takes"),
     "shards": ("training.shard_writer", "write an image folder as tar shards for training"),
+    "launch": ("training.launch", "torchrun with a one-line error when the rendezvous fails"),
 }
 
 

@@ -8,7 +8,8 @@ torchrun rendezvous to form, and the pieces a resumable run needs.
 - Indexed Job: completions = parallelism = torchrun --nnodes; --rdzv-endpoint is pod 0 of the
   Job under its subdomain, a headless Service of that name selects the Job's pods, publishes
   not-ready addresses and serves the rendezvous port.
-- Both: torchrun runs `imgclf train` with --auto-resume, so a restarted group resumes.
+- Both: torchrun (or `imgclf launch`, torchrun with a one-line rendezvous error) runs
+  `imgclf train` with --auto-resume, so a restarted group resumes.
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ def _command(container: dict[str, Any]) -> str:
 
 def _common(container: dict[str, Any], where: str) -> Iterator[str]:
     command = _command(container)
-    if "torchrun" not in command or "imgclf train" not in command:
-        yield f"{where}: the container does not run `torchrun ... imgclf train`"
+    launcher = "torchrun" in command or "imgclf launch" in command
+    if not launcher or "imgclf train" not in command:
+        yield f"{where}: the container does not run `imgclf launch|torchrun ... imgclf train`"
     elif "--auto-resume" not in command:
         yield f"{where}: imgclf train without --auto-resume: a restarted group starts over"
     limits = container.get("resources", {}).get("limits", {})

@@ -170,7 +170,7 @@ def _set(doc: dict[str, Any], path: list[Any], value: Any) -> None:
         ("pytorchjob", "PyTorchJob", ["spec", "elasticPolicy", "rdzvPort"], 29500,
          "rdzvPort 29500 is no port of the pytorch container"),
         ("pytorchjob", "PyTorchJob", [*WORKER_POD, "containers", 0, "args", 0], "torchrun -m x",
-         "does not run `torchrun ... imgclf train`"),
+         "does not run `imgclf launch|torchrun ... imgclf train`"),
         ("indexed-job", "Job", ["spec", "parallelism"], 3,
          "completions and parallelism must both be --nnodes 2"),
         ("indexed-job", "Job", ["spec", "template", "spec", "subdomain"], "rdzv",

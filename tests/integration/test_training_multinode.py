@@ -132,3 +132,23 @@ def test_a_rank_that_cannot_reach_the_endpoint_fails_in_one_line(
     message = str(caught.value)
     assert "\n" not in message
     assert f"rank 1 of 2 could not join the process group at 127.0.0.1:{port} within 2s" in message
+
+
+def test_launch_names_the_endpoint_when_no_rendezvous_forms() -> None:
+    """torchrun alone ends in a traceback; `imgclf launch` says what did not form, in a line."""
+    endpoint = f"127.0.0.1:{free_port()}"  # node 0 of 2 waits for a node 1 that never comes
+    cmd = [sys.executable, "-m", "service.cli", "launch", "--nnodes", "2",
+           "--nproc_per_node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint,
+           "--rdzv-id", "lonely", "--rdzv-conf", "join_timeout=3",
+           "-m", "training.train", *COMMON, "--epochs", "1"]  # fmt: skip
+    out = subprocess.run(
+        cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.startswith("launch failed:")]
+    assert lines == [
+        f"launch failed: the c10d rendezvous at {endpoint} (run id lonely) did not form "
+        "(RendezvousTimeoutError); every node needs the same --rdzv-endpoint, --rdzv-id and "
+        "--nnodes, and must reach the endpoint"
+    ], out.stderr
