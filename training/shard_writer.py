@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for name in SPLITS:
         part = manifest["splits"][name]
-        print(f"{name}: {part['count']} images in {len(part['shards'])} shards")
+        n = len(part["shards"])
+        print(f"{name}: {part['count']} images in {n} shard{'s' if n != 1 else ''}")
     if manifest["skipped"]:
         print(f"skipped {len(manifest['skipped'])} unreadable file(s), listed in {MANIFEST}")
     print(f"{len(manifest['class_names'])} classes; manifest {args.out / MANIFEST}")

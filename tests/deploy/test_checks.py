@@ -206,6 +206,21 @@ def test_the_gpu_training_overlay_runs_one_process_per_gpu(tmp_path: Path) -> No
     assert any("nprocPerNode 2 is not the 4 GPUs per pod" in p for p in problems), problems
 
 
+def test_every_documented_kubectl_apply_path_is_checked() -> None:
+    """`kubectl apply -k PATH` in the docs and manifests names a kustomization the check renders."""
+    import re
+
+    sources = [REPO / "README.md", *(REPO / "docs").glob("*.md"), *k8s.K8S.rglob("*.yaml")]
+    documented = {
+        m.group(1).rstrip("/.")
+        for path in sources
+        for m in re.finditer(r"kubectl apply -k (deploy/k8s/[\w./-]*)", path.read_text())
+    }
+    assert "deploy/k8s/training/indexed-job" in documented
+    checked = {f"deploy/k8s/{k}" for k in k8s.KUSTOMIZATIONS}
+    assert documented <= checked, documented - checked
+
+
 def test_the_prometheusrule_is_the_alert_file() -> None:
     rule = _rendered("PrometheusRule")
     shipped = yaml.safe_load(prometheus.RULES.read_text())
