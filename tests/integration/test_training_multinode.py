@@ -1,6 +1,7 @@
 """Two "nodes" on this machine: two torchrun launchers meeting at a c10d rendezvous on
-127.0.0.1 (gloo on CPU, one process each) train like one process, only global rank 0 prints
-and writes, and a restart of both nodes resumes from the shared checkpoint."""
+127.0.0.1 (gloo on CPU, one process each) compute exactly what one node's two processes
+compute and train like one process; only global rank 0 prints and writes; a restart of both
+nodes resumes from the shared checkpoint; a rendezvous that cannot form fails in one line."""
 
 from __future__ import annotations
 
@@ -84,7 +85,7 @@ def run_two_nodes(args: list[str], timeout: float = 240) -> list[subprocess.Comp
 
 
 def test_two_nodes_train_like_one_process_and_resume_after_a_restart(tmp_path: Path) -> None:
-    nodes_dir, single_dir = tmp_path / "nodes", tmp_path / "single"
+    nodes_dir, single_dir, local_dir = tmp_path / "nodes", tmp_path / "single", tmp_path / "local"
     # The same global batch (2 nodes x 16 = 32) and schedule as the single process.
     first = run_two_nodes([*COMMON, "--epochs", "4", "-b", "16", "--output-dir", str(nodes_dir)])
     for node in first:
@@ -99,6 +100,23 @@ def test_two_nodes_train_like_one_process_and_resume_after_a_restart(tmp_path: P
     assert {p.name for p in nodes_dir.iterdir()} == RUN_FILES
     ckpt = torch.load(nodes_dir / "checkpoint.pth", weights_only=True)
     assert ckpt["epoch"] == 4 and ckpt["args"]["batch_size"] == 16
+
+    # Against one node running the same two processes (torchrun --standalone): the same ranks,
+    # seeds, shards and arithmetic; only how the processes found each other differs, so the
+    # weights agree to float rounding (1e-6; bitwise in practice).
+    local = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "training.train", *COMMON, "--epochs", "4", "-b", "16",
+         "--output-dir", str(local_dir)],
+        cwd=REPO_ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
+    assert local.returncode == 0, local.stdout + local.stderr
+    local_weights = torch.load(local_dir / "checkpoint.pth", weights_only=True)["model"]
+    diff = max((ckpt["model"][k].double() - v.double()).abs().max().item()
+               for k, v in local_weights.items() if v.is_floating_point())  # fmt: skip
+    print(f"max |weight difference|, two nodes vs one node x2 processes: {diff:.3g}")
+    assert diff <= 1e-6
 
     nodes_acc = float(history(nodes_dir)[-1]["val_acc"])
     single_acc = float(history(single_dir)[-1]["val_acc"])
