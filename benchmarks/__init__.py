@@ -1,6 +1,8 @@
 """Reliability benchmarks: overload (`benchmarks.overload`), soak (`benchmarks.soak`) and a
 bounded decode fuzz run (`benchmarks.fuzz_decode`). Each is `python -m benchmarks.NAME --help`,
 bounded by `--duration`, and talks only to 127.0.0.1 unless given a `--target`.
+`benchmarks.gpu_check` (with `benchmarks.gpu_stage`) proves or disproves the GPU path in one
+run on a GPU host; see docs/performance.md.
 
 This module holds what the load benchmarks share: a server they start themselves, the
 asyncio client call that records one outcome, percentiles, and the server's /metrics.

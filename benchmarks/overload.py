@@ -9,16 +9,20 @@ Phases, one after the other, each bounded:
   overload  open loop at `--factor` x capacity over `--clients` connections for `--duration`:
             accepted and refused counts, the refusal code (must be RESOURCE_EXHAUSTED, and fast:
             refusal latency percentiles) and its retry hint, accepted latency percentiles;
-  deadline  the same open loop with short client deadlines (`--short-deadline-ms`): the
-            DEADLINE_EXCEEDED count;
+  deadline  the same open loop with short client deadlines (`--short-deadline-ms`; 500 for
+            the deadline-overload scenario): goodput (answers in time per second, against
+            capacity), the refusals and how fast they come, DEADLINE_EXCEEDED, and what the
+            server counted for the phase next to what the clients saw;
   recovery  one client again: latency must be back to the baseline at once.
 Then the server's own counters (requests by code, failures by reason, queue depth, in-flight).
-`--probe-amplification` adds one request of many empty images and one BYTES tensor of many
-empty elements, and measures how long the server's health check stalls meanwhile.
 
 Exit status 0 when every check holds (only OK or RESOURCE_EXHAUSTED under overload, some
 refused, refusals fast: p90 within max(2 x baseline p99, 100 ms), every accepted answer carries
-the baseline's label, recovery at baseline latency, the queue empty at the end), 1 otherwise.
+the baseline's label, recovery at baseline latency, the queue empty at the end; with
+`--min-goodput`, the deadline phase's goodput at least that fraction of capacity and the
+server's DEADLINE_EXCEEDED/CANCELLED counts those the clients saw), 1 otherwise.
+
+    python -m benchmarks.overload --duration 20 --short-deadline-ms 500 --min-goodput 0.8
 Traffic goes to 127.0.0.1 unless --target says otherwise.
 """
 
@@ -34,9 +38,6 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from benchmarks import (
     REPO_ROOT,
@@ -102,7 +103,8 @@ class Report:
     recovery: Phase
     short_deadline_ms: float
     server: dict = field(default_factory=dict)
-    amplification: dict = field(default_factory=dict)
+    deadline_server: dict = field(default_factory=dict)
+    """The server's requests by code during the deadline phase alone."""
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -114,7 +116,14 @@ class Report:
         out = {k: v for k, v in asdict(self).items() if k not in phases}
         out.update({name: getattr(self, name).summary() for name in phases})
         out["capacity_rps"] = round(self.capacity.completed_rps(), 1)
+        out["deadline_goodput"] = round(self.goodput(), 3)
         return out
+
+    def goodput(self) -> float:
+        """Deadline phase: answers in time per second (a late answer is DEADLINE_EXCEEDED at
+        the client), as a fraction of capacity."""
+        capacity = self.capacity.completed_rps()
+        return self.deadline.completed_rps() / capacity if capacity else 0.0
 
 
 # --- load shapes ---------------------------------------------------------------------------
@@ -223,7 +232,7 @@ async def run(
     short_deadline_ms: float = 0.0,
     timeout: float = 30.0,
     check_latency: bool = True,
-    probe_amplification: bool = False,
+    min_goodput: float = 0.0,
     light_seconds: float = 0.0,
     log: Callable[[str], None] = print,
 ) -> Report:
@@ -275,13 +284,29 @@ async def run(
         )
         base_p99 = percentiles_ms(baseline.latencies()).get("p99", 10.0)
         deadline_ms = short_deadline_ms or max(20.0, 3 * base_p99)
+        phase_before = await settle(target.metrics_url, request.model)
         deadline = await open_loop(
             stubs, request, rate, max(light, duration / 2), deadline_ms / 1000.0, "deadline"
         )
+        phase_after = await settle(target.metrics_url, request.model)
+        capacity_rps = capacity.completed_rps()
         log(
             f"deadline   open loop {rate:.1f} req/s, client deadline {deadline_ms:.0f} ms, "
-            f"{deadline.seconds:.1f} s: {dict(deadline.codes())}"
+            f"{deadline.seconds:.1f} s: {dict(deadline.codes())}; goodput "
+            f"{deadline.completed_rps():.1f} req/s in time = "
+            f"{deadline.completed_rps() / max(capacity_rps, 1e-9):.0%} of capacity"
         )
+        log(
+            "           OK latency p50/p90/p99 "
+            f"{fmt_ms(percentiles_ms(deadline.latencies()))}; refusal latency p50/p90/p99 "
+            f"{fmt_ms(percentiles_ms(deadline.latencies('RESOURCE_EXHAUSTED')))}"
+        )
+        deadline_server = {}
+        if phase_after:
+            deadline_server = delta(
+                phase_after["requests_by_code"], phase_before["requests_by_code"]
+            )
+            log(f"           server counted {deadline_server}")
         recovery = await closed_loop(stubs, request, 1, light, timeout, "recovery")
         first = [round(o.seconds * 1000, 1) for o in recovery.outcomes[:5]]
         log(
@@ -300,6 +325,7 @@ async def run(
             deadline,
             recovery,
             deadline_ms,
+            deadline_server=deadline_server,
         )
         if after:
             report.server = {
@@ -315,17 +341,29 @@ async def run(
                 f"reason {report.server['failures_by_reason']}, queue depth at end "
                 f"{after['queue_depth']:g}, in flight {after['inflight']:g}"
             )
-        if probe_amplification:
-            report.amplification = await probe(target.address, request.model, log)
     finally:
         for c in conns:
             await c.close()
-    report.failures = checks(report, check_latency)
+    report.failures = checks(report, check_latency, min_goodput)
     return report
 
 
-def checks(report: Report, check_latency: bool) -> list[str]:
+def checks(report: Report, check_latency: bool, min_goodput: float = 0.0) -> list[str]:
     failures = []
+    if min_goodput:
+        if report.goodput() < min_goodput:
+            failures.append(
+                f"deadline: goodput {report.goodput():.0%} of capacity, under {min_goodput:.0%}"
+            )
+        seen = report.deadline.codes()
+        counted = report.deadline_server
+        for code in ("DEADLINE_EXCEEDED", "CANCELLED"):
+            # The server counts what the clients saw (a few may straddle the phase's edges).
+            if counted and abs(counted.get(code, 0) - seen[code]) > max(5, 0.05 * seen[code]):
+                failures.append(
+                    f"deadline: the server counted {counted.get(code, 0)} {code}, the clients "
+                    f"saw {seen[code]}"
+                )
     unexpected = {c: n for c, n in report.overload.codes().items() if c not in OVERLOAD_CODES}
     if unexpected:
         failures.append(f"overload: codes other than OK/RESOURCE_EXHAUSTED: {unexpected}")
@@ -362,80 +400,6 @@ def checks(report: Report, check_latency: bool) -> list[str]:
     return failures
 
 
-# --- amplification probes ------------------------------------------------------------------
-
-
-async def _stall_while(address: str, call: Callable[[], object]) -> tuple[float, float, str]:
-    """(seconds the call took, longest health-check round trip meanwhile, call outcome)."""
-    async with grpc.aio.insecure_channel(address) as health_channel:
-        health = health_pb2_grpc.HealthStub(health_channel)
-        worst = 0.0
-        done = asyncio.Event()
-
-        async def watch() -> None:
-            nonlocal worst
-            while not done.is_set():
-                t = time.monotonic()
-                await health.Check(health_pb2.HealthCheckRequest(), timeout=120)
-                worst = max(worst, time.monotonic() - t)
-                await asyncio.sleep(0.02)
-
-        watcher = asyncio.ensure_future(watch())
-        await asyncio.sleep(0.1)
-        started = time.monotonic()
-        try:
-            await call()  # type: ignore[misc]
-            outcome = "OK"
-        except grpc.aio.AioRpcError as exc:
-            outcome = f"{exc.code().name}: {(exc.details() or '')[:80]}"
-        took = time.monotonic() - started
-        done.set()
-        await watcher
-    return took, worst, outcome
-
-
-async def probe(address: str, model: str, log: Callable[[str], None], mib: int = 4) -> dict:
-    """Cheap-to-send, expensive-to-refuse requests: how long does the event loop stall?"""
-    from service._generated.inference import grpc_service_pb2 as oip_pb
-    from service._generated.inference import grpc_service_pb2_grpc as oip_grpc
-
-    out = {}
-    options = [("grpc.max_send_message_length", 64 << 20)]
-    async with grpc.aio.insecure_channel(address, options=options) as channel:
-        images = (mib << 20) // 4
-        many = pb.ClassifyRequest(model=model, images=[pb.Image(encoded=b"")] * images)
-        stub = pb_grpc.ImageClassifierStub(channel)
-        took, worst, outcome = await _stall_while(address, lambda: stub.Classify(many, timeout=300))
-        out["classify_empty_images"] = {
-            "images": images,
-            "seconds": round(took, 2),
-            "health_stall_s": round(worst, 2),
-            "outcome": outcome,
-        }
-        log(
-            f"amplify    Classify with {images} empty images ({mib} MiB): answered in {took:.2f} s "
-            f"({outcome}); health check stalled up to {worst:.2f} s"
-        )
-        request = oip_pb.ModelInferRequest(model_name=model)
-        request.inputs.add(name="image", datatype="BYTES", shape=[1])
-        request.raw_input_contents.append(bytes(mib << 20))
-        oip = oip_grpc.GRPCInferenceServiceStub(channel)
-        took, worst, outcome = await _stall_while(
-            address, lambda: oip.ModelInfer(request, timeout=300)
-        )
-        out["oip_bytes_empty_elements"] = {
-            "elements": (mib << 20) // 4,
-            "seconds": round(took, 2),
-            "health_stall_s": round(worst, 2),
-            "outcome": outcome,
-        }
-        log(
-            f"amplify    ModelInfer BYTES [1] with {(mib << 20) // 4} empty elements ({mib} MiB): "
-            f"answered in {took:.2f} s ({outcome}); health check stalled up to {worst:.2f} s"
-        )
-    return out
-
-
 # --- command line --------------------------------------------------------------------------
 
 
@@ -464,7 +428,12 @@ def parser() -> argparse.ArgumentParser:
         help="client deadline of the deadline phase (0: 3x baseline p99, >= 20)",
     )
     p.add_argument("--timeout", type=float, default=30.0, help="client deadline otherwise, s")
-    p.add_argument("--probe-amplification", action="store_true")
+    p.add_argument(
+        "--min-goodput",
+        type=float,
+        default=0.0,
+        help="check: deadline-phase answers in time per second / capacity (e.g. 0.8)",
+    )
     p.add_argument("--json", type=Path, help="also write the report here")
     return p
 
@@ -485,8 +454,8 @@ def main(argv: list[str] | None = None) -> int:
                 clients=args.clients,
                 capacity_concurrency=args.capacity_concurrency,
                 short_deadline_ms=args.short_deadline_ms,
+                min_goodput=args.min_goodput,
                 timeout=args.timeout,
-                probe_amplification=args.probe_amplification,
             )
         )
 

@@ -1,10 +1,14 @@
 """Dynamic batching: a bounded priority queue per model version, batches formed by size or delay.
 
 Producers never block: when the queue holds `max_queue_size` items, `submit` raises QueueFull
-at once. One worker thread per model instance takes the most urgent item (lowest priority
-level first, then arrival order), waits at most `max_delay_s` for more (up to
-`max_batch_size`, or until a preferred batch size is reached and nothing else is waiting),
-drops items whose caller gave up or whose deadline passed, runs the batch on its instance,
+at once. A request with a deadline is refused the same way when the work ahead of it (the
+images waiting, shared by the instances, at the measured service time per image) would not
+leave it done in time: under overload the queue then holds only work that can still meet its
+deadline, instead of work whose callers give up before it runs. One worker thread per model
+instance takes the most urgent item (lowest priority level first, then arrival order), waits
+at most `max_delay_s` for more (up to `max_batch_size` live items, or until a preferred batch
+size is reached and nothing else is waiting), drops items whose caller gave up or whose
+deadline passed before any work (decoding) is spent on them, runs the batch on its instance,
 and hands the result (or the failure) back to the event loop for every waiter of that batch.
 
 The workers are plain threads, not event-loop tasks: a worker that finishes a batch takes
@@ -100,6 +104,12 @@ class _Item:
     admission: Admission | None = field(default=None, compare=False)
 
 
+def _dead(item: _Item, now: float, seconds: float = 0.0) -> bool:
+    """Whether the item's caller gave up, or its deadline passes before `seconds` more
+    (no work to spend on it)."""
+    return item.future.done() or (item.deadline is not None and now + seconds >= item.deadline)
+
+
 @dataclass
 class _Batch:
     """A batch a worker took, sorted out (see Batcher._prepare)."""
@@ -169,8 +179,11 @@ class Batcher:
         """Admitted images no worker has picked up yet."""
         self._holding = 0
         """Workers holding a batch (collecting it, waiting to run it, or running it)."""
+        self._running = 0
+        """Live images in the batches the workers hold."""
         self._seconds_per_image = 0.0
-        """Moving average of inference time per image (for the retry hint)."""
+        """Moving average of the service time per image: making its input (decoding) and
+        its share of the batch's inference (for admission by deadline and the retry hint)."""
 
     @property
     def depth(self) -> int:
@@ -198,12 +211,14 @@ class Batcher:
         return priority or self.default_priority_level
 
     @contextlib.contextmanager
-    def admit(self, images: int) -> Iterator[Admission]:
+    def admit(self, images: int, deadline: float | None = None) -> Iterator[Admission]:
         """Reserve room for a request's `images` until a worker picks each one up, or refuse
         the request at once with QueueFull, before any work (decoding) is spent on it.
 
         Waiting images (being decoded or queued) are bounded by `max_queue_size`; images
-        already running on an instance no longer count."""
+        already running on an instance no longer count. A request whose `deadline` (a
+        time.monotonic() instant) would pass before the work ahead of it and its own is done
+        is refused too."""
         if self._loop is None or self._closing:
             raise ModelNotReady("model is not accepting requests")
         with self._lock:
@@ -213,6 +228,18 @@ class Batcher:
                     "waiting); retry later",
                     retry_after_ms=self.retry_after_ms(),
                 )
+            if deadline is not None:
+                now = time.monotonic()
+                if now >= deadline:
+                    raise DeadlineExceeded("deadline passed before the request was admitted")
+                needed = self._seconds_for(images)
+                if now + needed > deadline:
+                    raise QueueFull(
+                        f"model cannot answer before the deadline (about {1000 * needed:.0f} "
+                        "ms of work ahead); retry later",
+                        retry_after_ms=self.retry_after_ms(),
+                        reason="deadline_unmeetable",
+                    )
             admission = Admission(self, images)
             self._waiting += images
         try:
@@ -224,6 +251,13 @@ class Batcher:
         """A hint for refused clients: the time the backlog ahead takes to clear."""
         per_image = self._seconds_per_image or 0.01
         return max(1, round(1000 * per_image * self._waiting / len(self._runners)))
+
+    def _seconds_for(self, images: int) -> float:
+        """Expected time until `images` more would be done: the images ahead (waiting, and
+        in the batches the workers hold) and these, shared by the instances, at the measured
+        service time (0 until measured)."""
+        ahead = self._waiting + self._running
+        return self._seconds_per_image * (ahead + images) / len(self._runners)
 
     async def submit(
         self,
@@ -284,9 +318,10 @@ class Batcher:
 
     # --- worker threads ---------------------------------------------------------------------
 
-    def _take(self) -> list[_Item] | None:
-        """Wait for a batch; returns its items, or None once closing and nothing is left.
-        The caller then owns one `_holding` count."""
+    def _take(self) -> tuple[list[_Item], int] | None:
+        """Wait for a batch; returns its items and how many are live, or None once closing
+        and nothing is left. The caller then owns one `_holding` count and the live items'
+        `_running` count."""
         with self._lock:
             while not self._heap:
                 if self._closing:
@@ -294,12 +329,20 @@ class Batcher:
                 self._arrived.wait()
             items = [heapq.heappop(self._heap)]
             self._holding += 1
-            until = time.monotonic() + self.max_delay_s
-            while len(items) < self.max_batch_size:
+            now = time.monotonic()
+            until = now + self.max_delay_s
+            # An item that would miss its deadline even if it ran alone now is dead too.
+            alone = self._seconds_per_image
+            live = 0 if _dead(items[0], now, alone) else 1
+            # Dead items (caller gone, deadline passed) ride along to be answered, but take
+            # no place in the batch.
+            while live < self.max_batch_size:
                 if self._heap:
-                    items.append(heapq.heappop(self._heap))
+                    item = heapq.heappop(self._heap)
+                    items.append(item)
+                    live += not _dead(item, now, alone)
                     continue
-                if len(items) in self.preferred_batch_sizes:
+                if not live or live in self.preferred_batch_sizes:
                     break
                 remaining = until - time.monotonic()
                 if remaining <= 0:
@@ -308,8 +351,9 @@ class Batcher:
             for item in items:
                 if item.admission is not None:
                     item.admission._release(1)
+            self._running += live
             self._report_depth()
-        return items
+        return items, live
 
     def _claim_cores(self) -> RunBatch | None:
         """Take every core for a solo run when this batch is all the work there is (returns
@@ -323,7 +367,8 @@ class Batcher:
 
     def _work(self, run: RunBatch) -> None:
         name_this_thread(threading.current_thread().name)
-        while (items := self._take()) is not None:
+        while (taken := self._take()) is not None:
+            items, live = taken
             answer = None
             claimed = False
             solo_run = None
@@ -344,6 +389,7 @@ class Batcher:
                     self._cores.note(-1)
                 with self._lock:
                     self._holding -= 1
+                    self._running -= live
             if answer is None:  # the worker itself failed: fail every waiter of the batch
                 answer = _Answer(items, None, [], [], None)
             self._hand_back(answer)
@@ -356,7 +402,7 @@ class Batcher:
         for item in items:
             if item.future.done():  # the caller gave up (cancelled)
                 continue
-            if item.deadline is not None and taken >= item.deadline:
+            if _dead(item, taken, self._seconds_per_image):
                 batch.expired.append(item)
                 continue
             batch.live.append(item)
@@ -396,9 +442,10 @@ class Batcher:
             log.error("inference failed on a batch of %d: %r", len(live), exc, exc_info=exc)
             return _Answer(live, None, batch.expired, batch.failed, None)
         finished = time.monotonic()
-        self._seconds_per_image = 0.9 * self._seconds_per_image + 0.1 * (
-            finished - assembled
-        ) / len(live)
+        service = (sum(batch.prepare_seconds) + finished - assembled) / len(live)
+        self._seconds_per_image = (
+            0.9 * self._seconds_per_image + 0.1 * service if self._seconds_per_image else service
+        )
         stats = BatchStats(
             size=len(live),
             queue_seconds=[batch.taken - item.enqueued for item in live],
@@ -422,7 +469,11 @@ class Batcher:
         """On the event loop: answer every waiter of one batch (`out` None: it failed)."""
         for item in answer.expired:
             if not item.future.done():
-                item.future.set_exception(DeadlineExceeded("deadline passed while queued"))
+                item.future.set_exception(
+                    DeadlineExceeded(
+                        "deadline passed (or would before it could be done) while queued"
+                    )
+                )
         for item, exc in answer.failed:
             if not item.future.done():
                 item.future.set_exception(exc)

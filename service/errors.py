@@ -62,8 +62,10 @@ class QueueFull(ImgclfError):
     code = "RESOURCE_EXHAUSTED"
     reason = "queue_full"
 
-    def __init__(self, message: str, retry_after_ms: int | None = None) -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str, retry_after_ms: int | None = None, reason: str | None = None
+    ) -> None:
+        super().__init__(message, reason)
         self.retry_after_ms = retry_after_ms
 
 

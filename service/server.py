@@ -25,6 +25,7 @@ from service.gpu import register_gpu_metrics
 from service.grpc.auth import TokenAuthInterceptor, read_token, server_credentials
 from service.grpc.classifier import ImageClassifierServicer
 from service.grpc.inference import InferenceServicer
+from service.grpc.streams import HealthServicer, StreamEnder
 from service.manager import ModelManager
 from service.metrics import Metrics
 from service.protopool import reflection_pool
@@ -38,9 +39,27 @@ SERVICE_NAMES = (
 )
 
 
+KEEPALIVE_TIME_MS = 60_000
+"""Ping every connection after this long without traffic, to find peers that vanished."""
+KEEPALIVE_TIMEOUT_MS = 20_000
+"""A connection whose ping is not answered within this is closed (its calls fail)."""
+MAX_CONNECTION_AGE_MS = 3_600_000
+"""A connection is asked to go away (GOAWAY) after an hour, so that clients reconnect and
+load balancers can spread them again; new calls go to a new connection..."""
+MAX_CONNECTION_AGE_GRACE_MS = 300_000
+"""...and calls still open on the old one get this long to finish."""
+
+
 def grpc_server_options(s: ServerSettings) -> list[tuple[str, int]]:
     """The gRPC server's channel options (also used by `imgclf bench --floor`)."""
+    idle_ms = round(s.max_connection_idle_s * 1000)
     return [
+        *([("grpc.max_connection_idle_ms", idle_ms)] if idle_ms else []),
+        ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
+        ("grpc.max_connection_age_grace_ms", MAX_CONNECTION_AGE_GRACE_MS),
+        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        ("grpc.http2.max_pings_without_data", 0),  # keep pinging idle long-lived streams
         ("grpc.max_receive_message_length", s.max_message_bytes),
         ("grpc.max_send_message_length", s.max_message_bytes),
         ("grpc.so_reuseport", 0),
@@ -59,7 +78,8 @@ class Server:
         register_gpu_metrics(self.metrics.registry)
         self.manager = ModelManager(settings, self.metrics, on_change=self._readiness_changed)
         self.core = Core(settings, self.metrics, self.manager)
-        self.health = health.aio.HealthServicer()
+        self.streams = StreamEnder()
+        self.health = HealthServicer(self.streams)
         self.grpc_port = 0
         self.metrics_port = 0
         self._grpc: grpc.aio.Server | None = None
@@ -99,7 +119,7 @@ class Server:
             ImageClassifierServicer(self.core), self._grpc
         )
         oip_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.core), self._grpc
+            InferenceServicer(self.core, self.streams), self._grpc
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         reflection.enable_server_reflection(
@@ -152,12 +172,19 @@ class Server:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         if s.pre_drain_delay_s:
             await asyncio.sleep(s.pre_drain_delay_s)
+        # Long-lived streams (health Watch, ModelStreamInfer) answer what they read and end,
+        # or they would hold the stop below for the whole grace period.
+        self.streams.end_all()
         # gRPC refuses new calls from here on; every call already received runs to its end.
         if self._grpc is not None:
             await self._grpc.stop(s.grace_period_s)
+        # The metrics server notices its shutdown within its 0.5 s poll: meanwhile, not after.
+        http_down = (
+            asyncio.ensure_future(asyncio.to_thread(self._http.shutdown)) if self._http else None
+        )
         await self.core.close()
-        if self._http is not None:
-            self._http.shutdown()
+        if http_down is not None:
+            await http_down
         log.info("stopped")
 
 

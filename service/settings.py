@@ -120,6 +120,9 @@ class ServerSettings(BaseSettings):
     balancers stop routing here first."""
     grace_period_s: float = Field(30.0, ge=0)
     """On SIGTERM/SIGINT: how long in-flight requests may take to finish."""
+    max_connection_idle_s: float = Field(300.0, ge=0)
+    """Close (HTTP/2 GOAWAY) a client connection that has had no call open for this long; 0:
+    never."""
     warmup: bool = True
     """Run each model once per batch size before reporting SERVING."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -69,13 +69,17 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
     """Requires `authorization: Bearer <token>` metadata on every call but health checks."""
 
     def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
+        self._expected = token.encode()
 
     def _authorized(self, metadata: tuple[tuple[str, str | bytes], ...] | None) -> bool:
         for key, value in metadata or ():
             if key.lower() == "authorization":
                 given = value if isinstance(value, bytes) else value.encode()
-                return hmac.compare_digest(given, self._expected)
+                # RFC 7235: the scheme is case-insensitive ("bearer", "BEARER", ...).
+                scheme, _, credentials = given.partition(b" ")
+                if scheme.lower() != b"bearer":
+                    return False
+                return hmac.compare_digest(credentials.strip(b" "), self._expected)
         return False
 
     async def intercept_service(

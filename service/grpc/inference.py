@@ -22,13 +22,20 @@ from service.core import Core
 from service.errors import ImgclfError, InvalidInput, Unsupported
 from service.grpc import deadline_of
 from service.grpc.errors import GENERIC_INTERNAL, maps_errors, public_message
-from service.grpc.oip_config import model_config, model_metadata, model_statistics, output_names
+from service.grpc.oip_config import (
+    max_request_batch,
+    model_config,
+    model_metadata,
+    model_statistics,
+    output_names,
+)
 from service.grpc.oip_tensors import (
     PROBABILITIES_OUTPUT,
     classification_strings,
     request_images,
     serialize_bytes_elements,
 )
+from service.grpc.streams import StreamEnder, bounded_reader
 from service.model import ServedModel
 
 log = logging.getLogger(__name__)
@@ -38,6 +45,8 @@ SERVER_NAME = "imgclf"
 EXTENSIONS = ("classification", "model_repository", "model_configuration", "statistics",
               "schedule_policy")  # fmt: skip
 IGNORED_PARAMETERS = {"sequence_id", "sequence_start", "sequence_end"}
+STREAM_WINDOW = 16
+"""ModelStreamInfer: requests read from one stream and not yet answered to its client."""
 
 
 def _server_version() -> str:
@@ -98,8 +107,9 @@ def request_policy(
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, core: Core) -> None:
+    def __init__(self, core: Core, streams: StreamEnder | None = None) -> None:
         self.core = core
+        self.streams = streams or StreamEnder()
         self.manager = core.manager
         self.version = _server_version()
 
@@ -239,7 +249,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         result = await self.core.infer(
             request.model_name,
             lambda model: request_images(
-                request, model.engine.info.input_name, self.core.settings.max_images_per_request
+                request,
+                model.engine.info.input_name,
+                max_request_batch(model, self.core.settings.max_images_per_request),
             ),
             version=version,
             deadline=deadline,
@@ -278,8 +290,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Requests on one stream run concurrently; each answer carries the request's id.
-        A failed request answers with `error_message`; the stream goes on."""
+        A failed request answers with `error_message`; the stream goes on.
+
+        At most STREAM_WINDOW requests per stream are read and not yet answered to the
+        client: a client that stops reading answers stops being read (gRPC flow control then
+        stops it sending). When draining starts, the stream answers what it has read, then
+        ends."""
         replies: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        window = asyncio.Semaphore(STREAM_WINDOW)
         pending: set[asyncio.Task[None]] = set()
         deadline = deadline_of(context)
 
@@ -293,11 +311,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 log.exception("stream inference failed")
                 await replies.put(self._stream_error(request, GENERIC_INTERNAL))
 
+        def start(request: pb.ModelInferRequest) -> None:
+            task = asyncio.ensure_future(handle(request))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+
         async def read() -> None:
-            async for request in request_iterator:
-                task = asyncio.ensure_future(handle(request))
-                pending.add(task)
-                task.add_done_callback(pending.discard)
+            await bounded_reader(request_iterator, window, self.streams, start)
             if pending:
                 await asyncio.gather(*pending)
             await replies.put(None)
@@ -305,7 +325,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         reader = asyncio.ensure_future(read())
         try:
             while (reply := await replies.get()) is not None:
-                yield reply
+                yield reply  # returns once gRPC has taken it (flow control permitting)
+                window.release()
             await reader
         finally:
             reader.cancel()

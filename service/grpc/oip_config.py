@@ -56,11 +56,17 @@ def _version_policy(model: ServedModel) -> mc.ModelVersionPolicy:
     )
 
 
+def max_request_batch(model: ServedModel, max_request_images: int) -> int:
+    """The largest batch one Open Inference request may carry: the model's max batch size
+    (as in Triton, where a request is never split), within --max-images-per-request."""
+    return min(model.max_batch_size, max_request_images)
+
+
 def model_config(model: ServedModel, max_request_images: int) -> mc.ModelConfig:
     """A Triton-style config (perf_analyzer and Triton's image_client read it).
 
-    `max_batch_size` is what one request may carry (the server splits a request into images
-    and batches them itself, up to the model's own batch size, which may be smaller)."""
+    `max_batch_size` is the largest batch a request may carry (`max_request_batch`): larger
+    ones are refused, as Triton refuses them, and clients size their batches by it."""
     cfg = model.config
     if cfg.image_input:
         inputs = [mc.ModelInput(name=IMAGE_INPUT, data_type=mc.TYPE_STRING, dims=[1])]
@@ -90,7 +96,7 @@ def model_config(model: ServedModel, max_request_images: int) -> mc.ModelConfig:
         platform=PLATFORM,
         backend="onnxruntime",
         version_policy=_version_policy(model),
-        max_batch_size=max_request_images,
+        max_batch_size=max_request_batch(model, max_request_images),
         input=inputs,
         output=outputs,
         dynamic_batching=mc.ModelDynamicBatching(

@@ -67,7 +67,7 @@ def decode_images(
                            reason="bad_shape")  # fmt: skip
     if shape[0] > max_batch_size:
         raise InvalidInput(
-            f"batch of {shape[0]} is larger than the request limit of {max_batch_size} images",
+            f"batch of {shape[0]} is larger than the model's max batch size of {max_batch_size}",
             reason="batch_too_large",
         )
     if raw is not None:
@@ -152,7 +152,7 @@ def request_images(
         )
     if len(images) > max_batch_size:
         raise InvalidInput(
-            f"batch of {len(images)} is larger than the request limit of {max_batch_size} images",
+            f"batch of {len(images)} is larger than the model's max batch size of {max_batch_size}",
             reason="batch_too_large",
         )
     return images

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -440,6 +441,9 @@ def trap_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc
         # encoded red images are slow here (std 0.1 puts red at 8.6 > 5): ~150 products/batch
         "burst": ({"std": 0.1, "scale": 40.0},
                   {"max_batch_size": 2, "max_queue_size": 4, "max_queue_delay_ms": 0}),
+        # red is slow here too (~36 products per image), one image per batch, 64 may wait
+        "slowred": ({"std": 0.1, "scale": 10.0},
+                    {"max_batch_size": 1, "max_queue_size": 64, "max_queue_delay_ms": 0}),
     }  # fmt: skip
     for name, (model_args, config) in configs.items():
         make_trap_model(repo / name / "1" / "model.onnx", **model_args)
@@ -632,3 +636,59 @@ def test_a_refused_request_costs_no_decoding(overload_run: dict) -> None:
         f"{decoded:.0f} images decoded for {requests:.0f} requests of which {refused:.0f} "
         "were refused: refused requests were decoded first"
     )
+
+
+def test_deadline_overload_refuses_fast_and_computes_nothing_for_expired_callers(
+    trap_server: ServerProcess,
+) -> None:
+    """30 requests at once with 0.5 s deadlines, on one instance that serves a few per 0.5 s:
+    what cannot finish in time is refused at admission (RESOURCE_EXHAUSTED, fast, saying to
+    retry), nothing is computed for a caller that gave up, and the server counts what the
+    clients saw."""
+    request = pb.ClassifyRequest(model="slowred", images=[pb.Image(encoded=RED_PNG)], top_k=1)
+    deadline_s = 0.5
+    with open_channel(trap_server.target) as channel:
+        stub = pb_grpc.ImageClassifierStub(channel)
+        for _ in range(3):  # the server measures its service time per image
+            assert stub.Classify(request, timeout=WAIT_S).results[0].top[0].label == "red"
+        before = samples(trap_server)
+        started = time.monotonic()
+        calls = [stub.Classify.future(request, timeout=deadline_s) for _ in range(30)]
+        ended: dict[int, float] = {}
+        for i, call in enumerate(calls):
+            call.add_done_callback(lambda _f, i=i: ended.setdefault(i, time.monotonic()))
+        outcomes: list[tuple[str, str]] = []
+        for call in calls:
+            try:
+                call.result()
+                outcomes.append(("OK", ""))
+            except grpc.RpcError as exc:
+                outcomes.append((exc.code().name, exc.details() or ""))
+    codes = Counter(code for code, _ in outcomes)
+    refused = [m for code, m in outcomes if code == "RESOURCE_EXHAUSTED"]
+    refusal_s = sorted(
+        ended[i] - started for i, (code, _) in enumerate(outcomes) if code == "RESOURCE_EXHAUSTED"
+    )
+    assert codes["OK"] > 0 and refused, codes
+    assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"}, codes
+    assert all("retry later" in m for m in refused), refused[:3]
+    # Refused at admission, not after waiting: well before the deadline.
+    assert refusal_s[len(refusal_s) // 2] < deadline_s / 2 and refusal_s[-1] < deadline_s, refusal_s
+    deadline = time.monotonic() + WAIT_S
+    while metric(trap_server, "imgclf_inflight_requests") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    after = samples(trap_server)
+
+    def moved(name: str, **labels: str) -> float:
+        want = set({"model": "slowred", **labels}.items())
+        return sum(
+            v - before.get(k, 0.0) for k, v in after.items() if k[0] == name and want <= set(k[1])
+        )
+
+    computed = moved("imgclf_batch_size_sum")
+    # Work for callers that gave up: at most the one image the instance had started when
+    # its deadline passed.
+    assert computed <= codes["OK"] + 1, (computed, codes)
+    assert moved("imgclf_requests_total", code="DEADLINE_EXCEEDED") == codes["DEADLINE_EXCEEDED"]
+    assert moved("imgclf_requests_total", code="CANCELLED") == 0
+    assert moved("imgclf_request_failures_total", reason="deadline_unmeetable") == len(refused)

@@ -12,6 +12,7 @@ from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from service.bench.server import ServerProcess
+from service.client import Client
 from service.imaging import Preprocessing, preprocess_image, resize_and_crop
 
 MODEL = "efficientnet_lite0"
@@ -70,6 +71,27 @@ def test_model_config_is_triton_shaped(client: triton.InferenceServerClient) -> 
     assert config.HasField("dynamic_batching")
     assert config.instance_group[0].count >= 1
     assert config.optimization.cuda.graphs is False  # CPU here: no CUDA graphs
+
+
+def test_batches_beyond_the_advertised_max_batch_size_are_refused(
+    client: triton.InferenceServerClient, bundled_server: ServerProcess
+) -> None:
+    # ModelConfig advertises the model's own max batch size (what ListModels reports), not
+    # --max-images-per-request (64); a batch up to it is served, one above it refused.
+    with Client(bundled_server.target) as ours:
+        (info,) = [m for m in ours.list_models().models if m.name == MODEL]
+    advertised = client.get_model_config(MODEL).config.max_batch_size
+    assert advertised == info.max_batch_size < 64
+    for batch in (advertised + 1, 16, 64):
+        inp = triton.InferInput("input", [batch, 3, 224, 224], "FP32")
+        inp.set_data_from_numpy(np.zeros((batch, 3, 224, 224), np.float32))
+        with pytest.raises(InferenceServerException) as refused:
+            client.infer(MODEL, [inp])
+        assert refused.value.status() == "StatusCode.INVALID_ARGUMENT", batch
+        assert f"max batch size of {advertised}" in refused.value.message()
+    inp = triton.InferInput("input", [advertised, 3, 224, 224], "FP32")
+    inp.set_data_from_numpy(np.zeros((advertised, 3, 224, 224), np.float32))
+    assert client.infer(MODEL, [inp]).as_numpy("logits").shape == (advertised, 1000)
 
 
 def test_infer_fp32_tensor_with_classification(

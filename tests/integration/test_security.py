@@ -92,6 +92,13 @@ def test_bearer_token_required_except_for_health(tiny_repo: Path, tmp_path: Path
             oip.is_server_ready()
         assert refused.value.status() == "StatusCode.UNAUTHENTICATED"
         assert oip.is_server_ready(headers={"authorization": "Bearer s3cret-token"})
+        # RFC 7235: the auth scheme is case-insensitive; another scheme is refused.
+        for scheme in ("bearer", "BEARER", "bEaReR"):
+            assert oip.is_server_ready(headers={"authorization": f"{scheme} s3cret-token"})
+        for value in ("Basic s3cret-token", "Bearers3cret-token", "s3cret-token"):
+            with pytest.raises(InferenceServerException) as refused:
+                oip.is_server_ready(headers={"authorization": value})
+            assert refused.value.status() == "StatusCode.UNAUTHENTICATED", value
         oip.close()
     finally:
         server.stop()

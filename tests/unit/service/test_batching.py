@@ -791,3 +791,135 @@ def test_a_lone_deferred_item_still_runs_solo(model):
     assert asyncio.run(main()) == 10.0
     assert model.sums == [[10.0]]
     assert instance.batches == []
+
+
+# --- deadlines: admission and dead items ------------------------------------------------------
+
+
+def slow(seconds_per_image: float, model: FakeModel):
+    """A run_batch taking `seconds_per_image` per row, then behaving as `model`."""
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        time.sleep(seconds_per_image * len(batch))
+        return model(batch)
+
+    return run
+
+
+def test_admission_refuses_a_deadline_the_work_ahead_cannot_meet(model):
+    """Measured ~50 ms per image on one instance, four images ahead: a request with 100 ms
+    left is refused at once (RESOURCE_EXHAUSTED, saying to retry), one with a minute left is
+    admitted; a request whose deadline already passed is DEADLINE_EXCEEDED."""
+
+    async def main() -> None:
+        b = Batcher([slow(0.05, model)], max_batch_size=1, max_delay_s=0.0)
+        b.start()
+        await asyncio.wait_for(b.submit(row(1)), HANG)  # measures the service time
+        model.gate.clear()
+        model.started.clear()
+        ahead = [asyncio.ensure_future(b.submit(row(v))) for v in (2, 3, 4, 5)]
+        await model.wait_started()
+        await let_run()
+
+        async def request(value: float, seconds_left: float) -> np.ndarray:
+            deadline = time.monotonic() + seconds_left
+            with b.admit(1, deadline) as admission:
+                return await b.submit(row(value), deadline, admission=admission)
+
+        started = time.monotonic()
+        with pytest.raises(QueueFull, match=r"before the deadline.*retry later") as refused:
+            await request(6, 0.1)
+        assert time.monotonic() - started < 0.05  # at once, not after waiting
+        assert refused.value.reason == "deadline_unmeetable"
+        assert refused.value.retry_after_ms and refused.value.retry_after_ms > 0
+        with pytest.raises(DeadlineExceeded):
+            await request(7, -0.01)
+        admitted = asyncio.ensure_future(request(8, 60.0))
+        await let_run()
+        assert not admitted.done()
+        model.gate.set()
+        got = await asyncio.wait_for(asyncio.gather(*ahead, admitted), HANG)
+        assert [float(r[0]) for r in got] == [4.0, 6.0, 8.0, 10.0, 16.0]
+        await b.close()
+
+    asyncio.run(main())
+    assert 12.0 not in [s for sums in model.sums for s in sums]  # the refused one never ran
+
+
+def test_without_a_deadline_or_before_any_measurement_admission_only_bounds_the_queue(model):
+    async def main() -> None:
+        b = Batcher([model], max_batch_size=1, max_delay_s=0.0)
+        b.start()
+        with b.admit(1, time.monotonic() + 0.001):  # no service time measured yet: admitted
+            pass
+        await asyncio.wait_for(b.submit(row(1)), HANG)
+        with b.admit(200):  # no deadline: only the queue bound (256) counts
+            pass
+        await b.close()
+
+    asyncio.run(main())
+
+
+def test_dead_items_take_no_place_in_a_batch(model):
+    """Items whose caller gave up or whose deadline passed while queued are answered and
+    dropped before any work, and the batch fills with live items instead."""
+    made: list[float] = []
+    stats: list[BatchStats] = []
+
+    def making(value: float):
+        return lambda: made.append(value) or row(value)
+
+    async def main() -> list:
+        b = Batcher([model], max_batch_size=2, max_delay_s=0.0, on_batch=stats.append)
+        b.start()
+        model.gate.clear()
+        first = asyncio.ensure_future(b.submit(row(1)))
+        await model.wait_started()  # the only instance is busy: the rest queue up
+        soon = time.monotonic() + 0.05
+        queued = [
+            asyncio.ensure_future(b.submit(making(2), deadline=soon)),
+            asyncio.ensure_future(b.submit(making(3), deadline=soon)),
+            asyncio.ensure_future(b.submit(making(4))),
+            asyncio.ensure_future(b.submit(making(5), deadline=time.monotonic() + 60)),
+        ]
+        await let_run()
+        await asyncio.sleep(0.1)  # the first two expire in the queue
+        model.gate.set()
+        results = await asyncio.wait_for(
+            asyncio.gather(first, *queued, return_exceptions=True), HANG
+        )
+        await b.close()
+        return results
+
+    results = asyncio.run(main())
+    assert [type(r).__name__ for r in results[1:3]] == ["DeadlineExceeded"] * 2
+    assert [float(r[0]) for r in results[3:]] == [8.0, 10.0]
+    assert made == [4, 5]  # the expired inputs were never made (decoded)
+    assert model.sizes == [1, 2]  # one batch of the two live items, not [2, 2] with dead ones
+    assert [(s.size, s.expired) for s in stats][-1] == (2, 2)
+
+
+def test_an_item_that_would_miss_its_deadline_even_alone_is_not_run(model):
+    """Measured ~300 ms per image: an item with ~250 ms left when an instance takes it would
+    be late whatever happens, so it is answered DEADLINE_EXCEEDED without being run."""
+
+    async def main() -> None:
+        b = Batcher([slow(0.3, model)], max_batch_size=1, max_delay_s=0.0)
+        b.start()
+        await asyncio.wait_for(b.submit(row(1)), HANG)  # measures the service time
+        model.gate.clear()
+        model.started.clear()
+        first = asyncio.ensure_future(b.submit(row(2)))
+        await model.wait_started()
+        hopeless = asyncio.ensure_future(b.submit(row(3), deadline=time.monotonic() + 0.25))
+        fine = asyncio.ensure_future(b.submit(row(4), deadline=time.monotonic() + 60))
+        await let_run()
+        model.gate.set()
+        with pytest.raises(DeadlineExceeded):
+            await asyncio.wait_for(hopeless, HANG)
+        assert float((await asyncio.wait_for(fine, HANG))[0]) == 8.0
+        await asyncio.wait_for(first, HANG)
+        await b.close()
+
+    asyncio.run(main())
+    assert 6.0 not in [s for sums in model.sums for s in sums]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.core import Core, ImageInput, top_k
+from service.core import Core, ImageInput, deadline_passed, top_k
 from service.engine import Engine, softmax
 from service.errors import DeadlineExceeded, InvalidInput, ModelNotFound, ModelNotReady
 from service.imaging import normalize
@@ -637,6 +637,47 @@ def test_expired_request_counted_once_when_batched_with_a_live_one(tiny_repo, ga
     assert requests(core, "OK") == 2
     assert requests(core, "DEADLINE_EXCEEDED") == 1
     assert failures(core, "deadline_exceeded") == 1
+
+
+def test_deadline_passed_allows_for_the_deadline_the_client_started_earlier():
+    # A 0.5 s call: reset within its last fifth is the deadline (the client started its
+    # clock before the request reached us); earlier, the client's own cancel.
+    assert deadline_passed(10.5, 10.0, 10.5)
+    assert deadline_passed(10.5, 10.0, 10.45)
+    assert not deadline_passed(10.5, 10.0, 10.3)
+    assert not deadline_passed(None, 10.0, 99.0)
+
+
+def test_a_call_reset_at_its_deadline_counts_as_deadline_exceeded(tiny_repo, gate):
+    """The client saw DEADLINE_EXCEEDED: the server counts that, not CANCELLED (the reset
+    arrives a little before our own copy of the deadline)."""
+    core = make_core(tiny_repo)
+    images = [ImageInput(tensor=channel_tensor(0))]
+
+    async def main():
+        async with serving(core):
+            gate.close()
+            running = asyncio.ensure_future(core.classify("tiny", images))
+            await gate.wait_entered()
+            near = asyncio.ensure_future(
+                core.classify("tiny", images, deadline=time.monotonic() + 0.3)
+            )
+            early = asyncio.ensure_future(
+                core.classify("tiny", images, deadline=time.monotonic() + 60)
+            )
+            await asyncio.sleep(0.27)  # reset 30 ms before our deadline, as gRPC does
+            near.cancel()
+            early.cancel()
+            await let_run()
+            gate.open()
+            await asyncio.wait_for(running, HANG)
+            for task in (near, early):
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+
+    asyncio.run(main())
+    assert requests(core, "DEADLINE_EXCEEDED") == 1
+    assert requests(core, "CANCELLED") == 1
 
 
 # --- statistics -----------------------------------------------------------------------------
