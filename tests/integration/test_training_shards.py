@@ -13,8 +13,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from imgclf.training.shard_writer import write_shards  # noqa: E402
 from tests.unit.training.trees import write_digits_tree  # noqa: E402
-from training.shard_writer import write_shards  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,7 +24,7 @@ def test_two_processes_with_workers_train_on_uneven_shards(tmp_path: Path) -> No
     write_shards(tree, tmp_path / "shards", shard_size=5)  # train: 24 = 5+5+5+5+4, val: 6
     run = tmp_path / "run"
     base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-            "2", "-m", "training.train", "--data-path", str(tmp_path / "shards"),
+            "2", "-m", "imgclf.training.train", "--data-path", str(tmp_path / "shards"),
             "--model", "digits_cnn_w4", "--input-size", "16", "-b", "4", "-j", "2",
             "--no-progress", "--auto-resume", "--output-dir", str(run)]  # fmt: skip
     for epochs in (2, 3):  # the second run resumes after epoch 2

@@ -13,14 +13,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from service import cli  # noqa: E402
-from service.imaging import Preprocessing  # noqa: E402
-from tests.unit.training.trees import write_digits_tree  # noqa: E402
-from training import train  # noqa: E402
-from training.data import load_image, load_split  # noqa: E402
-from training.presets import EvalPreset  # noqa: E402
-from training.shard_writer import write_shards  # noqa: E402
-from training.shards import (  # noqa: E402
+from imgclf import cli  # noqa: E402
+from imgclf.imaging import Preprocessing  # noqa: E402
+from imgclf.training import train  # noqa: E402
+from imgclf.training.data.datasets import load_image, load_split  # noqa: E402
+from imgclf.training.data.presets import EvalPreset  # noqa: E402
+from imgclf.training.shard_writer import write_shards  # noqa: E402
+from imgclf.training.shards import (  # noqa: E402
     Shard,
     ShardDataset,
     assign,
@@ -31,6 +30,7 @@ from training.shards import (  # noqa: E402
     read_shard,
     write_tar,
 )
+from tests.unit.training.trees import write_digits_tree  # noqa: E402
 
 SPEC = Preprocessing(input_size=(16, 16), resize_size=16, interpolation="bilinear")
 
