@@ -4,15 +4,16 @@ bounded by `--duration`, and talks only to 127.0.0.1 unless given a `--target`.
 `benchmarks.gpu_check` (with `benchmarks.gpu_stage`) proves or disproves the GPU path in one
 run on a GPU host; see docs/performance.md.
 
-This module holds what the load benchmarks share: a server they start themselves, the
-asyncio client call that records one outcome, percentiles, and the server's /metrics.
+This module holds what the load benchmarks share beyond the bench's own pieces (the server
+they start or target, percentiles and /metrics reading all come from imgclf.client.bench):
+the asyncio client call that records one outcome.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import tempfile
+import shlex
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -23,11 +24,14 @@ import numpy as np
 
 from imgclf._generated.imgclf.v1 import image_classifier_pb2 as pb
 from imgclf._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
+from imgclf.client.bench.launcher import Target, server_or_target
 
 # /metrics reading is the bench tool's; these scripts re-export it under their own names.
 from imgclf.client.bench.scrape import by_label as metric_by  # noqa: F401
 from imgclf.client.bench.scrape import fetch as scrape  # noqa: F401
 from imgclf.client.bench.scrape import total as metric_total  # noqa: F401
+from imgclf.client.bench.stats import percentile
+from imgclf.client.channel import make_aio_channel
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RETRY_HINT_KEYS = ("retry-after-ms", "grpc-retry-pushback-ms")
@@ -38,44 +42,20 @@ one gRPC's own retry policy honours)."""
 # --- the server ------------------------------------------------------------------------------
 
 
-@dataclass
-class Target:
-    """Where the load goes: a gRPC address, its /metrics URL (may be empty) and, for a server
-    we started, its process id (for /proc/<pid>/status)."""
-
-    address: str
-    metrics_url: str = ""
-    pid: int | None = None
-
-
 @contextlib.contextmanager
 def started_server(repository: Path, *args: str) -> Iterator[Target]:
-    """`imgclf serve` on free ports on 127.0.0.1, SERVING, stopped (SIGTERM) on exit."""
-    from imgclf.client.bench.launcher import start_server
-
-    with tempfile.TemporaryDirectory(prefix="imgclf-reliability-") as workdir:
-        server = start_server(repository, Path(workdir), *args)
-        try:
-            yield Target(server.target, server.metrics_url, server.proc.pid)
-        finally:
-            code = server.stop()
-            if code != 0:
-                print(f"server exited with {code}; its log:\n{server.log()[-4000:]}")
+    """`imgclf serve` on free ports on 127.0.0.1, SERVING, stopped (SIGTERM) on exit: the
+    bench's "start a server or use --target" (imgclf.client.bench.launcher), always starting."""
+    with server_or_target(None, repository, shlex.join(args)) as target:
+        yield target
+    code = target.server.proc.returncode if target.server else 0
+    if code != 0:
+        print(f"server exited with {code}; its log:\n{target.server.log()[-4000:]}")
 
 
 def channels(address: str, n: int) -> list[grpc.aio.Channel]:
     """`n` separate connections (each its own HTTP/2 connection, like separate clients)."""
-    return [
-        grpc.aio.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_send_message_length", 64 << 20),
-                ("grpc.max_receive_message_length", 64 << 20),
-                ("grpc.use_local_subchannel_pool", 1),
-            ],
-        )
-        for _ in range(n)
-    ]
+    return [make_aio_channel(address, None, own_connection=True) for _ in range(n)]
 
 
 # --- one call ------------------------------------------------------------------------------
@@ -115,11 +95,12 @@ async def classify(
 
 
 def percentiles_ms(seconds: Sequence[float], qs: Sequence[int] = (50, 90, 99)) -> dict[str, float]:
-    """{"p50": ms, ...}; empty when there is nothing to measure."""
+    """{"p50": ms, ...}, nearest-rank like every percentile of `imgclf bench`
+    (imgclf.client.bench.stats.percentile); empty when there is nothing to measure."""
     if not seconds:
         return {}
-    values = np.percentile(np.asarray(seconds) * 1000.0, qs)
-    return {f"p{q}": round(float(v), 2) for q, v in zip(qs, values, strict=True)}
+    ms = np.asarray(seconds, dtype=np.float64) * 1000.0
+    return {f"p{q}": round(percentile(ms, q), 2) for q in qs}
 
 
 def fmt_ms(p: dict[str, float]) -> str:

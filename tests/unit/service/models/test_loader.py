@@ -367,14 +367,21 @@ def test_retire_waits_for_every_holder(tmp_path):
 
 
 def test_retire_without_holders_is_immediate(tmp_path):
+    """With no request holding the model, retiring does not wait for anything: within the
+    same few turns of the event loop the batcher already refuses new work."""
     make_repo(tmp_path)
     model = load(tmp_path, warmup=False)
+    tensor = logits_of(model, (1.0, 0.0, 0.0))
 
     async def main() -> None:
         model.start()
         with model.use():
             pass
-        await asyncio.wait_for(model.retire(), HANG)
+        retiring = asyncio.ensure_future(model.retire())
+        await let_run()
+        with pytest.raises(ModelNotReady):
+            await model.batcher.submit(tensor)
+        await asyncio.wait_for(retiring, HANG)
 
     asyncio.run(main())
 

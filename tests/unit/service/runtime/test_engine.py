@@ -1,5 +1,6 @@
-"""imgclf.runtime.engine: execution options, provider choice, and real ONNX Runtime sessions over the
-tiny model. Fakes only for what ONNX Runtime lists and whether the CUDA driver is present."""
+"""imgclf.runtime.engine: execution options, provider choice, and real ONNX Runtime sessions
+over the tiny model. Fakes only for what ONNX Runtime lists and whether the CUDA driver is
+present."""
 
 from __future__ import annotations
 
@@ -414,8 +415,19 @@ def test_rows_are_independent(engine):
     assert list(out.argmax(axis=1)) == [0, 1, 2]
 
 
-def test_warmup(engine):
+def test_warmup(engine, monkeypatch):
+    """Warm-up runs the real session once per batch size, on batches of that size."""
+    ran: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+    real_run = engine.run
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        out = real_run(batch)
+        ran.append((batch.shape, out.shape))
+        return out
+
+    monkeypatch.setattr(engine, "run", run)
     engine.warmup([1, 4], (3, SIZE, SIZE))
+    assert ran == [((1, 3, SIZE, SIZE), (1, 3)), ((4, 3, SIZE, SIZE), (4, 3))]
 
 
 def test_check_sample_shape_accepts_model_shape(engine):
