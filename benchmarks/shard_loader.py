@@ -32,8 +32,8 @@ from torch.utils.data import DataLoader
 from imgclf.imaging import Preprocessing
 from imgclf.training.data.datasets import ImageDataset, load_split
 from imgclf.training.data.presets import TrainPreset
+from imgclf.training.data.shards import ShardDataset, open_shards
 from imgclf.training.shard_writer import write_shards
-from imgclf.training.shards import ShardDataset, open_shards
 from imgclf.training.utils import seed_worker
 
 PHOTOS = ("chelsea", "coffee", "rocket")

@@ -6,7 +6,7 @@ The folder is split as ``imgclf train`` splits it (``train/`` and ``val/`` subfo
 tree split by ``--val-fraction``/``--split-seed``), unreadable files are left out (and listed
 in the manifest), and each split is written in a seeded random order, so every shard holds a
 mix of classes. Image bytes are stored unchanged: training decodes them as it decodes the
-files. See imgclf.training.shards for the format and how training reads it.
+files. See imgclf.training.data.shards for the format and how training reads it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from imgclf.training.data.datasets import load_split
-from imgclf.training.shards import FORMAT, MANIFEST, SPLITS, VERSION, encode_sample, write_tar
+from imgclf.training.data.shards import FORMAT, MANIFEST, SPLITS, VERSION, encode_sample, write_tar
 
 DEFAULT_SHARD_SIZE = 1000
 

@@ -42,6 +42,7 @@ from imgclf.training.data.datasets import (
     load_split,
 )
 from imgclf.training.data.presets import EvalPreset, TrainPreset
+from imgclf.training.data.shards import ShardDataset, shard_loaders
 from imgclf.training.loop import checkpoint as ckpt_mod
 from imgclf.training.loop.distributed import (
     DistInfo,
@@ -61,7 +62,6 @@ from imgclf.training.models.transfer import (
     unfreeze,
 )
 from imgclf.training.models.weights import WeightsUnavailable, build_model
-from imgclf.training.shards import ShardDataset, shard_loaders
 from imgclf.training.utils import atomic_save, seed_everything, seed_worker, use_deterministic
 from imgclf.usererror import UserError, run_main
 
@@ -237,7 +237,9 @@ def build_run_model(
     """The model to train: rebuilt from a checkpoint to resume, else by name and --weights."""
     if resume is not None:
         if resume["class_names"] != classes:
-            raise ValueError(f"the checkpoint was trained on other classes: {resume['class_names']}")
+            raise ValueError(
+                f"the checkpoint was trained on other classes: {resume['class_names']}"
+            )
         return create_model(args.model, len(classes), **resume.get("model_kwargs", {}))
     kwargs = size_kwargs(args.model, args.input_size)
     if kwargs:

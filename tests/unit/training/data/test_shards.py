@@ -18,8 +18,7 @@ from imgclf.imaging import Preprocessing  # noqa: E402
 from imgclf.training import train  # noqa: E402
 from imgclf.training.data.datasets import load_image, load_split  # noqa: E402
 from imgclf.training.data.presets import EvalPreset  # noqa: E402
-from imgclf.training.shard_writer import write_shards  # noqa: E402
-from imgclf.training.shards import (  # noqa: E402
+from imgclf.training.data.shards import (  # noqa: E402
     Shard,
     ShardDataset,
     assign,
@@ -30,6 +29,7 @@ from imgclf.training.shards import (  # noqa: E402
     read_shard,
     write_tar,
 )
+from imgclf.training.shard_writer import write_shards  # noqa: E402
 from tests.unit.training.trees import write_digits_tree  # noqa: E402
 
 SPEC = Preprocessing(input_size=(16, 16), resize_size=16, interpolation="bilinear")
