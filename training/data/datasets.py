@@ -1,7 +1,8 @@
 """Datasets for training: a built-in one (imgclf.training.data.builtin) or an image-folder tree.
 
 ``--data-path DIR`` with ``train/`` and ``val/`` subfolders uses those; a single tree is split
-(stratified, seeded); tar shards (imgclf.training.data.shards) are read by the loader workers instead.
+(stratified, seeded); tar shards (imgclf.training.data.shards) are read by the loader workers
+instead.
 Class names are kept in order and go into the checkpoint and the ONNX.
 Unreadable files are reported and left out before training (``skipped``); a file that still
 fails to decode during training is reported once and replaced by the next sample, so batches
