@@ -349,7 +349,10 @@ def _training_module(command: str) -> Any:
 
 def _run(argv: list[str]) -> int:
     if argv and argv[0] in TRAINING_COMMANDS:
-        return int(_training_module(argv[0]).run(argv[1:]) or 0)
+        module = _training_module(argv[0])
+        # `run` raises a UserError the CLI reports; a job without one (shards, launch) reports
+        # its own failure in one line and returns the status from `main`.
+        return int(getattr(module, "run", module.main)(argv[1:]) or 0)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # say it with the subcommand's usage, not the top level's

@@ -14,7 +14,8 @@ from __future__ import annotations
 import sys
 
 from torch.distributed.elastic.rendezvous.api import RendezvousError, RendezvousGracefulExitError
-from torch.distributed.run import parse_args, run
+from torch.distributed.run import parse_args
+from torch.distributed.run import run as torchrun
 
 
 def describe(exc: RendezvousError, backend: str, endpoint: str, run_id: str) -> str:
@@ -31,7 +32,7 @@ def describe(exc: RendezvousError, backend: str, endpoint: str, run_id: str) -> 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        run(args)
+        torchrun(args)
     except RendezvousGracefulExitError:
         return 0
     except RendezvousError as exc:
