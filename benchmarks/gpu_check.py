@@ -198,17 +198,13 @@ def load_lines(log: str) -> dict[str, tuple[str, str, str]]:
     return out
 
 
-def scrape(url: str) -> dict:
+def step_providers(env: Env, report: Report) -> None:
     from imgclf.client.bench.scrape import fetch
 
-    return fetch(url)
-
-
-def step_providers(env: Env, report: Report) -> None:
     want = CUDA_EP if env.gpu else CPU_EP
     with server(env, MODELS) as srv:
         lines = load_lines(srv.log())
-        samples = scrape(srv.metrics_url)
+        samples = fetch(srv.metrics_url)
     info = {
         m: {"provider": p}
         for (n, lbl), _ in samples.items()
@@ -673,6 +669,8 @@ def bench_point(
 
 
 def step_served(env: Env, report: Report) -> None:
+    from imgclf.client.bench.scrape import fetch
+
     # The dry run serves the small model: it keeps the code path alive, it measures nothing.
     model = (
         "digits"
@@ -693,12 +691,12 @@ def step_served(env: Env, report: Report) -> None:
                 if env.left() < duration + 20:
                     report.add("served", f"{kind} c={c}", "skip", "", "out of time budget")
                     continue
-                before = scrape(srv.metrics_url)
+                before = fetch(srv.metrics_url)
                 with sampler.sampling(duration + warmup_s(duration)) as s:
                     point = bench_point(
                         srv.target, srv.metrics_url, model, kind, c, duration, client_processes
                     )
-                after = scrape(srv.metrics_url)
+                after = fetch(srv.metrics_url)
                 summary = point["summary"]
                 rps = float(summary["throughput_ips"])
                 best = max(best, rps)
