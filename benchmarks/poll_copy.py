@@ -41,7 +41,7 @@ from imgclf._generated.imgclf.v1 import image_classifier_pb2 as pb
 from imgclf._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
 from imgclf.client import open_channel
 from imgclf.client.bench.launcher import ServerProcess, start_server
-from imgclf.models.repository import versions
+from imgclf.repolayout import versions
 
 TIMEOUT_S = 30.0
 

@@ -20,7 +20,8 @@ import numpy as np
 from imgclf.metrics.prometheus import Metrics, ModelSeries
 from imgclf.metrics.statistics import ModelStats
 from imgclf.modelmeta import ModelMetadata
-from imgclf.models.repository import ModelConfig, ModelEntry
+from imgclf.models.repository import ModelConfig
+from imgclf.repolayout import ModelEntry
 from imgclf.runtime.batcher import Batcher, BatchStats
 from imgclf.runtime.buckets import bucket_sizes
 from imgclf.runtime.cores import Cores

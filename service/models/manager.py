@@ -24,14 +24,14 @@ from imgclf.metrics.prometheus import Metrics
 from imgclf.models.loader import ServedModel, load_model
 from imgclf.models.repository import (
     ModelConfig,
-    ModelEntry,
     config_fingerprint,
     model_dir,
     read_model_config,
     relative_to_root,
     scan,
 )
-from imgclf.models.repository import versions as repo_versions
+from imgclf.repolayout import ModelEntry
+from imgclf.repolayout import versions as repo_versions
 from imgclf.runtime.cores import Cores
 from imgclf.settings import ServerSettings
 

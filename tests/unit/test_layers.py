@@ -12,15 +12,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 FOLDERS = {"imgclf": ROOT / "service", "imgclf.training": ROOT / "training"}
 CLIENT_SIDE = ("imgclf.client", "imgclf._generated", "imgclf.imaging", "imgclf.modelmeta",
-               "imgclf.bytestensor")  # fmt: skip
+               "imgclf.bytestensor", "imgclf.repolayout")  # fmt: skip
 """What the client and its bench may import: themselves, the stubs, the shared contract."""
 NOT_YET = {
-    ("imgclf.client.bench.inputs", "imgclf.models.repository"),
     ("imgclf.client.bench.limit", "imgclf.runtime.engine"),
 }
-"""Two server modules the bench still reads: the repository's folder layout (`versions`), and
-the ONNX Runtime session options the limit must share with the server. They move to shared
-modules when repository.py and engine.py are split (docs/architecture.md, phase 2)."""
+"""A server module the bench still reads: the ONNX Runtime session options the limit must
+share with the server. They move to a shared module when engine.py is split
+(docs/architecture.md, phase 2)."""
 
 
 def modules() -> dict[str, Path]:
