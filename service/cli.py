@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgclf", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="serve the model repository over gRPC")
+    serve = sub.add_parser("serve", help="serve the model repository over gRPC and HTTP")
     add_settings_arguments(serve)
     serve.set_defaults(func=_serve)
 

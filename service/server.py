@@ -1,4 +1,4 @@
-"""Server lifecycle: load and warm up, serve gRPC + health + reflection + metrics, drain.
+"""Server lifecycle: load and warm up, serve gRPC + HTTP + health + reflection + metrics, drain.
 
 Start: models load and warm up first; only then does health report SERVING.
 Stop (SIGTERM/SIGINT): health NOT_SERVING, new requests refused with UNAVAILABLE, in-flight
@@ -27,6 +27,7 @@ from imgclf.grpc.inference import InferenceServicer
 from imgclf.grpc.options import server_options
 from imgclf.grpc.protopool import reflection_pool
 from imgclf.grpc.streams import HealthServicer, StreamEnder
+from imgclf.http.app import HttpServer
 from imgclf.metrics.gpu import register_gpu_metrics
 from imgclf.metrics.prometheus import Metrics
 from imgclf.models.manager import ModelManager
@@ -51,6 +52,8 @@ class Server:
         self.health = HealthServicer(self.streams)
         self.grpc_port = 0
         self.metrics_port = 0
+        self.http_port = 0
+        self._rest: HttpServer | None = None
         self._grpc: grpc.aio.Server | None = None
         self._http = None
         self._stopping = asyncio.Event()
@@ -87,9 +90,8 @@ class Server:
         pb_grpc.add_ImageClassifierServicer_to_server(
             ImageClassifierServicer(self.core), self._grpc
         )
-        oip_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.core, self.streams), self._grpc
-        )
+        inference = InferenceServicer(self.core, self.streams)
+        oip_grpc.add_GRPCInferenceServiceServicer_to_server(inference, self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME),
@@ -106,12 +108,17 @@ class Server:
             raise RuntimeError(f"could not bind gRPC on {s.host}:{s.grpc_port}")
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._grpc.start()
+        if s.http:  # same loop, same core; readiness answers 503 until the models are ready
+            self._rest = HttpServer(inference, self.metrics, token)
+            self.http_port = await self._rest.start()
         security = (
             "mutual TLS" if s.tls_client_ca_file else "TLS" if s.tls_cert_file else "plaintext"
         )
+        http = f"HTTP {s.http_bind}:{self.http_port}" if self._rest else "HTTP off"
         log.info(
-            "listening: gRPC %s:%d (%s%s), metrics http://%s:%d/metrics; loading models from %s",
-            s.host, self.grpc_port, security, ", bearer token required" if token else "",
+            "listening: gRPC %s:%d, %s (%s%s), metrics http://%s:%d/metrics; loading models "
+            "from %s",
+            s.host, self.grpc_port, http, security, ", bearer token required" if token else "",
             s.metrics_bind, self.metrics_port, s.model_repository,
         )  # fmt: skip
         await self.manager.start(s.load_model)
@@ -144,13 +151,18 @@ class Server:
         # Long-lived streams (health Watch, ModelStreamInfer) answer what they read and end,
         # or they would hold the stop below for the whole grace period.
         self.streams.end_all()
-        # gRPC refuses new calls from here on; every call already received runs to its end.
+        # gRPC and HTTP refuse new calls from here on; every call already received runs to
+        # its end.
+        stopping = []
         if self._grpc is not None:
-            await self._grpc.stop(s.grace_period_s)
+            stopping.append(self._grpc.stop(s.grace_period_s))
+        if self._rest is not None:
+            stopping.append(self._rest.stop())
         # The metrics server notices its shutdown within its 0.5 s poll: meanwhile, not after.
         http_down = (
             asyncio.ensure_future(asyncio.to_thread(self._http.shutdown)) if self._http else None
         )
+        await asyncio.gather(*stopping)
         await self.core.close()
         if http_down is not None:
             await http_down

@@ -27,12 +27,21 @@ class ServerSettings(BaseSettings):
     """Address the gRPC server binds (0.0.0.0 for every interface)."""
     grpc_port: int = Field(8001, ge=0, le=65535)
     """gRPC port (0 picks a free one; the chosen port is logged)."""
+    http: bool = True
+    """Serve the Open Inference Protocol over HTTP/REST (and the plain /v1 image endpoint)."""
+    http_host: str | None = None
+    """Address the HTTP server binds (unset: the gRPC host)."""
+    http_port: int = Field(8000, ge=0, le=65535)
+    """HTTP/REST port (0 picks a free one; the chosen port is logged)."""
+    http_read_timeout_s: float = Field(30.0, gt=0)
+    """HTTP: longest time a request body may take to arrive (slower senders get 408)."""
     metrics_host: str | None = None
     """Address the metrics endpoint binds (unset: the gRPC host)."""
     metrics_port: int = Field(8002, ge=0, le=65535)
     """Port of the Prometheus /metrics endpoint (0 picks a free one)."""
     tls_cert_file: Path | None = None
-    """PEM certificate (chain) of the server; with its key file, the gRPC port speaks TLS."""
+    """PEM certificate (chain) of the server; with its key file, the gRPC and HTTP ports
+    speak TLS."""
     tls_key_file: Path | None = None
     """PEM private key of the server certificate."""
     tls_client_ca_file: Path | None = None
@@ -114,7 +123,7 @@ class ServerSettings(BaseSettings):
     max_pixels: int = Field(40_000_000, ge=1)
     """Largest image (width x height) accepted, checked before decoding."""
     max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024)
-    """Largest gRPC message received or sent."""
+    """Largest gRPC message received or sent, and largest HTTP request body."""
     pre_drain_delay_s: float = Field(0.0, ge=0)
     """On SIGTERM/SIGINT: keep serving this long after readiness turns NOT_SERVING, so load
     balancers stop routing here first."""
@@ -141,6 +150,10 @@ class ServerSettings(BaseSettings):
     @property
     def preprocess_workers(self) -> int:
         return self.preprocess_threads or cpus()
+
+    @property
+    def http_bind(self) -> str:
+        return self.http_host or self.host
 
     @property
     def metrics_bind(self) -> str:

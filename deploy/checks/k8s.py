@@ -142,6 +142,9 @@ def check_serving(resources: list[Resource], where: str) -> Iterator[str]:
     metrics_port = int(env.get("IMGCLF_METRICS_PORT", "8002"))
     if env.get("IMGCLF_HOST") != "0.0.0.0":
         yield f"{where}: IMGCLF_HOST must be 0.0.0.0 in a pod (the default binds 127.0.0.1 only)"
+    http_port = int(env.get("IMGCLF_HTTP_PORT", "8000"))
+    if ports.get("http") != http_port:
+        yield f"{where}: container port 'http' is {ports.get('http')}, IMGCLF_HTTP_PORT {http_port}"
     if ports.get("grpc") != grpc_port:
         yield f"{where}: container port 'grpc' is {ports.get('grpc')}, IMGCLF_GRPC_PORT {grpc_port}"
     if ports.get("http-metrics") != metrics_port:
@@ -239,6 +242,12 @@ def check_kserve(resources: list[Resource], where: str) -> Iterator[str]:
             h2c = [p for p in source.get("ports", []) if p.get("name") == "h2c"]
             if not h2c or h2c[0]["containerPort"] != port:
                 yield f"{where}: gRPC port must be named h2c and be --grpc-port {port}"
+        http_port = int(args.get("http-port", "8000"))
+        http1 = [p for p in container.get("ports", []) if p.get("name") == "http1"]
+        if "v2" in runtime["spec"].get("protocolVersions", []) and (
+            not http1 or http1[0]["containerPort"] != http_port
+        ):
+            yield f"{where}: the REST port must be named http1 and be --http-port {http_port}"
         if args.get("model-repository") != "/mnt/models":
             yield f"{where}: the runtime must serve KServe's /mnt/models"
 

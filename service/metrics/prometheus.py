@@ -44,6 +44,10 @@ class Metrics:
             registry=r,
         )  # fmt: skip
         self.images = Counter("imgclf_images", "Images classified.", MV, registry=r)
+        self.http_requests = Counter(
+            "imgclf_http_requests", "HTTP requests by route template and HTTP status.",
+            ("route", "status"), registry=r,
+        )  # fmt: skip
         self.failures = Counter(
             "imgclf_request_failures",
             "Failed requests by reason (invalid_input, undecodable_image, queue_full, ...).",

@@ -171,3 +171,22 @@ def test_start_server_serves_the_repository_the_limit_reads(tmp_path: Path) -> N
     assert result["server_model"]["versions"] == [1]
     assert result["limit"]["images_per_s"] > 0
     assert result["points"][0]["floor"]["errors"] == 0
+
+
+@pytest.mark.parametrize("kind", ["tensor", "jpeg"])
+def test_bench_over_http_beside_grpc(
+    tiny_server: ServerProcess, tiny_repo: Path, tmp_path: Path, kind: str
+) -> None:
+    """--protocol grpc,http: each point over both ports, one after the other, and the ratio."""
+    result = bench(
+        tmp_path, "--target", tiny_server.target, "--metrics-url", tiny_server.metrics_url,
+        "--http-target", f"127.0.0.1:{tiny_server.http_port}", "--api", "oip",
+        "--protocol", "grpc,http", "--input", kind, "--concurrency", "2",
+        "--model-path", str(tiny_repo / "tiny" / "1" / "model.onnx"),
+    )  # fmt: skip
+    assert_served_cleanly(result, 2)
+    assert [p["protocol"] for p in result["points"]] == ["grpc", "http"]
+    for p in result["points"]:
+        assert p["server"]["requests_by_code"].keys() == {"OK"}
+    (ratio,) = result["protocol_ratios"]
+    assert ratio["load"] == "c=2" and ratio["http_over_grpc"] > 0

@@ -256,7 +256,7 @@ def start_settled(repo: Path, workdir: Path, *args: str) -> ServerProcess:
     log_path = workdir / "server.log"
     cmd = [
         sys.executable, "-m", "imgclf.cli", "serve", "--model-repository", str(repo),
-        "--host", "127.0.0.1", "--grpc-port", str(grpc_port),
+        "--host", "127.0.0.1", "--grpc-port", str(grpc_port), "--http-port", "0",
         "--metrics-port", str(metrics_port), *args,
     ]  # fmt: skip
     with log_path.open("wb") as log_file:

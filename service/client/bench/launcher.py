@@ -48,10 +48,16 @@ class ServerProcess:
     metrics_port: int
     log_path: Path
     host: str = "127.0.0.1"
+    http_port: int = 0
+    """The HTTP/REST port (0: HTTP off)."""
 
     @property
     def target(self) -> str:
         return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
 
     @property
     def metrics_url(self) -> str:
@@ -114,6 +120,7 @@ def start_server(
     """Start `imgclf serve` on free ports, its log in `workdir`, and wait until it serves;
     `tls` (tls_ca, tls_cert, tls_key) is how to reach it when the args turn TLS on."""
     grpc_port, metrics_port = free_port(host), free_port(host)
+    http_port = 0 if "--no-http" in args else free_port(host)
     log_path = workdir / "server.log"
     cmd = [
         sys.executable, "-m", "imgclf.cli", "serve",
@@ -121,10 +128,11 @@ def start_server(
         "--host", host,
         "--grpc-port", str(grpc_port),
         "--metrics-port", str(metrics_port),
+        *(["--http-port", str(http_port)] if http_port else []),
         *args,
     ]  # fmt: skip
     proc = launch(cmd, log_path)
-    server = ServerProcess(proc, grpc_port, metrics_port, log_path, host)
+    server = ServerProcess(proc, grpc_port, metrics_port, log_path, host, http_port)
     try:
         wait_serving(server.target, proc, log_path, **tls)
     except BaseException:

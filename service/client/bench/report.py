@@ -215,6 +215,15 @@ def text(result: dict) -> str:
         stages = stage_table(result["points"])
         if stages:
             lines += ["", stages]
+        ratios = result.get("protocol_ratios")
+        if ratios:
+            rows = [
+                [r["load"], fmt(r["http_over_grpc"], ".3f"),
+                 " ".join(fmt(x, ".3f") for x in r["rounds"])]
+                for r in ratios
+            ]  # fmt: skip
+            lines += ["\nHTTP / gRPC throughput (measured one after the other, each round):",
+                      table(["load", "median", "rounds"], rows)]  # fmt: skip
         floor = floor_table(result["points"])
         if floor:
             lines += ["\nfloor (a bare gRPC server, same options and requests, canned reply, "

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import grpc
 
-from imgclf.client.bench import inputs, limit, load, report, stats, wire
+from imgclf.client.bench import http_wire, inputs, limit, load, report, stats, wire
 from imgclf.client.bench.floor import FloorServer
 from imgclf.client.bench.launcher import server_or_target
 
@@ -65,6 +65,10 @@ def make_plan(args: argparse.Namespace) -> Plan:
         args.limit, concurrency, rates = True, [], []
     if args.batch_size < 1 or args.client_processes < 1 or args.rounds < 1:
         raise ValueError("--batch-size, --client-processes and --rounds must be >= 1")
+    if "http" in args.protocol and args.api != "oip":
+        raise ValueError("--protocol http sends Open Inference requests: add --api oip")
+    if "http" in args.protocol and (args.tls_ca or args.tls_cert):
+        raise ValueError("the bench's HTTP client speaks plaintext only")
     draft = args.limit_jpeg_draft
     if draft is None:
         draft = "--no-jpeg-draft" not in args.server_args.split()
@@ -86,6 +90,7 @@ def new_result(args: argparse.Namespace, plan: Plan) -> dict:
     photos = plan.photos
     return {
         "api": args.api, "target": args.target, "model": {"name": args.model},
+        "protocols": args.protocol,
         "inputs": {
             "kind": args.input, "size": "x".join(map(str, plan.size)) if plan.size else "native",
             "photos": [n for n, _ in photos],
@@ -177,6 +182,8 @@ def execute(args: argparse.Namespace) -> dict:
     if limits.rounds:
         result["limit"] = limit.combine_limits(limits.rounds)
     result["points"] = [stats.combine_points(list(per)) for per in zip(*point_rounds, strict=True)]
+    if len(args.protocol) > 1 and point_rounds:
+        result["protocol_ratios"] = protocol_ratios(point_rounds)
     result["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     return result
 
@@ -213,9 +220,21 @@ def serve_and_measure(
             say(f"no metrics at {metrics_url}: no server stage breakdown")
             metrics_url = None
         result.update(target=target, metrics_url=metrics_url)
-        runner = stack.enter_context(load.LoadRunner(
-            connection, method, payloads, args.client_processes, args.request_timeout
-        ))  # fmt: skip
+        runners = {}
+        if "grpc" in args.protocol:
+            runners["grpc"] = stack.enter_context(load.LoadRunner(
+                connection, method, payloads, args.client_processes, args.request_timeout
+            ))  # fmt: skip
+        if "http" in args.protocol:
+            http_target = args.http_target or (
+                f"{where.server.host}:{where.server.http_port}"
+                if where.server is not None and where.server.http_port
+                else f"{target.rsplit(':', 1)[0]}:8000"
+            )
+            runners["http"] = stack.enter_context(http_load_runner(
+                args, plan.spec, items_for(args, plan, plan.spec), http_target, connection.token
+            ))  # fmt: skip
+            result["http_target"] = http_target
         floor = None
         if args.floor:
             say("starting the floor server (bare gRPC answering the probe's reply)")
@@ -230,15 +249,20 @@ def serve_and_measure(
             point_rounds.append([])
             for point in load_points(args, plan):
                 tag = f" (round {r + 1}/{args.rounds})" if args.rounds > 1 else ""
-                say(f"served {point.label}: {args.warmup:g}s warm-up + "
-                    f"{args.duration:g}s{tag} ...")  # fmt: skip
-                measured = measure_point(runner, point, metrics_url, args, limits.last)
-                if floor is not None:
-                    say(f"floor {point.label} ...")
-                    measured["floor"] = measure_floor(
-                        floor_runner, point, args, measured, floor.cpu_seconds
-                    )
-                point_rounds[-1].append(measured)
+                for protocol, runner in runners.items():  # A B A B: the same noise
+                    name = f" over {protocol}" if len(runners) > 1 else ""
+                    say(f"served {point.label}{name}: {args.warmup:g}s warm-up + "
+                        f"{args.duration:g}s{tag} ...")  # fmt: skip
+                    measured = measure_point(runner, point, metrics_url, args, limits.last)
+                    measured["protocol"] = protocol
+                    if len(runners) > 1:
+                        measured["load"] = f"{point.label} {protocol}"
+                    if floor is not None and protocol == "grpc":
+                        say(f"floor {point.label} ...")
+                        measured["floor"] = measure_floor(
+                            floor_runner, point, args, measured, floor.cpu_seconds
+                        )
+                    point_rounds[-1].append(measured)
     if where.server is not None:
         result["server_exit_code"] = where.server.proc.returncode
 
@@ -329,3 +353,40 @@ def measure_floor(
 
 def per_request_ms(cores: object, rps: float) -> float | None:
     return 1000.0 * cores / rps if isinstance(cores, float) and rps else None
+
+
+def http_load_runner(
+    args: argparse.Namespace, spec: inputs.ModelSpec | None, items: list, target: str,
+    token: str | None,
+) -> load.LoadRunner:  # fmt: skip
+    """The same requests as HTTP/1.1 binary-extension requests, probed once, and the client
+    processes that send them."""
+    path, payloads = http_wire.build_http_payloads(
+        args.model, items, args.batch_size, target,
+        input_name=args.input_name or (spec.input_name if spec else "input"),
+        image_input_name=args.image_input_name, output_name=args.output_name, token=token,
+    )  # fmt: skip
+    status, body = http_wire.probe_http(target, payloads[0], args.request_timeout)
+    problem = http_wire.check_http_reply(status, body, args.batch_size)
+    if problem:
+        raise RuntimeError(f"HTTP probe reply from {target} is not a classification: {problem}")
+    connection = wire.Connection(target, token=token, protocol="http")
+    return load.LoadRunner(connection, path, payloads, args.client_processes, args.request_timeout)
+
+
+def protocol_ratios(point_rounds: list[list[dict]]) -> list[dict]:
+    """HTTP over gRPC throughput per load point: each round's ratio (the two measured one
+    after the other) and their median."""
+    out = []
+    labels = [p["load"].rsplit(" ", 1)[0] for p in point_rounds[0] if p["protocol"] == "grpc"]
+    for label in labels:
+        ratios = []
+        for points in point_rounds:
+            by = {p["protocol"]: p["summary"]["throughput_ips"] for p in points
+                  if p["load"].rsplit(" ", 1)[0] == label}  # fmt: skip
+            if by.get("grpc"):
+                ratios.append(by["http"] / by["grpc"])
+        if ratios:
+            out.append({"load": label, "http_over_grpc": stats.median(ratios),
+                        "rounds": ratios})  # fmt: skip
+    return out

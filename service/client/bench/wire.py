@@ -28,6 +28,8 @@ class Connection:
     tls_cert: bytes | None = None
     tls_key: bytes | None = None
     token: str | None = None
+    protocol: str = "grpc"
+    """grpc, or http (target is then the HTTP port; plaintext only)."""
 
     @classmethod
     def from_files(

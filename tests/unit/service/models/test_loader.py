@@ -16,7 +16,8 @@ from imgclf.errors import ModelNotReady
 from imgclf.metrics.prometheus import Metrics
 from imgclf.models import loader as model_mod
 from imgclf.models.loader import ServedModel, execution_options, load_model
-from imgclf.models.repository import ModelConfig, read_model_config, versions
+from imgclf.models.repository import ModelConfig, read_model_config
+from imgclf.repolayout import versions
 from imgclf.runtime.cpuquota import cpus
 from imgclf.runtime.engine import Engine
 from tests.tiny_model import LABELS

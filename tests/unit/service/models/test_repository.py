@@ -19,8 +19,8 @@ from imgclf.models.repository import (
     read_model_config,
     relative_to_root,
     scan,
-    versions,
 )
+from imgclf.repolayout import versions
 from tests.traversal import LINKS, layout, traversal_names
 from tests.unit.service.support import bump_mtime, put_model, write_json
 
