@@ -214,7 +214,7 @@ class BatchQueue:
                 self._report_depth()
             raise
 
-    def close(self) -> None:
+    def stop_taking(self) -> None:
         """Take no more items; workers finish the queued ones, then `take` returns None."""
         with self.lock:
             self.closing = True

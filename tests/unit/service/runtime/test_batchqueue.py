@@ -65,11 +65,11 @@ def test_alone_means_one_held_batch_and_nothing_else() -> None:
     asyncio.run(main())
 
 
-def test_closing_lets_take_end_once_empty() -> None:
+def test_stop_taking_lets_take_end_once_empty() -> None:
     async def main() -> None:
         queue = BatchQueue(1, max_batch_size=4, max_delay_s=0.0)
         tasks = await queued(queue, (1.0, None, 0))
-        queue.close()
+        queue.stop_taking()
         taken = queue.take()
         assert taken is not None and taken[1] == 1  # the queued item is still handed out
         queue.done(taken[1])
