@@ -12,7 +12,7 @@ import socket
 
 import numpy as np
 
-from imgclf.client.bench.wire import bytes_tensor
+from imgclf.bytestensor import serialize_bytes_elements
 
 HTTP_TO_GRPC_CODE = {200: 0, 400: 3, 401: 16, 404: 5, 408: 4, 413: 8, 429: 8, 500: 13,
                      501: 12, 503: 14, 504: 4}  # fmt: skip
@@ -36,7 +36,7 @@ def build_http_payloads(
     for start in range(n):
         group = [items[(start + j) % n] for j in range(batch)]
         if isinstance(group[0], bytes):
-            raw = bytes_tensor(group)  # type: ignore[arg-type]
+            raw = serialize_bytes_elements(group)  # type: ignore[arg-type]
             spec = {"name": image_input_name, "datatype": "BYTES", "shape": [batch, 1]}
         else:
             pixels = group[0].dtype == np.uint8  # type: ignore[union-attr]
