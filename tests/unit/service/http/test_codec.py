@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from imgclf._generated.inference import grpc_service_pb2 as pb
+from imgclf.bytestensor import serialize_bytes_elements
 from imgclf.errors import InvalidInput
-from imgclf.grpc.oip_tensors import serialize_bytes_elements
 from imgclf.http.codec import infer_response_body, parse_infer_request
 
 
