@@ -78,9 +78,15 @@ class Server:
 
     async def start(self) -> None:
         s = self.settings
-        http, _thread = start_http_server(
-            s.metrics_port, addr=s.metrics_bind, registry=self.metrics.registry
-        )
+        try:
+            http, _thread = start_http_server(
+                s.metrics_port, addr=s.metrics_bind, registry=self.metrics.registry
+            )
+        except OSError as exc:
+            raise RuntimeError(
+                f"could not bind metrics on {s.metrics_bind}:{s.metrics_port} ({exc.strerror}); "
+                "pass another --metrics-port (0 picks a free one)"
+            ) from exc
         self._http = http
         self.metrics_port = http.server_port
         options = server_options(s)
@@ -105,7 +111,10 @@ class Server:
         else:
             self.grpc_port = self._grpc.add_insecure_port(address)
         if not self.grpc_port:
-            raise RuntimeError(f"could not bind gRPC on {s.host}:{s.grpc_port}")
+            raise RuntimeError(
+                f"could not bind gRPC on {s.host}:{s.grpc_port} (in use?); "
+                "pass another --grpc-port (0 picks a free one)"
+            )
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._grpc.start()
         if s.http:  # same loop, same core; readiness answers 503 until the models are ready

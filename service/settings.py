@@ -87,6 +87,10 @@ class ServerSettings(BaseSettings):
     """ONNX Runtime sessions per model, each running one batch at a time, the cores divided
     among them (0: auto, one single-threaded session per core on CPU, one session on a
     GPU)."""
+    share_weights: bool = True
+    """On CPU, every session of a model version takes one copy of its optimised weights and
+    allocates from one memory arena for the whole process, instead of each session holding
+    its own (the same outputs bit for bit; off: one copy per session, the former design)."""
     solo_session: bool = True
     """On CPU, one more session per model whose intra-op threads span every core; it runs a
     batch that is all the work there is (nothing else running or waiting), so a lone request

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from imgclf.helpformat import DefaultsHelpFormatter
 from imgclf.modelmeta import ModelMetadata
 from imgclf.training.data.builtin import BUILTIN_DATASETS
 from imgclf.training.data.datasets import load_image, load_split
@@ -39,6 +40,7 @@ from imgclf.training.onnx.variants import (
     export_model,
     export_variants,
 )
+from imgclf.usererror import UserError, run_main
 
 __all__ = [
     "ExportError",
@@ -109,6 +111,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         prog="imgclf export",
         description="Export a training checkpoint to the model repository as ONNX.",
         add_help=add_help,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("checkpoint", type=Path, help="checkpoint.pth or best.pth of a run")
     parser.add_argument("--name", required=True, help="model name in the repository")
@@ -169,8 +172,8 @@ def export_checkpoint(args: argparse.Namespace) -> list[ExportResult]:
     }
     for out_dir in out_dirs.values():
         if (out_dir / MODEL_FILE).exists() and not args.force:
-            raise FileExistsError(
-                f"{out_dir / MODEL_FILE} exists (use --force or another --version)"
+            raise UserError(
+                f"{out_dir / MODEL_FILE} exists", "pass --force to overwrite it, or --version N"
             )
     options = ExportOptions(
         exporter=EXPORTERS[1] if args.legacy_exporter else EXPORTERS[0],
@@ -187,14 +190,21 @@ def export_checkpoint(args: argparse.Namespace) -> list[ExportResult]:
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None = None) -> int:
+    """The command; a failure raises (UserError for a known mistake)."""
     args = get_args_parser().parse_args(argv)
     try:
         export_checkpoint(args)
-    except (ExportError, FileExistsError, ValueError) as exc:
-        print(f"export failed: {exc}")
-        return 1
+    except (ExportError, ValueError) as exc:
+        raise UserError(
+            f"export failed: {exc}", "nothing was written; --debug shows where"
+        ) from exc
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command as `imgclf export` runs it: a failure is a line and an exit status."""
+    return run_main("imgclf export", run, argv)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ from imgclf.training.models.transfer import (
 )
 from imgclf.training.models.weights import WeightsUnavailable, build_model
 from imgclf.training.utils import atomic_save, seed_everything, seed_worker, use_deterministic
+from imgclf.usererror import UserError, run_main
 
 __all__ = ["TrainResult", "get_args_parser", "main", "parse_args", "train"]
 
@@ -190,7 +191,15 @@ def load_data(
     split = load_split(
         args.dataset, args.data_path, args.val_fraction, args.split_seed, not args.no_image_check
     )
-    log(f"dataset {args.dataset}: {len(split.class_names)} classes\n{format_class_counts(split)}")
+    classes = split.class_names
+    if len(classes) < 2:
+        where = args.data_path if args.dataset == "folder" else args.dataset
+        raise UserError(
+            f"{where} has {len(classes)} class ({', '.join(classes)}): a classifier needs at "
+            "least 2",
+            "put one subfolder of images per class under it (DIR/<class>/*.jpg)",
+        )
+    log(f"dataset {args.dataset}: {len(classes)} classes\n{format_class_counts(split)}")
     if split.skipped:
         log(f"skipped {len(split.skipped)} unreadable image file(s), listed in skipped_images.txt")
         for path, reason in split.skipped[:10]:
@@ -355,14 +364,19 @@ def save_epoch(run: Run, row: dict[str, float], improved: bool) -> None:
     plot_history(run.history, run.out, title=f"{run.args.model} on {run.args.dataset}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None = None) -> int:
+    """The command; a failure raises (UserError for a known mistake)."""
     args = parse_args(argv, get_args_parser())
     try:
         train(args)
     except (ValueError, FileNotFoundError, WeightsUnavailable) as exc:
-        print(f"train failed: {exc}")
-        return 1
+        raise UserError(f"train failed: {exc}") from exc
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command as `imgclf train` runs it: a failure is a line and an exit status."""
+    return run_main("imgclf train", run, argv)
 
 
 if __name__ == "__main__":

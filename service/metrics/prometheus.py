@@ -125,6 +125,12 @@ class Metrics:
             "Time to load and warm up a model version.",
             MV, registry=r,
         )  # fmt: skip
+        self.model_memory = Gauge(
+            "imgclf_model_memory_bytes",
+            "Resident memory the process gained loading a model version (sessions, weights, "
+            "warm-up; loads take turns).",
+            MV, registry=r,
+        )  # fmt: skip
 
     def series(self, model: str, version: str) -> ModelSeries:
         """One model version's series, looked up once (a label lookup costs more than the
@@ -195,6 +201,10 @@ class ModelSeries:
     @property
     def queue_depth(self) -> Any:
         return self._child("queue_depth")
+
+    @property
+    def memory_bytes(self) -> Any:
+        return self._child("model_memory")
 
     @property
     def solo_batches(self) -> Any:

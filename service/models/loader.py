@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,7 +27,9 @@ from imgclf.runtime.batcher import Batcher, BatchStats
 from imgclf.runtime.buckets import bucket_sizes
 from imgclf.runtime.cores import Cores
 from imgclf.runtime.cpuquota import cpus
-from imgclf.runtime.engine import CPU, Engine, ExecutionOptions, softmax
+from imgclf.runtime.engine import CPU, Engine, ExecutionOptions, share_weights, softmax
+from imgclf.runtime.memory import rss_bytes, trim_heap
+from imgclf.runtime.sharedweights import SharedWeights
 from imgclf.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -42,6 +45,8 @@ class Engines:
     """One batch at a time each."""
     solo: Engine | None = None
     """CPU only: a session over every core for a batch that is all the work there is."""
+    shared: SharedWeights | None = None
+    """CPU only (unless `share_weights` is off): the weights every session above takes."""
 
     @property
     def all(self) -> list[Engine]:
@@ -61,6 +66,8 @@ class ServedModel:
     fingerprint: tuple[int, int, int]
     series: ModelSeries
     stats: ModelStats = field(default_factory=ModelStats)
+    memory_bytes: int | None = None
+    """Resident memory the process gained loading this version (None: not measurable)."""
     _users: int = 0
     _idle: asyncio.Event | None = None
 
@@ -151,11 +158,15 @@ def create_engines(path: Path, config: ModelConfig, settings: ServerSettings) ->
     gives the most images per second under concurrent load (docs/performance.md). (A GPU
     session's CPU threads only run the few nodes left on the CPU.)"""
     count = config.instances or settings.instances
-    first = Engine(path, execution_options(config, settings, 0, count or cpus()))
+    options = execution_options(config, settings, 0, count or cpus())
+    shared = share_weights(path, options) if settings.share_weights else None
+    first = Engine(path, options, shared)
     if not count:
         count = cpus() if first.info.provider == CPU else 1
-    rest = [Engine(path, execution_options(config, settings, i, count)) for i in range(1, count)]
-    return Engines([first, *rest])
+    rest = [
+        Engine(path, execution_options(config, settings, i, count), shared) for i in range(1, count)
+    ]
+    return Engines([first, *rest], shared=shared)
 
 
 def solo_options(config: ModelConfig, settings: ServerSettings) -> ExecutionOptions:
@@ -225,6 +236,10 @@ def describe_buckets(engine: Engine) -> str:
     return f"; IO binding, batch buckets {','.join(map(str, engine.buckets))} ({graphs})"
 
 
+_LOADING = threading.Lock()
+"""Loads take turns, so that the memory a load takes is that version's."""
+
+
 def load_model(
     entry: ModelEntry,
     config: ModelConfig,
@@ -232,13 +247,61 @@ def load_model(
     metrics: Metrics,
     cores: Cores | None = None,
 ) -> ServedModel:
-    """Open the ONNX file, read and check its metadata, create its instances, warm them up."""
-    started = time.monotonic()
+    """Open the ONNX file, read and check its metadata, create its instances, warm them up.
+
+    Loads take turns; the resident memory the process gained over the load (freed heap
+    handed back first: imgclf.runtime.memory) is the version's memory, reported as
+    imgclf_model_memory_bytes and in the load log line."""
+    with _LOADING:
+        started = time.monotonic()
+        trim_heap()
+        before = rss_bytes()
+        model = _load_model(entry, config, settings, metrics, cores)
+        trim_heap()
+        after = rss_bytes()
+    elapsed = time.monotonic() - started
+    metrics.model_load_duration.labels(**model.series.labels).set(elapsed)
+    if before is not None and after is not None:
+        model.memory_bytes = max(0, after - before)
+        model.series.memory_bytes.set(model.memory_bytes)
+    engines, engine = model.engines, model.engine
+    h, w = model.metadata.input_size
+    log.info(
+        "model %s version %s loaded in %.2fs: %d classes, input %dx%d, max batch %d, "
+        "%d instance(s) x %d intra-op thread(s)%s on %s (%s)%s; %s",
+        entry.name, entry.version, elapsed, model.num_classes, h, w, model.max_batch_size,
+        len(engines.instances), engine.options.intra_op_threads,
+        f" + solo session x {engines.solo.options.intra_op_threads}" if engines.solo else "",
+        engine.info.provider, engine.info.reason, describe_buckets(engine),
+        describe_memory(model),
+    )  # fmt: skip
+    return model
+
+
+def describe_memory(model: ServedModel) -> str:
+    """For the load log line: the memory the version took and its shared weights."""
+    shared = model.engines.shared
+    weights = (
+        f", weights {shared.nbytes / 1e6:.1f} MB shared by {len(model.engines.all)} sessions"
+        if shared is not None
+        else ", weights per session"
+    )
+    if model.memory_bytes is None:
+        return weights[2:]
+    return f"{model.memory_bytes / 1e6:.1f} MB resident{weights}"
+
+
+def _load_model(
+    entry: ModelEntry,
+    config: ModelConfig,
+    settings: ServerSettings,
+    metrics: Metrics,
+    cores: Cores | None,
+) -> ServedModel:
     fingerprint = entry.fingerprint()
     engines = create_engines(entry.path, config, settings)
     engine = engines.instances[0]
     metadata = ModelMetadata.from_props(engine.metadata_props, overrides=entry.read_sidecar())
-    h, w = metadata.input_size
     sample = metadata.sample_shape
     if metadata.pixel_input != (engine.info.input_type == "tensor(uint8)"):
         raise ValueError(
@@ -272,7 +335,9 @@ def load_model(
     if auto_batch:
         max_batch = auto_batch_size(per_image, max_batch)
     if solo and per_image is not None and per_image >= BATCHING_PAYS_BELOW_S:
-        engines.solo = Engine(entry.path, solo_options(config, settings))
+        engines.solo = Engine(entry.path, solo_options(config, settings), engines.shared)
+    if engines.shared is not None:
+        engines.shared.release()  # every session exists
     if engine.info.io_binding:  # GPU: device buffers (and CUDA graphs) per batch bucket
         for e in engines.instances:
             e.prepare_buckets(bucket_sizes(max_batch), sample)
@@ -316,16 +381,6 @@ def load_model(
         cores=cores if engine.info.provider == CPU else None,  # GPU batches leave the cores be
     )
     metrics.queue_capacity.labels(**series.labels).set(batcher.max_queue_size)
-    elapsed = time.monotonic() - started
-    metrics.model_load_duration.labels(**series.labels).set(elapsed)
-    log.info(
-        "model %s version %s loaded in %.2fs: %d classes, input %dx%d, max batch %d, "
-        "%d instance(s) x %d intra-op thread(s)%s on %s (%s)%s",
-        entry.name, entry.version, elapsed, len(metadata.labels), h, w, max_batch,
-        len(engines.instances), engine.options.intra_op_threads,
-        f" + solo session x {engines.solo.options.intra_op_threads}" if engines.solo else "",
-        engine.info.provider, engine.info.reason, describe_buckets(engine),
-    )  # fmt: skip
     return ServedModel(
         name=entry.name,
         version=entry.version,

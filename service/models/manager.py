@@ -267,6 +267,8 @@ class ModelManager:
                 self.metrics.model_info.remove(
                     model.name, str(model.version), model.engine.info.provider
                 )
+            with contextlib.suppress(KeyError):
+                self.metrics.model_memory.remove(model.name, str(model.version))
         log.info("model %s version %s leaves service: %s", model.name, model.version, why)
         task = asyncio.get_running_loop().create_task(model.retire())
         self._retiring.add(task)

@@ -23,6 +23,7 @@ import onnxruntime as ort
 
 from imgclf.errors import InvalidInput
 from imgclf.runtime.buckets import BucketRunner, plain_run_options
+from imgclf.runtime.sharedweights import SharedWeights
 
 log = logging.getLogger(__name__)
 
@@ -310,10 +311,28 @@ class EngineInfo:
     """Whether the session captures and replays CUDA graphs (one per batch bucket)."""
 
 
-class Engine:
-    """One ONNX Runtime session for one model version. `run` is thread-safe."""
+def share_weights(path: Path, options: ExecutionOptions) -> SharedWeights | None:
+    """The weights every CPU session of the model at `path` can share (optimised once with
+    these options), or None when the sessions would not run on the CPU alone."""
+    requested, _ = choose_providers(options, model_path=path)
+    if requested != [CPU]:
+        return None
+    try:
+        return SharedWeights.build(path, session_options(options))
+    except Exception as e:  # e.g. an optimised model past protobuf's 2 GB: one copy each
+        log.warning("%s: weights not shared, each session loads its own: %s", path, e)
+        return None
 
-    def __init__(self, path: Path, options: ExecutionOptions) -> None:
+
+class Engine:
+    """One ONNX Runtime session for one model version. `run` is thread-safe.
+
+    With `shared` weights (service/sharedweights.py) a CPU session takes the model
+    version's one copy of its optimised weights and the process's shared arena."""
+
+    def __init__(
+        self, path: Path, options: ExecutionOptions, shared: SharedWeights | None = None
+    ) -> None:
         self.options = options
         requested, reason = choose_providers(options, model_path=path)
         names = [p if isinstance(p, str) else p[0] for p in requested]
@@ -322,9 +341,13 @@ class Engine:
                 Path(p[1]["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
         if CUDA in names:
             preload_cuda_libraries()
-        self._session = ort.InferenceSession(
-            str(path), session_options(options), providers=requested
-        )
+        self.shares_weights = shared is not None and names == [CPU]
+        if shared is not None and self.shares_weights:
+            self._session = shared.session(session_options(options))
+        else:
+            self._session = ort.InferenceSession(
+                str(path), session_options(options), providers=requested
+            )
         active = self._session.get_providers()[0]
         if active != names[0]:
             why = (

@@ -16,12 +16,13 @@ from tests.tiny_model import make_tiny_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHORT = ["--duration", "1", "--warmup", "0.5"]
+ONE_ROUND = ["--rounds", "1"]  # imgclf bench runs 3 by default
 
 
 def bench(tmp_path: Path, *args: str) -> dict:
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "imgclf.client.bench", "--model", "tiny", *SHORT, *args,
+        [sys.executable, "-m", "imgclf.client.bench", "--model", "tiny", *SHORT, *ONE_ROUND, *args,
          "--json", str(out)],
         capture_output=True, text=True, timeout=240, cwd=REPO_ROOT,
     )  # fmt: skip
@@ -190,3 +191,25 @@ def test_bench_over_http_beside_grpc(
         assert p["server"]["requests_by_code"].keys() == {"OK"}
     (ratio,) = result["protocol_ratios"]
     assert ratio["load"] == "c=2" and ratio["http_over_grpc"] > 0
+
+
+def test_memory_benchmark_alternates_shared_and_unshared(tiny_repo: Path, tmp_path: Path) -> None:
+    out = tmp_path / "memory.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.memory_instances", "--model-repository",
+         str(tiny_repo), "--model", "tiny", "--instances", "1,2", "--rounds", "2",
+         "--concurrency", "2", *SHORT, "--json", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    rows = json.loads(out.read_text())
+    order = [(r["instances"], r["design"]) for r in rows]
+    assert order == [
+        (1, "shared"), (1, "unshared"), (1, "unshared"), (1, "shared"),
+        (2, "shared"), (2, "unshared"), (2, "unshared"), (2, "shared"),
+    ]  # fmt: skip
+    for r in rows:
+        assert r["images_per_s"] > 0 and r["errors"] == 0
+        assert r["loaded_rss_mib"] > 0 and r["peak_rss_mib"] >= r["loaded_rss_mib"]
+        assert r["model_memory_mib"] > 0 and r["cpu_ms_per_image"] > 0
+    assert "ratio" in proc.stdout

@@ -4,6 +4,7 @@ across processes."""
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -62,7 +63,7 @@ def split_output(
 
 
 def _batches(loader: DataLoader, desc: str, opts: StepOptions) -> tqdm:
-    show = opts.progress and opts.dist.is_main
+    show = opts.progress and opts.dist.is_main and sys.stderr.isatty()  # no bars in a log file
     return tqdm(loader, desc=desc, leave=False, disable=not show, dynamic_ncols=True)
 
 

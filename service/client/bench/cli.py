@@ -139,9 +139,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument(
         "--rounds",
         type=int,
-        default=1,
+        default=3,
         help="alternate limit and served measurements this many times; report "
-        "medians (steadier on a shared machine)",
+        "medians and the range of img/s (one round's figures move from run to run)",
     )
     m.add_argument(
         "--start-server",
