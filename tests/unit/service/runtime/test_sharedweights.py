@@ -17,7 +17,8 @@ from onnx import numpy_helper
 from imgclf.imaging import preprocess_bytes
 from imgclf.metrics.prometheus import Metrics
 from imgclf.models.loader import ServedModel, load_model
-from imgclf.models.repository import read_model_config, versions
+from imgclf.models.repository import read_model_config
+from imgclf.repolayout import versions
 from imgclf.runtime import engine as engine_mod
 from imgclf.runtime.engine import CPU, CUDA, ExecutionOptions, session_options, share_weights
 from imgclf.runtime.sharedweights import MIN_SHARED_BYTES, SharedWeights, initializers
