@@ -20,8 +20,10 @@ from imgclf._generated.imgclf.v1 import image_classifier_pb2 as pb
 from imgclf._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
 from imgclf._generated.inference import grpc_service_pb2 as oip_pb
 from imgclf._generated.inference import grpc_service_pb2_grpc as oip_grpc
+from imgclf.budget import configure_allocator
 from imgclf.dataplane import Core
 from imgclf.grpc.auth import TokenAuthInterceptor, read_token, server_credentials
+from imgclf.grpc.budget import MessageBudgetInterceptor
 from imgclf.grpc.classifier import ImageClassifierServicer
 from imgclf.grpc.inference import InferenceServicer
 from imgclf.grpc.options import server_options
@@ -91,7 +93,13 @@ class Server:
         self.metrics_port = http.server_port
         options = server_options(s)
         token = read_token(s.auth_token, s.auth_token_file)
-        interceptors = [TokenAuthInterceptor(token)] if token else []
+        # Authentication first: an unauthenticated call is refused before its message is read.
+        interceptors: list[grpc.aio.ServerInterceptor] = (
+            [TokenAuthInterceptor(token)] if token else []
+        )
+        interceptors.append(
+            MessageBudgetInterceptor(self.core.memory, s.message_limit, self.core.reject)
+        )
         self._grpc = grpc.aio.server(options=options, interceptors=interceptors)
         pb_grpc.add_ImageClassifierServicer_to_server(
             ImageClassifierServicer(self.core), self._grpc
@@ -180,6 +188,7 @@ class Server:
 
 async def serve(settings: ServerSettings) -> None:
     """Run the server until SIGTERM or SIGINT, then drain and return."""
+    configure_allocator()
     server = Server(settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

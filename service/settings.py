@@ -13,6 +13,7 @@ from typing import Any, Literal, get_args, get_origin
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from imgclf.budget import default_message_limit
 from imgclf.runtime.cpuquota import cpus
 
 
@@ -126,8 +127,13 @@ class ServerSettings(BaseSettings):
     twice the model's resize (much faster; not bit-identical to a full decode)."""
     max_pixels: int = Field(40_000_000, ge=1)
     """Largest image (width x height) accepted, checked before decoding."""
-    max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024)
-    """Largest gRPC message received or sent, and largest HTTP request body."""
+    memory_budget_bytes: int = Field(1024 * 1024 * 1024, ge=1024 * 1024)
+    """Memory that requests may hold in flight (messages being received and served, images
+    being decoded); beyond it, requests get RESOURCE_EXHAUSTED at once (SECURITY.md)."""
+    max_message_bytes: int = Field(0, ge=0)
+    """Largest gRPC message received or sent, and largest HTTP request body (0: the memory
+    budget / 64, so that 16 messages of the largest size fit in the budget at once, each held
+    up to four times)."""
     pre_drain_delay_s: float = Field(0.0, ge=0)
     """On SIGTERM/SIGINT: keep serving this long after readiness turns NOT_SERVING, so load
     balancers stop routing here first."""
@@ -158,6 +164,11 @@ class ServerSettings(BaseSettings):
     @property
     def http_bind(self) -> str:
         return self.http_host or self.host
+
+    @property
+    def message_limit(self) -> int:
+        """The effective --max-message-bytes."""
+        return self.max_message_bytes or default_message_limit(self.memory_budget_bytes)
 
     @property
     def metrics_bind(self) -> str:

@@ -28,8 +28,8 @@ def server_options(s: ServerSettings) -> list[tuple[str, int]]:
         ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
         ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
         ("grpc.http2.max_pings_without_data", 0),  # keep pinging idle long-lived streams
-        ("grpc.max_receive_message_length", s.max_message_bytes),
-        ("grpc.max_send_message_length", s.max_message_bytes),
+        ("grpc.max_receive_message_length", s.message_limit),
+        ("grpc.max_send_message_length", s.message_limit),
         ("grpc.so_reuseport", 0),
         # gRPC core cancels calls the application has not picked up yet beyond these
         # (defaults 1000/3000): a burst should queue and meet our own admission control

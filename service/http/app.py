@@ -12,7 +12,8 @@ import logging
 
 from aiohttp import web
 
-from imgclf.errors import ImgclfError
+from imgclf.budget import MESSAGE_COPIES
+from imgclf.errors import ImgclfError, MemoryExhausted
 from imgclf.grpc.inference import InferenceServicer
 from imgclf.http.classify import ClassifyRoutes
 from imgclf.http.errors import (
@@ -34,9 +35,49 @@ MAX_HEADER_BYTES = 8190
 """Longest request line and longest header field (aiohttp's default; longer ones get 400)."""
 
 
+def body_reservation(request: web.Request, limit: int) -> int:
+    """Bytes a request's body may hold in the server's memory budget, reserved before it is
+    read (as service/grpc/budget.py does for gRPC messages): the declared length, else the
+    message limit, times the copies a request makes on its way through."""
+    if request.method not in ("POST", "PUT"):
+        return 0
+    declared = request.content_length
+    return (limit if declared is None else min(declared, limit)) * MESSAGE_COPIES
+
+
 def make_app(servicer: InferenceServicer, metrics: Metrics, token: str | None) -> web.Application:
     settings = servicer.core.settings
+    memory = servicer.core.memory
     bearer = BearerToken(token) if token else None
+
+    async def handle(request: web.Request, handler: web.Handler, route: str) -> web.StreamResponse:
+        """The route, within the memory budget; domain and HTTP errors as JSON."""
+        nbytes = body_reservation(request, settings.message_limit)
+        if nbytes and not memory.try_reserve(nbytes):
+            error = MemoryExhausted(
+                "server memory budget exhausted by requests in flight; retry later"
+            )
+            servicer.core.reject(error)
+            memory.trim_soon()
+            return domain_error_response(error)
+        try:
+            return await handler(request)
+        except ImgclfError as exc:
+            return domain_error_response(exc)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            # our own texts, or aiohttp's reason ("Not Found") for its default "404: ..."
+            own_text = exc.text and not exc.text.startswith(str(exc.status))
+            message = exc.text if own_text else exc.reason
+            kept = {k: v for k, v in exc.headers.items() if k.lower() in KEPT_HEADERS}
+            return error_response(exc.status, message, kept)
+        except Exception:
+            log.exception("HTTP %s failed unexpectedly", route)
+            return internal_error_response()
+        finally:
+            if nbytes:
+                memory.release(nbytes)
 
     @web.middleware
     async def shared(request: web.Request, handler: web.Handler) -> web.StreamResponse:
@@ -50,25 +91,11 @@ def make_app(servicer: InferenceServicer, metrics: Metrics, token: str | None) -
                 401, "missing or invalid bearer token", {"WWW-Authenticate": "Bearer"}
             )
         else:
-            try:
-                response = await handler(request)
-            except ImgclfError as exc:
-                response = domain_error_response(exc)
-            except web.HTTPException as exc:
-                if exc.status < 400:
-                    raise
-                # our own texts, or aiohttp's reason ("Not Found") for its default "404: ..."
-                own_text = exc.text and not exc.text.startswith(str(exc.status))
-                message = exc.text if own_text else exc.reason
-                kept = {k: v for k, v in exc.headers.items() if k.lower() in KEPT_HEADERS}
-                response = error_response(exc.status, message, kept)
-            except Exception:
-                log.exception("HTTP %s failed unexpectedly", route)
-                response = internal_error_response()
+            response = await handle(request, handler, route)
         metrics.http_requests.labels(route, str(response.status)).inc()
         return response
 
-    app = web.Application(middlewares=[shared], client_max_size=settings.max_message_bytes)
+    app = web.Application(middlewares=[shared], client_max_size=settings.message_limit)
     oip = OipRoutes(servicer)
     app.add_routes(oip.routes())
     app.add_routes(ClassifyRoutes(servicer.core).routes())

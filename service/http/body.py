@@ -21,7 +21,7 @@ def too_large(size: int | None, limit: int) -> web.HTTPRequestEntityTooLarge:
 async def read_body(request: web.Request, settings: ServerSettings) -> bytes:
     """The whole body: 413 when it declares or grows past max_message_bytes, 408 when it
     does not arrive within http_read_timeout_s (a slow sender holds one coroutine, no more)."""
-    limit = settings.max_message_bytes
+    limit = settings.message_limit
     declared = request.content_length
     if declared is not None and declared > limit:
         raise too_large(declared, limit)

@@ -66,7 +66,7 @@ class ClassifyRoutes:
     async def _multipart(self, request: web.Request) -> tuple[list[bytes], list[str]]:
         """The file parts of a form (any field name), within the size and count limits."""
         settings = self.core.settings
-        limit, budget = settings.max_message_bytes, settings.max_message_bytes
+        limit, budget = settings.message_limit, settings.message_limit
         images: list[bytes] = []
         names: list[str] = []
         reader = await request.multipart()

@@ -18,3 +18,9 @@ def test_no_idle_limit_when_it_is_off() -> None:
     options = dict(server_options(ServerSettings(max_connection_idle_s=0)))
     assert "grpc.max_connection_idle_ms" not in options
     assert options["grpc.server.max_pending_requests"] == 10_000
+
+
+def test_unset_message_limit_follows_the_memory_budget() -> None:
+    settings = ServerSettings(max_message_bytes=0)
+    options = dict(server_options(settings))
+    assert options["grpc.max_receive_message_length"] == settings.message_limit > 0
