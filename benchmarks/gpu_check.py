@@ -267,7 +267,8 @@ def real_inputs(model_path: Path) -> tuple[np.ndarray, object]:
 def session(path: Path | bytes, provider: str):  # -> ort.InferenceSession
     import onnxruntime as ort
 
-    from imgclf.runtime.engine import ExecutionOptions, preload_cuda_libraries, session_options
+    from imgclf.runtime.options import ExecutionOptions, session_options
+    from imgclf.runtime.providers import preload_cuda_libraries
 
     if provider == CUDA_EP:
         preload_cuda_libraries()
@@ -375,7 +376,8 @@ def make_engine(path: Path, max_batch: int, **options: object):
     """An Engine as the server builds one: with IO binding, buffers (and CUDA graphs when
     asked) per batch size bucket up to `max_batch`."""
     from imgclf.runtime.buckets import bucket_sizes
-    from imgclf.runtime.engine import Engine, ExecutionOptions
+    from imgclf.runtime.engine import Engine
+    from imgclf.runtime.options import ExecutionOptions
 
     engine = Engine(path, ExecutionOptions(**options))  # type: ignore[arg-type]
     shape = tuple(int(d) for d in engine.info.input_shape[1:])

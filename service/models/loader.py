@@ -27,8 +27,10 @@ from imgclf.runtime.batcher import Batcher, BatchStats
 from imgclf.runtime.buckets import bucket_sizes
 from imgclf.runtime.cores import Cores
 from imgclf.runtime.cpuquota import cpus
-from imgclf.runtime.engine import CPU, Engine, ExecutionOptions, share_weights, softmax
+from imgclf.runtime.engine import Engine, share_weights
 from imgclf.runtime.memory import rss_bytes, trim_heap
+from imgclf.runtime.options import ExecutionOptions
+from imgclf.runtime.providers import CPU
 from imgclf.runtime.sharedweights import SharedWeights
 from imgclf.settings import ServerSettings
 
@@ -117,6 +119,13 @@ class ServedModel:
         """Model outputs (N, classes) -> probabilities (N, classes) float32."""
         outputs = outputs.astype(np.float32, copy=False)
         return softmax(outputs) if self.metadata.output == "logits" else outputs
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float32, stable for large logits."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted, dtype=np.float32)
+    return exp / exp.sum(axis=1, keepdims=True)
 
 
 def execution_options(
