@@ -40,6 +40,11 @@ TRAINING_COMMANDS = {
     "export": ("imgclf.training.export", "export a checkpoint to ONNX into the model repository"),
     "evaluate": ("imgclf.training.evaluate", "evaluate an exported ONNX model on labelled images"),
     "models": ("imgclf.training.models_list", "list the architectures imgclf train takes"),
+    "shards": ("imgclf.training.shard_writer", "write an image folder as tar shards for training"),
+    "launch": (
+        "imgclf.training.launch",
+        "torchrun with a one-line error when the rendezvous fails",
+    ),
 }
 
 

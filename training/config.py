@@ -42,7 +42,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, help="YAML file of arguments (flags override it)")
 
     data = parser.add_argument_group("data")
-    data.add_argument("--data-path", type=Path, help="image folder (train/ and val/, or one tree)")
+    data.add_argument(
+        "--data-path",
+        type=Path,
+        help="image folder (train/ and val/, or one tree), or tar shards from `imgclf shards` "
+        "(their folder, or a pattern such as DIR/train-{000000..000009}.tar)",
+    )
     data.add_argument(
         "--dataset",
         choices=DATASETS,
@@ -107,6 +112,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     run = parser.add_argument_group("run")
     run.add_argument("--output-dir", type=Path, default=Path("runs/train"))
     run.add_argument("--resume", type=Path, help="checkpoint to continue from")
+    run.add_argument(
+        "--auto-resume",
+        action="store_true",
+        help="resume from OUTPUT_DIR/checkpoint.pth when it exists (restarted jobs)",
+    )
+    run.add_argument(
+        "--dist-timeout", type=float, default=600.0, help="seconds to wait for the other ranks"
+    )
     run.add_argument("--test-only", action="store_true", help="only validate (--resume/--weights)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--deterministic", action="store_true", help="deterministic algorithms")

@@ -42,8 +42,16 @@ from imgclf.training.data.datasets import (
     load_split,
 )
 from imgclf.training.data.presets import EvalPreset, TrainPreset
+from imgclf.training.data.shards import ShardDataset, shard_loaders
 from imgclf.training.loop import checkpoint as ckpt_mod
-from imgclf.training.loop.distributed import DistInfo, cleanup, init_distributed, process_device
+from imgclf.training.loop.distributed import (
+    DistInfo,
+    RendezvousError,
+    all_agree,
+    cleanup,
+    init_distributed,
+    process_device,
+)
 from imgclf.training.loop.epoch import StepOptions, ema_model, train_one_epoch, validate_one_epoch
 from imgclf.training.loop.monitor import TensorBoard, plot_history, read_history, write_history
 from imgclf.training.loop.optim import amp_settings, build_optimizer, build_scheduler
@@ -73,8 +81,21 @@ class TrainResult:
 
 def build_loaders(
     args: argparse.Namespace, split: SplitData, info: DistInfo, generator: torch.Generator
-) -> tuple[DataLoader, DataLoader, DistributedSampler | None]:
+) -> tuple[DataLoader, DataLoader, DistributedSampler | ShardDataset | None]:
     spec = preprocessing_from_args(args)
+    if split.shards is not None:
+        return shard_loaders(
+            split.shards,
+            TrainPreset(spec, args.augmentation),
+            EvalPreset(spec),
+            batch_size=args.batch_size,
+            workers=args.workers,
+            rank=info.rank,
+            world_size=info.world_size,
+            seed=args.seed,
+            pin_memory=args.device.startswith("cuda"),
+            worker_init_fn=seed_worker,
+        )
     train_ds = ImageDataset(
         split.train_samples, split.train_labels, TrainPreset(spec, args.augmentation)
     )
@@ -108,7 +129,7 @@ def train(args: argparse.Namespace) -> TrainResult:
     args = resolve_args(args)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda, but no CUDA device is available")
-    info = init_distributed(args.device)
+    info = init_distributed(args.device, args.dist_timeout)
     try:
         return _train(args, info)
     finally:
@@ -216,7 +237,9 @@ def build_run_model(
     """The model to train: rebuilt from a checkpoint to resume, else by name and --weights."""
     if resume is not None:
         if resume["class_names"] != classes:
-            raise ValueError(f"{args.resume} was trained on other classes: {resume['class_names']}")
+            raise ValueError(
+                f"the checkpoint was trained on other classes: {resume['class_names']}"
+            )
         return create_model(args.model, len(classes), **resume.get("model_kwargs", {}))
     kwargs = size_kwargs(args.model, args.input_size)
     if kwargs:
@@ -252,7 +275,14 @@ def start_run(
 ) -> Run:  # fmt: skip
     """Model, optimiser, schedule, AMP and EMA on the device; the state of a resumed run."""
     device = process_device(args.device, info)
-    resume = ckpt_mod.load_checkpoint(args.resume) if args.resume else None
+    resume_path = args.resume
+    if args.auto_resume and resume_path is None:
+        # Every rank must see the same checkpoint: the output directory is a shared volume.
+        last = out / "checkpoint.pth"
+        seen = f"{last} exists (--auto-resume needs an --output-dir every node shares)"
+        if all_agree(last.is_file(), seen, device, info):
+            resume_path = last
+    resume = ckpt_mod.load_checkpoint(resume_path) if resume_path else None
     model = build_run_model(args, list(split.class_names), resume, log)
     meta = run_meta(args, model, split)
     frozen = bool(args.freeze_backbone or args.freeze_until)
@@ -275,7 +305,7 @@ def start_run(
             ema=ema, generator=generator,
         )  # fmt: skip
         history = [r for r in read_history(out / "history.csv") if r["epoch"] <= state.epoch]
-        log(f"resumed from {args.resume} after epoch {state.epoch}")
+        log(f"resumed from {resume_path} after epoch {state.epoch}")
     if info.enabled:
         torch.manual_seed(args.seed + info.rank + 1000 * state.epoch)  # distinct augmentations
     if info.is_main:
@@ -369,7 +399,7 @@ def run(argv: list[str] | None = None) -> int:
     args = parse_args(argv, get_args_parser())
     try:
         train(args)
-    except (ValueError, FileNotFoundError, WeightsUnavailable) as exc:
+    except (ValueError, FileNotFoundError, WeightsUnavailable, RendezvousError) as exc:
         raise UserError(f"train failed: {exc}") from exc
     return 0
 

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from imgclf import memory
+from imgclf import budget as budget_module
 from imgclf.budget import MemoryBudget, configure_allocator
 from imgclf.errors import MemoryExhausted
 from imgclf.settings import ServerSettings
@@ -27,14 +27,14 @@ def test_reserves_within_the_limit_and_refuses_beyond_it_at_once() -> None:
 
 
 def test_trims_shortly_after_large_releases(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(memory, "TRIM_DELAY_S", 0.0)
+    monkeypatch.setattr(budget_module, "TRIM_DELAY_S", 0.0)
     trimmed = threading.Event()
-    budget = MemoryBudget(memory.TRIM_AFTER_BYTES * 2, trim=trimmed.set)
-    budget.reserve(memory.TRIM_AFTER_BYTES - 1, "small")
-    budget.release(memory.TRIM_AFTER_BYTES - 1)
+    budget = MemoryBudget(budget_module.TRIM_AFTER_BYTES * 2, trim=trimmed.set)
+    budget.reserve(budget_module.TRIM_AFTER_BYTES - 1, "small")
+    budget.release(budget_module.TRIM_AFTER_BYTES - 1)
     assert not trimmed.wait(0.1)
-    budget.reserve(memory.TRIM_AFTER_BYTES, "a worst case never allocated")
-    budget.release(memory.TRIM_AFTER_BYTES, trim=False)
+    budget.reserve(budget_module.TRIM_AFTER_BYTES, "a worst case never allocated")
+    budget.release(budget_module.TRIM_AFTER_BYTES, trim=False)
     assert not trimmed.wait(0.1)
     budget.reserve(1, "the byte that crosses")
     budget.release(1)
@@ -43,7 +43,7 @@ def test_trims_shortly_after_large_releases(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_allocator_settings_apply_on_glibc() -> None:
     assert configure_allocator() is (
-        memory._libc() is not None and hasattr(memory._libc(), "mallopt")
+        budget_module._libc() is not None and hasattr(budget_module._libc(), "mallopt")
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+from imgclf.budget import MemoryBudget
 from imgclf.http.app import make_app
 from imgclf.http.openapi import openapi_document
 from imgclf.metrics.prometheus import Metrics
@@ -11,7 +12,10 @@ from imgclf.settings import ServerSettings
 
 
 def routes() -> set[tuple[str, str]]:
-    core = SimpleNamespace(settings=ServerSettings(), manager=None)
+    settings = ServerSettings()
+    core = SimpleNamespace(
+        settings=settings, manager=None, memory=MemoryBudget(settings.memory_budget_bytes)
+    )
     servicer = SimpleNamespace(core=core, version="0")
     app = make_app(servicer, Metrics(), token=None)  # type: ignore[arg-type]
     found = set()
