@@ -397,7 +397,7 @@ def test_use_before_start_is_a_programming_error(tmp_path):
 @pytest.fixture
 def slow(monkeypatch) -> None:
     """Every model counts as slow enough for intra-op threads (the tiny one is not)."""
-    monkeypatch.setattr("imgclf.models.loader.BATCHING_PAYS_BELOW_S", 0.0)
+    monkeypatch.setattr("imgclf.models.sizing.BATCHING_PAYS_BELOW_S", 0.0)
 
 
 def test_auto_instances_one_single_threaded_session_per_core_and_a_solo(tmp_path, warmups, slow):
