@@ -39,9 +39,10 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from benchmarks import REPO_ROOT, Target, channels, rss_bytes, sample_image
+from benchmarks import REPO_ROOT, channels, rss_bytes, sample_image
 from imgclf._generated.imgclf.v1 import image_classifier_pb2 as pb
 from imgclf._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
+from imgclf.client.bench.launcher import Target, server_or_target
 
 MIB = 1024 * 1024
 SIDE = 6300
@@ -251,24 +252,19 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    from benchmarks import started_server
-
     log = print if not args.json else (lambda line: print(line, file=sys.stderr))
-    if args.target:
-        if args.pid is None:
-            raise SystemExit("--target needs --pid (the server's resident memory is read)")
-        report = asyncio.run(measure(Target(args.target, "", args.pid), args, log))
-    else:
-        server_args = shlex.split(args.server_args)
-        with started_server(args.model_repository, *server_args) as target:
-            report = asyncio.run(measure(target, args, log))
-        if args.token:
-            with started_server(
-                args.model_repository, *server_args, "--auth-token", args.token
-            ) as target:
-                phase = asyncio.run(measure_unauthenticated(target, args, log))
-            report.phases.append(phase)
-            report.peak_mib = max(report.peak_mib, phase.peak_mib)
+    if args.target and args.pid is None:
+        raise SystemExit("--target needs --pid (the server's resident memory is read)")
+    with server_or_target(
+        args.target, args.model_repository, args.server_args, pid=args.pid, say=log
+    ) as target:
+        report = asyncio.run(measure(target, args, log))
+    if args.token and not args.target:
+        with_token = shlex.join([*shlex.split(args.server_args), "--auth-token", args.token])
+        with server_or_target(None, args.model_repository, with_token, say=log) as target:
+            phase = asyncio.run(measure_unauthenticated(target, args, log))
+        report.phases.append(phase)
+        report.peak_mib = max(report.peak_mib, phase.peak_mib)
     log(
         f"peak {report.peak_mib:.0f} MiB (limit {report.limit_mib:.0f}); "
         f"serves afterwards: {report.serves_after}"

@@ -29,7 +29,7 @@ from benchmarks import REPO_ROOT, rss_bytes
 from imgclf.client.bench import inputs, load, stats, wire
 from imgclf.client.bench.launcher import serving
 from imgclf.client.bench.stats import split_evenly
-from imgclf.models.repository import versions
+from imgclf.repolayout import versions
 
 
 def repository_of_copies(source: Path, model: str, count: int, root: Path) -> list[str]:

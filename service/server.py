@@ -26,6 +26,7 @@ from imgclf.grpc.auth import TokenAuthInterceptor, read_token, server_credential
 from imgclf.grpc.budget import MessageBudgetInterceptor
 from imgclf.grpc.classifier import ImageClassifierServicer
 from imgclf.grpc.inference import InferenceServicer
+from imgclf.grpc.options import server_options
 from imgclf.grpc.protopool import reflection_pool
 from imgclf.grpc.streams import HealthServicer, StreamEnder
 from imgclf.http.app import HttpServer
@@ -40,38 +41,6 @@ SERVICE_NAMES = (
     pb.DESCRIPTOR.services_by_name["ImageClassifier"].full_name,
     oip_pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
 )
-
-
-KEEPALIVE_TIME_MS = 60_000
-"""Ping every connection after this long without traffic, to find peers that vanished."""
-KEEPALIVE_TIMEOUT_MS = 20_000
-"""A connection whose ping is not answered within this is closed (its calls fail)."""
-MAX_CONNECTION_AGE_MS = 3_600_000
-"""A connection is asked to go away (GOAWAY) after an hour, so that clients reconnect and
-load balancers can spread them again; new calls go to a new connection..."""
-MAX_CONNECTION_AGE_GRACE_MS = 300_000
-"""...and calls still open on the old one get this long to finish."""
-
-
-def grpc_server_options(s: ServerSettings) -> list[tuple[str, int]]:
-    """The gRPC server's channel options (also used by `imgclf bench --floor`)."""
-    idle_ms = round(s.max_connection_idle_s * 1000)
-    return [
-        *([("grpc.max_connection_idle_ms", idle_ms)] if idle_ms else []),
-        ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
-        ("grpc.max_connection_age_grace_ms", MAX_CONNECTION_AGE_GRACE_MS),
-        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
-        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
-        ("grpc.http2.max_pings_without_data", 0),  # keep pinging idle long-lived streams
-        ("grpc.max_receive_message_length", s.message_limit),
-        ("grpc.max_send_message_length", s.message_limit),
-        ("grpc.so_reuseport", 0),
-        # gRPC core cancels calls the application has not picked up yet beyond these
-        # (defaults 1000/3000): a burst should queue and meet our own admission control
-        # (RESOURCE_EXHAUSTED with a retry hint), not vanish as CANCELLED.
-        ("grpc.server.max_pending_requests", 10_000),
-        ("grpc.server.max_pending_requests_hard_limit", 30_000),
-    ]
 
 
 class Server:
@@ -122,7 +91,7 @@ class Server:
             ) from exc
         self._http = http
         self.metrics_port = http.server_port
-        options = grpc_server_options(s)
+        options = server_options(s)
         token = read_token(s.auth_token, s.auth_token_file)
         # Authentication first: an unauthenticated call is refused before its message is read.
         interceptors: list[grpc.aio.ServerInterceptor] = (

@@ -30,7 +30,7 @@ from imgclf.errors import InvalidInput
 from imgclf.helpformat import DefaultsHelpFormatter
 from imgclf.imaging import decode_image, preprocess_image, resize_and_crop, to_rgb
 from imgclf.modelmeta import ModelMetadata
-from imgclf.models.repository import CONFIG_FILE, read_json
+from imgclf.repolayout import CONFIG_FILE, read_json
 from imgclf.training.data.builtin import BUILTIN_DATASETS, load_builtin_split
 from imgclf.training.data.digits import DIGITS_SEED, DIGITS_VAL_FRACTION
 from imgclf.training.data.folders import find_classes, list_images, stratified_split

@@ -24,25 +24,19 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from imgclf.training.config import (
     get_args_parser,
     parse_args,
-    preprocessing_from_args,
     resolve_args,
     saved_args,
     write_args,
 )
 from imgclf.training.data.datasets import (
-    ImageDataset,
-    ShardSampler,
     SplitData,
-    format_class_counts,
-    load_split,
 )
-from imgclf.training.data.presets import EvalPreset, TrainPreset
-from imgclf.training.data.shards import ShardDataset, shard_loaders
+from imgclf.training.data.loaders import build_loaders, load_data
 from imgclf.training.loop import checkpoint as ckpt_mod
 from imgclf.training.loop.distributed import (
     DistInfo,
@@ -62,7 +56,7 @@ from imgclf.training.models.transfer import (
     unfreeze,
 )
 from imgclf.training.models.weights import WeightsUnavailable, build_model
-from imgclf.training.utils import atomic_save, seed_everything, seed_worker, use_deterministic
+from imgclf.training.utils import atomic_save, seed_everything, use_deterministic
 from imgclf.usererror import UserError, run_main
 
 __all__ = ["TrainResult", "get_args_parser", "main", "parse_args", "train"]
@@ -77,44 +71,6 @@ class TrainResult:
     best_val_acc: float
     best_epoch: int
     stopped_early: bool = False
-
-
-def build_loaders(
-    args: argparse.Namespace, split: SplitData, info: DistInfo, generator: torch.Generator
-) -> tuple[DataLoader, DataLoader, DistributedSampler | ShardDataset | None]:
-    spec = preprocessing_from_args(args)
-    if split.shards is not None:
-        return shard_loaders(
-            split.shards,
-            TrainPreset(spec, args.augmentation),
-            EvalPreset(spec),
-            batch_size=args.batch_size,
-            workers=args.workers,
-            rank=info.rank,
-            world_size=info.world_size,
-            seed=args.seed,
-            pin_memory=args.device.startswith("cuda"),
-            worker_init_fn=seed_worker,
-        )
-    train_ds = ImageDataset(
-        split.train_samples, split.train_labels, TrainPreset(spec, args.augmentation)
-    )
-    val_ds = ImageDataset(split.val_samples, split.val_labels, EvalPreset(spec))
-    kw: dict[str, Any] = {
-        "batch_size": args.batch_size,
-        "num_workers": args.workers,
-        "persistent_workers": args.workers > 0,
-        "pin_memory": args.device.startswith("cuda"),
-        "worker_init_fn": seed_worker if args.workers > 0 else None,
-    }
-    sampler = None
-    if info.enabled:
-        sampler = DistributedSampler(train_ds, info.world_size, info.rank, seed=args.seed)
-        train_loader = DataLoader(train_ds, sampler=sampler, **kw)
-    else:
-        train_loader = DataLoader(train_ds, shuffle=True, generator=generator, **kw)
-    val_sampler = ShardSampler(len(val_ds), info.rank, info.world_size)
-    return train_loader, DataLoader(val_ds, sampler=val_sampler, **kw), sampler
 
 
 def _wrap(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:
@@ -203,32 +159,6 @@ def _train(args: argparse.Namespace, info: DistInfo) -> TrainResult:
     return TrainResult(
         out, state.epoch, val_acc, state.best_acc, state.best_epoch, state.stopped_early
     )
-
-
-def load_data(
-    args: argparse.Namespace, out: Path, info: DistInfo, log: Callable[..., None]
-) -> SplitData:
-    """The labelled split; unreadable files are listed (skipped_images.txt), not fatal."""
-    split = load_split(
-        args.dataset, args.data_path, args.val_fraction, args.split_seed, not args.no_image_check
-    )
-    classes = split.class_names
-    if len(classes) < 2:
-        where = args.data_path if args.dataset == "folder" else args.dataset
-        raise UserError(
-            f"{where} has {len(classes)} class ({', '.join(classes)}): a classifier needs at "
-            "least 2",
-            "put one subfolder of images per class under it (DIR/<class>/*.jpg)",
-        )
-    log(f"dataset {args.dataset}: {len(classes)} classes\n{format_class_counts(split)}")
-    if split.skipped:
-        log(f"skipped {len(split.skipped)} unreadable image file(s), listed in skipped_images.txt")
-        for path, reason in split.skipped[:10]:
-            log(f"  {path}: {reason}")
-        if info.is_main:
-            lines = [f"{p}\t{r}" for p, r in split.skipped]
-            (out / "skipped_images.txt").write_text("\n".join(lines) + "\n")
-    return split
 
 
 def build_run_model(

@@ -25,7 +25,7 @@ import grpc
 
 from imgclf._generated.imgclf.v1 import image_classifier_pb2 as pb
 from imgclf._generated.inference import grpc_service_pb2 as oip_pb
-from imgclf.server import grpc_server_options
+from imgclf.grpc.options import server_options
 from imgclf.settings import ServerSettings
 
 
@@ -46,7 +46,7 @@ async def serve(port: int, method: str, reply: bytes) -> None:
     handler = grpc.unary_unary_rpc_method_handler(
         answer, request_deserializer=request_parser(method), response_serializer=None
     )
-    server = grpc.aio.server(options=grpc_server_options(ServerSettings()))
+    server = grpc.aio.server(options=server_options(ServerSettings()))
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service, {name: handler}),)
     )

@@ -122,7 +122,25 @@ def parse_infer_request(
     body: bytes, header_length: str | None, model: str, version: str
 ) -> HttpInferRequest:
     """An HTTP infer body (JSON, or JSON + binary tensor data) -> a ModelInferRequest."""
-    view = memoryview(body)
+    doc, json_length = _json_header(body, header_length)
+    request = pb.ModelInferRequest(model_name=model, model_version=version)
+    if "id" in doc:
+        if not isinstance(doc["id"], str):
+            raise _bad("'id' must be a string")
+        request.id = doc["id"]
+    params = _dict(doc.get("parameters"), "'parameters'")
+    all_binary = bool(params.pop(BINARY_OUTPUT, False))
+    for key, value in params.items():
+        _set_param(request.parameters, key, value)
+    _add_inputs(request, doc.get("inputs"), body, json_length)
+    _fp16_to_raw(request)
+    binary_outputs = _add_outputs(request, doc.get("outputs", []))
+    return HttpInferRequest(request, binary_outputs, all_binary)
+
+
+def _json_header(body: bytes, header_length: str | None) -> tuple[dict, int]:
+    """The JSON object that opens the body, and its length (the whole body without the
+    Inference-Header-Content-Length header)."""
     if header_length is not None:
         try:
             json_length = int(header_length)
@@ -133,23 +151,18 @@ def parse_infer_request(
     else:
         json_length = len(body)
     try:
-        doc = json.loads(bytes(view[:json_length]))
+        doc = json.loads(bytes(memoryview(body)[:json_length]))
     except (ValueError, UnicodeDecodeError) as exc:
         raise _bad(f"request header is not valid JSON: {exc}") from None
-    doc = _dict(doc, "the request")
-    request = pb.ModelInferRequest(model_name=model, model_version=version)
-    if "id" in doc:
-        if not isinstance(doc["id"], str):
-            raise _bad("'id' must be a string")
-        request.id = doc["id"]
-    params = _dict(doc.get("parameters"), "'parameters'")
-    all_binary = bool(params.pop(BINARY_OUTPUT, False))
-    for key, value in params.items():
-        _set_param(request.parameters, key, value)
-    inputs = doc.get("inputs")
+    return _dict(doc, "the request"), json_length
+
+
+def _add_inputs(request: pb.ModelInferRequest, inputs: object, body: bytes, offset: int) -> None:
+    """The request's inputs: JSON `data`, or binary tensor data that follows the JSON at
+    `offset` in `body` (every byte of it claimed by an input, all inputs binary or none)."""
     if not isinstance(inputs, list):
         raise _bad("'inputs' must be a JSON array")
-    offset = json_length
+    view = memoryview(body)
     raws: list[bytes] = []
     for i, spec in enumerate(inputs):
         spec = _dict(spec, f"input {i}")
@@ -185,11 +198,13 @@ def parse_infer_request(
     if raws and len(raws) != len(request.inputs):
         raise _bad("mixing binary and JSON inputs in one request is not supported")
     request.raw_input_contents.extend(raws)
-    _fp16_to_raw(request)
-    binary_outputs: set[str] = set()
-    outputs = doc.get("outputs", [])
+
+
+def _add_outputs(request: pb.ModelInferRequest, outputs: object) -> set[str]:
+    """The outputs the request asks for; returns the names asked for as binary data."""
     if not isinstance(outputs, list):
         raise _bad("'outputs' must be a JSON array")
+    binary_outputs: set[str] = set()
     for i, spec in enumerate(outputs):
         spec = _dict(spec, f"output {i}")
         name = spec.get("name")
@@ -201,7 +216,7 @@ def parse_infer_request(
             binary_outputs.add(name)
         for key, value in out_params.items():
             _set_param(out.parameters, key, value)
-    return HttpInferRequest(request, binary_outputs, all_binary)
+    return binary_outputs
 
 
 def _fp16_to_raw(request: pb.ModelInferRequest) -> None:

@@ -21,13 +21,22 @@ import numpy as np
 from imgclf.metrics.prometheus import Metrics, ModelSeries
 from imgclf.metrics.statistics import ModelStats
 from imgclf.modelmeta import ModelMetadata
-from imgclf.models.repository import ModelConfig, ModelEntry
+from imgclf.models.repository import ModelConfig
+from imgclf.models.sizing import (
+    AUTO_MAX_BATCH,
+    auto_batch_size,
+    seconds_per_image,
+    solo_pays,
+)
+from imgclf.repolayout import ModelEntry
 from imgclf.runtime.batcher import Batcher, BatchStats
 from imgclf.runtime.buckets import bucket_sizes
 from imgclf.runtime.cores import Cores
 from imgclf.runtime.cpuquota import cpus
-from imgclf.runtime.engine import CPU, Engine, ExecutionOptions, share_weights, softmax
+from imgclf.runtime.engine import Engine, share_weights
 from imgclf.runtime.memory import rss_bytes, trim_heap
+from imgclf.runtime.options import ExecutionOptions
+from imgclf.runtime.providers import CPU
 from imgclf.runtime.sharedweights import SharedWeights
 from imgclf.settings import ServerSettings
 
@@ -118,6 +127,13 @@ class ServedModel:
         return softmax(outputs) if self.metadata.output == "logits" else outputs
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float32, stable for large logits."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted, dtype=np.float32)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
 def execution_options(
     config: ModelConfig, settings: ServerSettings, instance: int, instances: int
 ) -> ExecutionOptions:
@@ -150,7 +166,8 @@ def execution_options(
 
 
 def create_engines(path: Path, config: ModelConfig, settings: ServerSettings) -> Engines:
-    """The model's instances (the solo session comes later in load_model: see `wants_solo`).
+    """The model's instances (the solo session comes later in load_model: see
+    `wants_solo`).
 
     Configured (`instances` N): N sessions, the cores divided among them. Auto: on a GPU one
     session; on CPU one single-threaded session per core, which the limit measurements show
@@ -178,48 +195,11 @@ def solo_options(config: ModelConfig, settings: ServerSettings) -> ExecutionOpti
     )
 
 
-AUTO_MAX_BATCH = 8
-SLOW_MODEL_MAX_BATCH = 4
-"""On CPU, the auto max batch size of a model that takes BATCHING_PAYS_BELOW_S or more per
-image (see auto_batch_size)."""
-BATCHING_PAYS_BELOW_S = 0.005
-"""On CPU: below this time per image, per-call overhead dominates a run. Batches amortise it;
-intra-op threads (the solo session) do not pay, and their spinning costs the cores more than
-it saves."""
-
-
-def seconds_per_image(engine: Engine, sample_shape: tuple[int, ...]) -> float:
-    """The best of 5 timed single-image runs (after one untimed)."""
-    batch = np.zeros((1, *sample_shape), dtype=np.float32)
-    engine.run(batch)
-    best = float("inf")
-    for _ in range(5):
-        started = time.perf_counter()
-        engine.run(batch)
-        best = min(best, time.perf_counter() - started)
-    return best
-
-
-def auto_batch_size(per_image: float | None, limit: int) -> int:
-    """The max batch size when none is configured, from the CPU seconds per image (None on a
-    GPU, where batches pay: `limit`). A model that takes well under a few milliseconds per
-    image is dominated by per-call overhead, which batches amortise: `limit`. A slower one
-    gains little: measured for EfficientNet-Lite0 on 2 cores, batches of 4 on a
-    single-threaded session cost from 12 % more to 8 % less per image than single images in
-    the limit, and served 1-18 % more images/s at 16 clients in four side-by-side runs. With
-    no queue delay a batch only forms from images already waiting, so a lone request never
-    waits for one: SLOW_MODEL_MAX_BATCH."""
-    if per_image is None or per_image < BATCHING_PAYS_BELOW_S:
-        return limit
-    return min(limit, SLOW_MODEL_MAX_BATCH)
-
-
-def wants_solo(engines: Engines, settings: ServerSettings) -> bool:
+def wants_solo(engine: Engine, settings: ServerSettings) -> bool:
     """Whether a solo session could pay: on CPU with more than one core, unless an instance
     already spans every core. It is then added for models slow enough that intra-op threads
     pay (BATCHING_PAYS_BELOW_S per image or more on one instance); it runs a request that
-    arrives alone at the latency of every core."""
-    engine = engines.instances[0]
+    arrives alone at the latency of every core. `engine` is the model's first instance."""
     return (
         settings.solo_session
         and engine.info.provider == CPU
@@ -327,13 +307,13 @@ def _load_model(
             f"{len(metadata.labels)} labels"
         )
     auto_batch = not (config.max_batch_size or settings.max_batch_size)
-    solo = wants_solo(engines, settings)
+    solo = wants_solo(engine, settings)
     per_image = None
     if engine.info.provider == CPU and (auto_batch or solo):
         per_image = seconds_per_image(engine, sample)
     if auto_batch:
         max_batch = auto_batch_size(per_image, max_batch)
-    if solo and per_image is not None and per_image >= BATCHING_PAYS_BELOW_S:
+    if solo and solo_pays(per_image):
         engines.solo = Engine(entry.path, solo_options(config, settings), engines.shared)
     if engines.shared is not None:
         engines.shared.release()  # every session exists

@@ -1,27 +1,27 @@
-"""The model repository on disk: models/<name>/<version>/model.onnx.
+"""The model repository on disk, as the server reads it: models/<name>/<version>/model.onnx
+(the layout itself, shared with the bench and training, is imgclf.repolayout).
 
 Optional files:
 - models/<name>/config.json: serving knobs for that model (see ModelConfig).
 - models/<name>/<version>/config.json: metadata for a foreign ONNX classifier, the keys of
   imgclf.modelmeta (labels, input_size, resize_size, mean, std, ...), overriding the
   model's embedded metadata.
+
+Here: the per-model ModelConfig and VersionPolicy, and the checks every door passes (a plain
+model name whose folder lies inside the repository), the scan of the repository.
 """
 
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from imgclf.errors import InvalidModelName
+from imgclf.repolayout import CONFIG_FILE, inside, read_json, versions
 from imgclf.settings import describe_field
-
-MODEL_FILE = "model.onnx"
-CONFIG_FILE = "config.json"
 
 
 class VersionPolicy(BaseModel):
@@ -119,36 +119,6 @@ def config_table() -> str:
     return "\n".join(rows)
 
 
-@dataclass(frozen=True)
-class ModelEntry:
-    """One model version found on disk."""
-
-    name: str
-    version: int
-    path: Path
-    """The model.onnx file."""
-
-    def read_sidecar(self) -> dict[str, Any]:
-        """Metadata overrides from the version's config.json (foreign models)."""
-        return read_json(self.path.parent / CONFIG_FILE)
-
-    def fingerprint(self) -> tuple[int, int, int]:
-        """Changes when the model file or its sidecar changes (for polling)."""
-        stat = self.path.stat()
-        sidecar = self.path.parent / CONFIG_FILE
-        sidecar_mtime = sidecar.stat().st_mtime_ns if sidecar.exists() else 0
-        return (stat.st_mtime_ns, stat.st_size, sidecar_mtime)
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    data = json.loads(path.read_text())
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a JSON object")
-    return data
-
-
 def read_model_config(model_dir: Path) -> ModelConfig:
     """Serving knobs from models/<name>/config.json (defaults when absent; ValueError when it
     links outside the repository, which is model_dir's parent)."""
@@ -180,14 +150,6 @@ def check_model_name(name: str) -> str:
     return name
 
 
-def inside(path: Path, root: Path) -> bool:
-    """Whether `path`, symbolic links followed, lies inside `root` (also resolved)."""
-    try:
-        return path.resolve().is_relative_to(root.resolve())
-    except (OSError, RuntimeError):  # a loop of links, or gone meanwhile
-        return False
-
-
 def model_dir(root: Path, name: str) -> Path:
     """The folder of model `name` in the repository at `root`: the one check every door (load
     and unload RPCs, the start-up list, polling, the index) passes. The name must be plain
@@ -196,25 +158,6 @@ def model_dir(root: Path, name: str) -> Path:
     if path.exists() and not inside(path, root):
         raise InvalidModelName(f"model {name!r} links outside the model repository")
     return path
-
-
-def versions(model_dir: Path) -> list[ModelEntry]:
-    """Every version folder (numeric name) holding a model file, newest first. `model_dir` is
-    <root>/<name>; a version whose folder or model file links outside <root> is skipped."""
-    if not model_dir.is_dir():
-        return []
-    root = model_dir.parent
-    found: dict[int, ModelEntry] = {}
-    for p in sorted(model_dir.iterdir()):
-        if not (p.is_dir() and p.name.isdigit() and (p / MODEL_FILE).is_file()):
-            continue
-        if not (inside(p / MODEL_FILE, root) and inside(p / CONFIG_FILE, root)):
-            continue
-        version = int(p.name)
-        # "7" and "007" are both version 7: the canonical name wins, else the first in order.
-        if version not in found or p.name == str(version):
-            found[version] = ModelEntry(model_dir.name, version, p / MODEL_FILE)
-    return sorted(found.values(), key=lambda e: e.version, reverse=True)
 
 
 def scan(root: Path) -> tuple[list[str], dict[str, str]]:

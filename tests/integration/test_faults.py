@@ -34,12 +34,11 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
-from benchmarks import Target
 from benchmarks import overload as overload_bench
 from imgclf._generated.imgclf.v1 import image_classifier_pb2 as pb
 from imgclf._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
 from imgclf.client import Client, tensor_image
-from imgclf.client.bench.launcher import ServerProcess, free_port, start_server
+from imgclf.client.bench.launcher import ServerProcess, Target, free_port, start_server
 from imgclf.client.channel import open_channel
 from imgclf.modelmeta import ModelMetadata
 from tests.images import encode

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import Target, rss_bytes
 from benchmarks import memory as memory_bench
-from imgclf.client.bench.launcher import ServerProcess, start_server
+from benchmarks import rss_bytes
+from imgclf.client.bench.launcher import ServerProcess, Target, start_server
 
 BUDGET = 256 << 20
 """The server's --memory-budget-bytes: the default message limit is then 4 MiB."""

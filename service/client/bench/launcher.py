@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,15 +143,22 @@ def start_server(
 
 
 @contextlib.contextmanager
-def serving(repo: Path, args: str = "", **tls: Path | None) -> Iterator[ServerProcess]:
+def serving(
+    repo: Path, args: str = "", say: Callable[[str], None] | None = None, **tls: Path | None
+) -> Iterator[ServerProcess]:
     """A started server for the length of a `with` block (its log in a temporary folder),
-    `args` as one shell-quoted string of extra `imgclf serve` arguments."""
+    `args` as one shell-quoted string of extra `imgclf serve` arguments; `say` hears the
+    start and, when the server exits with a failure, the end of its log."""
+    if say:
+        say(f"starting imgclf serve on {repo} {args}".rstrip())
     with tempfile.TemporaryDirectory(prefix="imgclf-server-") as workdir:
         server = start_server(repo, Path(workdir), *shlex.split(args), **tls)
         try:
             yield server
         finally:
-            server.stop()
+            code = server.stop()
+            if code != 0 and say:
+                say(f"server exited with {code}; its log:\n{server.log()[-4000:]}")
 
 
 @dataclass
@@ -167,12 +174,14 @@ class Target:
 
 @contextlib.contextmanager
 def server_or_target(
-    target: str | None, repo: Path, args: str = "", metrics_url: str = "", **tls: Path | None
-) -> Iterator[Target]:
-    """The `--target` given, or else an `imgclf serve` of `repo` (with `args`) started for the
-    length of the `with` block: the one "start a server or use --target" of the load tools."""
+    target: str | None, repo: Path, args: str = "", metrics_url: str = "",
+    pid: int | None = None, say: Callable[[str], None] | None = None, **tls: Path | None,
+) -> Iterator[Target]:  # fmt: skip
+    """The `--target` given (with its /metrics URL and process id when known), or else an
+    `imgclf serve` of `repo` (with `args`) started for the length of the `with` block: the one
+    "start a server or use --target" of the load tools."""
     if target:
-        yield Target(target, metrics_url)
+        yield Target(target, metrics_url, pid)
         return
-    with serving(repo, args, **tls) as server:
+    with serving(repo, args, say, **tls) as server:
         yield Target(server.target, server.metrics_url, server.proc.pid, server)

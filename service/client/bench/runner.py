@@ -196,11 +196,9 @@ def serve_and_measure(
     (the limit again before each later round), appended to `point_rounds`."""
     tls = {"tls_ca": args.tls_ca, "tls_cert": args.tls_cert, "tls_key": args.tls_key}
     with contextlib.ExitStack() as stack:
-        if args.start_server:
-            say(f"starting imgclf serve {args.server_args}".rstrip())
         where = stack.enter_context(server_or_target(
             None if args.start_server else args.target, args.model_repository,
-            args.server_args, **tls,
+            args.server_args, say=say, **tls,
         ))  # fmt: skip
         target = where.address
         metrics_url = args.metrics_url

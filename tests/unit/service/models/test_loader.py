@@ -15,8 +15,9 @@ import pytest
 from imgclf.errors import ModelNotReady
 from imgclf.metrics.prometheus import Metrics
 from imgclf.models import loader as model_mod
-from imgclf.models.loader import ServedModel, execution_options, load_model
-from imgclf.models.repository import ModelConfig, read_model_config, versions
+from imgclf.models.loader import ServedModel, execution_options, load_model, softmax
+from imgclf.models.repository import ModelConfig, read_model_config
+from imgclf.repolayout import versions
 from imgclf.runtime.cpuquota import cpus
 from imgclf.runtime.engine import Engine
 from tests.tiny_model import LABELS
@@ -396,7 +397,7 @@ def test_use_before_start_is_a_programming_error(tmp_path):
 @pytest.fixture
 def slow(monkeypatch) -> None:
     """Every model counts as slow enough for intra-op threads (the tiny one is not)."""
-    monkeypatch.setattr("imgclf.models.loader.BATCHING_PAYS_BELOW_S", 0.0)
+    monkeypatch.setattr("imgclf.models.sizing.BATCHING_PAYS_BELOW_S", 0.0)
 
 
 def test_auto_instances_one_single_threaded_session_per_core_and_a_solo(tmp_path, warmups, slow):
@@ -481,3 +482,32 @@ def test_a_lone_request_runs_on_the_solo_session_and_is_counted(tmp_path, slow):
     assert asyncio.run(main()).shape == (3,)
     labels = {"model": "tiny", "version": "1"}
     assert metrics.registry.get_sample_value("imgclf_solo_batches_total", labels) == 1.0
+
+
+# --- softmax --------------------------------------------------------------------------------
+
+
+def test_softmax_rows_sum_to_one():
+    logits = np.random.default_rng(0).normal(0, 3, (7, 10)).astype(np.float32)
+    probs = softmax(logits)
+    assert probs.dtype == np.float32
+    assert probs.shape == (7, 10)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+    exp = np.exp(logits.astype(np.float64))
+    np.testing.assert_allclose(probs, exp / exp.sum(axis=1, keepdims=True), atol=1e-6)
+    assert (probs.argmax(axis=1) == logits.argmax(axis=1)).all()
+
+
+def test_softmax_stable_for_large_logits():
+    logits = np.array([[1000.0, 1001.0, 1002.0], [-1000.0, -1001.0, -1002.0]], dtype=np.float32)
+    probs = softmax(logits)
+    assert np.isfinite(probs).all()
+    small = softmax(np.array([[0.0, 1.0, 2.0], [0.0, -1.0, -2.0]], dtype=np.float32))
+    np.testing.assert_allclose(probs, small, atol=1e-6)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_softmax_of_float64_is_float32():
+    probs = softmax(np.array([[1.0, 2.0]], dtype=np.float64))
+    assert probs.dtype == np.float32
+    np.testing.assert_allclose(probs[0], [1 / (1 + np.e), np.e / (1 + np.e)], atol=1e-6)

@@ -17,9 +17,12 @@ from onnx import numpy_helper
 from imgclf.imaging import preprocess_bytes
 from imgclf.metrics.prometheus import Metrics
 from imgclf.models.loader import ServedModel, load_model
-from imgclf.models.repository import read_model_config, versions
-from imgclf.runtime import engine as engine_mod
-from imgclf.runtime.engine import CPU, CUDA, ExecutionOptions, session_options, share_weights
+from imgclf.models.repository import read_model_config
+from imgclf.repolayout import versions
+from imgclf.runtime import providers as providers_mod
+from imgclf.runtime.engine import share_weights
+from imgclf.runtime.options import ExecutionOptions, session_options
+from imgclf.runtime.providers import CPU, CUDA
 from imgclf.runtime.sharedweights import MIN_SHARED_BYTES, SharedWeights, initializers
 from tests.unit.service.support import make_repo, server_settings
 
@@ -74,8 +77,8 @@ def test_share_weights_off_gives_each_session_its_own(tmp_path):
 def test_gpu_sessions_keep_their_own_weights(monkeypatch):
     """A session that would run on a GPU provider copies the weights to its device anyway,
     and the CPU-optimised graph is not for it: no shared weights."""
-    monkeypatch.setattr(engine_mod.ort, "get_available_providers", lambda: [CUDA, CPU])
-    monkeypatch.setattr(engine_mod, "cuda_driver_present", lambda: True)
+    monkeypatch.setattr(providers_mod.ort, "get_available_providers", lambda: [CUDA, CPU])
+    monkeypatch.setattr(providers_mod, "cuda_driver_present", lambda: True)
     assert share_weights(LITE0, ExecutionOptions(providers="cuda")) is None
 
 
