@@ -41,10 +41,11 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from benchmarks import REPO_ROOT, channels, metric_total, rss_bytes, scrape, started_server
+from benchmarks import REPO_ROOT, channels, rss_bytes
 from imgclf._generated.inference import grpc_service_pb2 as oip_pb
 from imgclf._generated.inference import grpc_service_pb2_grpc as oip_grpc
-from imgclf.client.bench.launcher import Target
+from imgclf.client.bench.launcher import Target, server_or_target
+from imgclf.client.bench.scrape import fetch, total
 from imgclf.client.channel import OPTIONS
 from imgclf.grpc.inference import STREAM_WINDOW
 
@@ -138,7 +139,7 @@ async def idle_at_shutdown(
     """The server batches with a window of `inflight_ms`, so that the last request is still
     in flight when SIGTERM lands 50 ms after it was written."""
     window = ["--max-queue-delay-ms", f"{inflight_ms:g}"]
-    with started_server(repo, *server_args, *window) as target:
+    with server_or_target(None, repo, shlex.join([*server_args, *window]), say=print) as target:
         assert target.server is not None
         proc = target.server.proc
         conns = channels(target.address, watches + idle + 1)
@@ -280,7 +281,7 @@ async def never_reading(
     def computed() -> float:
         if not target.metrics_url:
             return float("nan")
-        return metric_total(scrape(target.metrics_url), "imgclf_requests_total", model=model)
+        return total(fetch(target.metrics_url), "imgclf_requests_total", model=model)
 
     try:
         request = await request_for(conns[-1], model)
@@ -489,7 +490,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.target:
             nr = go(Target(args.target, args.metrics_url, args.pid))
         else:
-            with started_server(args.model_repository, *server_args) as target:
+            with server_or_target(
+                None, args.model_repository, shlex.join(server_args), say=print
+            ) as target:
                 nr = go(target)
         report_never_reading(nr, args)
         failures += [f"never-reading: {f}" for f in nr.failures]
