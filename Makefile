@@ -106,7 +106,7 @@ FLOOR_TEST_DEPS := pytest pytest-timeout onnx scikit-image
 
 protobuf-floor:
 	rm -rf $(FLOOR_VENV) && $(PYTHON) -m venv $(FLOOR_VENV)
-	$(FLOOR_VENV)/bin/python -m pip install --quiet -e . 'protobuf==$(PROTOBUF_FLOOR)' \
+	$(FLOOR_VENV)/bin/python -m pip install --quiet -e . $(EDITABLE) 'protobuf==$(PROTOBUF_FLOOR)' \
 		$(FLOOR_TEST_DEPS)
 	$(FLOOR_VENV)/bin/python -c 'import google.protobuf as p; print("protobuf", p.__version__)'
 	$(FLOOR_VENV)/bin/python -m pytest -q -p no:cacheprovider \

@@ -82,13 +82,20 @@ def test_batches_beyond_the_advertised_max_batch_size_are_refused(
         (info,) = [m for m in ours.list_models().models if m.name == MODEL]
     advertised = client.get_model_config(MODEL).config.max_batch_size
     assert advertised == info.max_batch_size < 64
-    for batch in (advertised + 1, 16, 64):
+    for batch in (advertised + 1, 16):
         inp = triton.InferInput("input", [batch, 3, 224, 224], "FP32")
         inp.set_data_from_numpy(np.zeros((batch, 3, 224, 224), np.float32))
         with pytest.raises(InferenceServerException) as refused:
             client.infer(MODEL, [inp])
         assert refused.value.status() == "StatusCode.INVALID_ARGUMENT", batch
         assert f"max batch size of {advertised}" in refused.value.message()
+    # 64 images (38.5 MB) are over the default message limit (the memory budget / 64 =
+    # 16 MiB): gRPC refuses the message before the service sees it.
+    inp = triton.InferInput("input", [64, 3, 224, 224], "FP32")
+    inp.set_data_from_numpy(np.zeros((64, 3, 224, 224), np.float32))
+    with pytest.raises(InferenceServerException) as refused:
+        client.infer(MODEL, [inp])
+    assert refused.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
     inp = triton.InferInput("input", [advertised, 3, 224, 224], "FP32")
     inp.set_data_from_numpy(np.zeros((advertised, 3, 224, 224), np.float32))
     assert client.infer(MODEL, [inp]).as_numpy("logits").shape == (advertised, 1000)
