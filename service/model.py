@@ -21,12 +21,13 @@ from service.batching import Batcher, BatchStats
 from service.buckets import bucket_sizes
 from service.cores import Cores
 from service.cpus import cpus
-from service.engine import CPU, Engine, ExecutionOptions, softmax
+from service.engine import CPU, Engine, ExecutionOptions, choose_providers, softmax
 from service.metrics import Metrics, ModelSeries
 from service.modelmeta import ModelMetadata
 from service.repository import ModelConfig, ModelEntry
 from service.settings import ServerSettings
 from service.stats import ModelStats
+from service.variants import Choice, choose_variant
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ class ServedModel:
     fingerprint: tuple[int, int, int]
     series: ModelSeries
     stats: ModelStats = field(default_factory=ModelStats)
+    precision: str = "fp32"
+    """The variant served: fp32, fp16 or int8 (service.variants)."""
     _users: int = 0
     _idle: asyncio.Event | None = None
 
@@ -224,6 +227,37 @@ def describe_buckets(engine: Engine) -> str:
     return f"; IO binding, batch buckets {','.join(map(str, engine.buckets))} ({graphs})"
 
 
+def served_variant(entry: ModelEntry, config: ModelConfig, settings: ServerSettings) -> Choice:
+    """Which file of the version folder to serve, for the provider the first instance will
+    request (service.variants)."""
+    requested, _ = choose_providers(execution_options(config, settings, 0, 1))
+    first = requested[0] if isinstance(requested[0], str) else requested[0][0]
+    return choose_variant(entry.path.parent, config.precision, first)
+
+
+def variant_precision(choice: Choice, input_type: str) -> str:
+    if choice.variant == "int8":
+        return "int8"
+    return "fp16" if input_type == "tensor(float16)" else "fp32"
+
+
+def describe_gate(provenance: dict) -> str:
+    """For the load log line: an INT8 model's calibration and measured accuracies."""
+    gate, calibration = provenance.get("accuracy_gate"), provenance.get("calibration")
+    if not isinstance(gate, dict) or not isinstance(calibration, dict):
+        return ""
+    text = (
+        f"calibrated {calibration.get('method')} on {calibration.get('images')} images "
+        f"(seed {calibration.get('seed')}), gate on {gate.get('images')} images: "
+        f"top-1 agreement {gate.get('agreement', float('nan')):.2f} %"
+    )
+    if gate.get("float_accuracy") is not None:
+        text += (
+            f", top-1 {gate['float_accuracy']:.2f} % float -> {gate['int8_accuracy']:.2f} % int8"
+        )
+    return text
+
+
 def load_model(
     entry: ModelEntry,
     config: ModelConfig,
@@ -234,9 +268,20 @@ def load_model(
     """Open the ONNX file, read and check its metadata, create its instances, warm them up."""
     started = time.monotonic()
     fingerprint = entry.fingerprint()
-    engines = create_engines(entry.path, config, settings)
+    choice = served_variant(entry, config, settings)
+    engines = create_engines(choice.path, config, settings)
     engine = engines.instances[0]
     metadata = ModelMetadata.from_props(engine.metadata_props, overrides=entry.read_sidecar())
+    precision = variant_precision(choice, engine.info.input_type)
+    metadata = dataclasses.replace(
+        metadata,
+        provenance={
+            **metadata.provenance,
+            "precision": precision,
+            "served_file": choice.path.name,
+            "served_file_reason": choice.reason,
+        },
+    )
     h, w = metadata.input_size
     sample = metadata.sample_shape
     if metadata.pixel_input != (engine.info.input_type == "tensor(uint8)"):
@@ -271,7 +316,7 @@ def load_model(
     if auto_batch:
         max_batch = auto_batch_size(per_image, max_batch)
     if solo and per_image is not None and per_image >= BATCHING_PAYS_BELOW_S:
-        engines.solo = Engine(entry.path, solo_options(config, settings))
+        engines.solo = Engine(choice.path, solo_options(config, settings))
     if engine.info.io_binding:  # GPU: device buffers (and CUDA graphs) per batch bucket
         for e in engines.instances:
             e.prepare_buckets(bucket_sizes(max_batch), sample)
@@ -319,12 +364,15 @@ def load_model(
     metrics.model_load_duration.labels(**series.labels).set(elapsed)
     log.info(
         "model %s version %s loaded in %.2fs: %d classes, input %dx%d, max batch %d, "
-        "%d instance(s) x %d intra-op thread(s)%s on %s (%s)%s",
+        "%d instance(s) x %d intra-op thread(s)%s, precision %s (%s: %s) on %s (%s)%s",
         entry.name, entry.version, elapsed, len(metadata.labels), h, w, max_batch,
         len(engines.instances), engine.options.intra_op_threads,
         f" + solo session x {engines.solo.options.intra_op_threads}" if engines.solo else "",
+        precision, choice.path.name, choice.reason,
         engine.info.provider, engine.info.reason, describe_buckets(engine),
     )  # fmt: skip
+    if gate := describe_gate(metadata.provenance):
+        log.info("model %s version %s %s: %s", entry.name, entry.version, precision, gate)
     return ServedModel(
         name=entry.name,
         version=entry.version,
@@ -337,4 +385,5 @@ def load_model(
         fingerprint=fingerprint,
         series=series,
         stats=stats,
+        precision=precision,
     )

@@ -19,8 +19,9 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
-FLOAT_FILE = "model.onnx"
-INT8_FILE = "model.int8.onnx"
+from service.repository import INT8_FILE
+from service.repository import MODEL_FILE as FLOAT_FILE
+
 VARIANT_FILES = {"float": FLOAT_FILE, "int8": INT8_FILE}
 """Variant name -> file in the version folder, in order of preference when nothing decides."""
 PRECISION_CHOICES = ("auto", "float", "int8")
@@ -81,5 +82,5 @@ def choose_variant(
     cpu = provider == "CPUExecutionProvider"
     if cpu and has_vnni(flags):
         return Choice(present["int8"], "int8", "CPU with VNNI: INT8 kernels pay")
-    why = "no VNNI on this CPU" if cpu else f"{provider} gains nothing from INT8 QDQ graphs"
+    why = "this CPU has no VNNI" if cpu else f"{provider} gains nothing from INT8 QDQ graphs"
     return Choice(present["float"], "float", f"{why}: float model")

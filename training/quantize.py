@@ -40,6 +40,8 @@ MAX_TOP1_DROP = 1.0
 MIN_AGREEMENT = 98.0
 MAX_CLASS_RECALL_DROP = 3.0
 CALIBRATION_BATCH = 16
+EPSILON = 1e-9
+"""Percentages are differences of float means: a drop of exactly the threshold passes."""
 QUANTIZATION = "static QDQ, QUInt8 activations, QInt8 per-channel weights"
 
 
@@ -133,7 +135,7 @@ def accuracy_gate(
         max_prob_diff=float(np.abs(float_probs - int8_probs).max()),
         thresholds=t,
     )
-    if report.agreement < t.min_agreement:
+    if report.agreement < t.min_agreement - EPSILON:
         report.failures.append(f"top-1 agreement {report.agreement:.2f} % < {t.min_agreement:g} %")
     if labels is None:
         return report
@@ -141,7 +143,7 @@ def accuracy_gate(
     report.float_accuracy = 100.0 * float((ref == labels).mean())
     report.int8_accuracy = 100.0 * float((got == labels).mean())
     drop = report.float_accuracy - report.int8_accuracy
-    if drop > t.max_top1_drop:
+    if drop > t.max_top1_drop + EPSILON:
         report.failures.append(f"top-1 accuracy drop {drop:.2f} > {t.max_top1_drop:g} points")
     worst, worst_drop = None, -np.inf
     for c in np.unique(labels):
@@ -151,7 +153,7 @@ def accuracy_gate(
             worst, worst_drop = int(c), class_drop
     name = class_names[worst] if class_names is not None and worst is not None else str(worst)
     report.worst_class, report.worst_class_recall_drop = name, float(worst_drop)
-    if worst_drop > t.max_class_recall_drop:
+    if worst_drop > t.max_class_recall_drop + EPSILON:
         report.failures.append(
             f"class {name!r} recall drop {worst_drop:.2f} > {t.max_class_recall_drop:g} points"
         )

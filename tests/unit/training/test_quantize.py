@@ -1,0 +1,128 @@
+"""training.quantize: the INT8 recipe and its accuracy gate, on the bundled digits model and
+the real digits data (calibration from the training split, the gate on the validation split,
+both through service.imaging as the server preprocesses)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from service.imaging import preprocess_image
+from service.modelmeta import ModelMetadata
+from training.data import load_image, load_split
+from training.quantize import (
+    Calibration,
+    GateThresholds,
+    accuracy_gate,
+    quantize_gated,
+    stratified_sample,
+)
+
+DIGITS = Path(__file__).parents[3] / "models" / "digits" / "1" / "model.onnx"
+
+
+@pytest.fixture(scope="module")
+def digits_data() -> dict:
+    meta = ModelMetadata.from_props({p.key: p.value for p in onnx.load(str(DIGITS)).metadata_props})
+    split = load_split("digits", None, 0.2, 0)
+    spec = meta.preprocessing
+    cal = stratified_sample(split.train_labels, 200, 0)
+    return {
+        "calibration": np.stack(
+            [preprocess_image(load_image(split.train_samples[i]), spec) for i in cal]
+        ),
+        "val": np.stack([preprocess_image(load_image(s), spec) for s in split.val_samples]),
+        "labels": split.val_labels,
+        "classes": split.class_names,
+    }
+
+
+def gated(data: dict, out: Path, calibration: np.ndarray, *cals: Calibration):
+    return quantize_gated(
+        DIGITS, out, calibration, data["val"], data["labels"], data["classes"], list(cals),
+        {"images": len(calibration), "seed": 0}, "validation split",
+    )  # fmt: skip
+
+
+def test_a_good_calibration_passes_and_records_itself(digits_data, tmp_path):
+    out = tmp_path / "model.int8.onnx"
+    result = gated(digits_data, out, digits_data["calibration"], Calibration("minmax"))
+    assert result.path == out and result.gate.ok, result.gate
+    assert result.gate.int8_accuracy >= result.gate.float_accuracy - 1.0
+    proto = onnx.load(str(out))
+    props = {p.key: json.loads(p.value) for p in proto.metadata_props}
+    assert props["precision"] == "int8"
+    assert props["calibration"] == {"method": "minmax", "images": 200, "seed": 0}
+    assert props["accuracy_gate"]["passed"] is True
+    assert props["accuracy_gate"]["int8_accuracy"] == pytest.approx(result.gate.int8_accuracy)
+    assert props["labels"] == digits_data["classes"]  # the float model's metadata carried over
+    ops = {n.op_type for n in proto.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # QDQ format
+    scales = [
+        onnx.numpy_helper.to_array(i) for i in proto.graph.initializer if i.name.endswith("_scale")
+    ]
+    assert any(s.ndim == 1 and s.size > 1 for s in scales)  # per-channel weights
+
+
+@pytest.mark.parametrize(
+    "broken",
+    ["constant images", "percentile 50"],
+)
+def test_a_broken_calibration_is_refused_and_nothing_written(digits_data, tmp_path, broken):
+    out = tmp_path / "model.int8.onnx"
+    if broken == "constant images":
+        calibration = np.zeros_like(digits_data["calibration"][:32])
+        cal = Calibration("minmax")
+    else:
+        calibration, cal = digits_data["calibration"], Calibration("percentile", percentile=50.0)
+    result = gated(digits_data, out, calibration, cal)
+    assert result.path is None and not result.gate.ok
+    assert not out.exists() and not list(tmp_path.iterdir())
+    assert result.gate.agreement < 98.0
+    assert result.worst and all(np.isfinite(w["qdq_sqnr_db"]) for w in result.worst)
+    assert any(w["node"] for w in result.worst)  # names to keep in float on a retry
+
+
+def test_a_retry_with_another_method_is_written(digits_data, tmp_path):
+    out = tmp_path / "model.int8.onnx"
+    bad = Calibration("percentile", percentile=50.0)
+    result = gated(digits_data, out, digits_data["calibration"], bad, Calibration("entropy"))
+    assert [r.ok for _, r in result.attempts] == [False, True]
+    props = {p.key: json.loads(p.value) for p in onnx.load(str(out)).metadata_props}
+    assert props["calibration"]["method"] == "entropy"
+
+
+def test_the_gate_thresholds():
+    eye = np.eye(4)
+    ref = np.tile(eye, (25, 1))  # 100 images, 25 per class, all correct
+    labels = ref.argmax(1)
+    assert accuracy_gate(ref, ref, labels).ok
+    one_wrong = ref.copy()
+    one_wrong[0] = eye[1]  # one image of class 0 flips: 1 point, 4 points of class 0 recall
+    report = accuracy_gate(ref, one_wrong, labels, ["a", "b", "c", "d"])
+    assert report.agreement == 99.0 and report.int8_accuracy == 99.0
+    assert report.worst_class == "a" and report.worst_class_recall_drop == pytest.approx(4.0)
+    assert report.failures == ["class 'a' recall drop 4.00 > 3 points"]
+    assert accuracy_gate(ref, one_wrong, labels, thresholds=GateThresholds(1, 98, 5)).ok
+    three_wrong = one_wrong.copy()
+    three_wrong[[1, 2]] = eye[2], eye[3]  # classes 1 and 2 lose one each
+    report = accuracy_gate(ref, three_wrong, labels, thresholds=GateThresholds(1, 98, 5))
+    assert report.failures == ["top-1 accuracy drop 3.00 > 1 points"]
+    assert accuracy_gate(ref, three_wrong, labels, thresholds=GateThresholds(3, 97, 5)).ok
+    report = accuracy_gate(ref, three_wrong, thresholds=GateThresholds(1, 98, 5))  # no labels
+    assert report.failures == [] and report.float_accuracy is None
+    assert not accuracy_gate(ref, three_wrong, thresholds=GateThresholds(1, 99, 5)).ok
+
+
+def test_stratified_sample_keeps_class_shares_and_is_reproducible():
+    labels = np.array([0] * 80 + [1] * 20)
+    picked = stratified_sample(labels, 30, seed=3)
+    assert len(picked) == 30 and len(set(picked)) == 30
+    assert np.bincount(labels[picked]).tolist() == [24, 6]
+    assert np.array_equal(picked, stratified_sample(labels, 30, seed=3))
+    assert not np.array_equal(picked, stratified_sample(labels, 30, seed=4))
+    assert len(stratified_sample(labels, 500, 0)) == 100
