@@ -106,7 +106,25 @@ def quantize_checkpoint_model(
     """Calibrate the INT8 variant of `float_model` on the checkpoint's training split and gate
     it on its validation split; writes ``model.int8.onnx`` beside it only if it passed."""
     run = ckpt["args"]
-    split = load_split(run["dataset"], run.get("data_path"), run["val_fraction"], run["split_seed"])
+    return quantize_on_split(
+        float_model, metadata, args, run["dataset"], run.get("data_path"),
+        run["val_fraction"], run["split_seed"],
+    )  # fmt: skip
+
+
+def quantize_on_split(
+    float_model: Path,
+    metadata: ModelMetadata,
+    args: argparse.Namespace,
+    dataset: str,
+    data_path: str | None,
+    val_fraction: float,
+    split_seed: int,
+) -> QuantizeResult:
+    """`float_model`'s INT8 variant, calibrated on a class-stratified sample of the dataset's
+    training split and gated on its validation split (`args`: the options of
+    add_int8_arguments); ``model.int8.onnx`` is written beside it only if it passed."""
+    split = load_split(dataset, data_path, val_fraction, split_seed)
     cal_idx = stratified_sample(split.train_labels, args.calibration_images, args.calibration_seed)
     gate_idx = np.arange(len(split.val_labels))
     if args.gate_images:
@@ -130,6 +148,16 @@ def quantize_checkpoint_model(
         f"validation split ({len(gate_idx)} images)",
         thresholds(args),
     )
+
+
+def int8_defaults(**overrides: Any) -> argparse.Namespace:
+    """The INT8 options at their defaults (as ``imgclf export`` parses them), with overrides."""
+    parser = argparse.ArgumentParser()
+    add_int8_arguments(parser)
+    args = parser.parse_args([])
+    for key, value in overrides.items():
+        setattr(args, key, value)
+    return args
 
 
 def publish(staging: Path, out_dir: Path, force: bool) -> list[Path]:

@@ -110,12 +110,12 @@ def test_the_gate_thresholds():
     assert accuracy_gate(ref, one_wrong, labels, thresholds=GateThresholds(1, 98, 5)).ok
     three_wrong = one_wrong.copy()
     three_wrong[[1, 2]] = eye[2], eye[3]  # classes 1 and 2 lose one each
-    report = accuracy_gate(ref, three_wrong, labels, thresholds=GateThresholds(1, 98, 5))
+    report = accuracy_gate(ref, three_wrong, labels, thresholds=GateThresholds(1, 97, 5))
     assert report.failures == ["top-1 accuracy drop 3.00 > 1 points"]
     assert accuracy_gate(ref, three_wrong, labels, thresholds=GateThresholds(3, 97, 5)).ok
-    report = accuracy_gate(ref, three_wrong, thresholds=GateThresholds(1, 98, 5))  # no labels
+    report = accuracy_gate(ref, three_wrong, thresholds=GateThresholds(1, 97, 5))  # no labels
     assert report.failures == [] and report.float_accuracy is None
-    assert not accuracy_gate(ref, three_wrong, thresholds=GateThresholds(1, 99, 5)).ok
+    assert not accuracy_gate(ref, three_wrong, thresholds=GateThresholds(1, 98, 5)).ok
 
 
 def test_stratified_sample_keeps_class_shares_and_is_reproducible():
