@@ -19,6 +19,7 @@ from training.quantize import (
     GateThresholds,
     accuracy_gate,
     quantize_gated,
+    run_probabilities,
     stratified_sample,
 )
 
@@ -126,3 +127,17 @@ def test_stratified_sample_keeps_class_shares_and_is_reproducible():
     assert np.array_equal(picked, stratified_sample(labels, 30, seed=3))
     assert not np.array_equal(picked, stratified_sample(labels, 30, seed=4))
     assert len(stratified_sample(labels, 500, 0)) == 100
+
+
+def test_the_bundled_digits_int8_variant_passes_the_gate_measured_again(digits_data):
+    """models/digits/1/model.int8.onnx (make models): its recorded gate, and the same gate
+    measured here on the held-out split."""
+    int8 = DIGITS.parent / "model.int8.onnx"
+    props = {p.key: json.loads(p.value) for p in onnx.load(str(int8)).metadata_props}
+    assert props["precision"] == "int8" and props["accuracy_gate"]["passed"]
+    assert props["calibration"]["images"] == 300
+    fp32 = run_probabilities(DIGITS, digits_data["val"])
+    got = run_probabilities(int8, digits_data["val"])
+    report = accuracy_gate(fp32, got, digits_data["labels"], digits_data["classes"])
+    assert report.ok, report
+    assert report.int8_accuracy == pytest.approx(props["accuracy_gate"]["int8_accuracy"])
