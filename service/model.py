@@ -63,6 +63,8 @@ class ServedModel:
     stats: ModelStats = field(default_factory=ModelStats)
     precision: str = "fp32"
     """The variant served: fp32, fp16 or int8 (service.variants)."""
+    served_file: str = "model.onnx"
+    """The file of the version folder that runs (model.onnx or model.int8.onnx)."""
     _users: int = 0
     _idle: asyncio.Event | None = None
 
@@ -273,15 +275,6 @@ def load_model(
     engine = engines.instances[0]
     metadata = ModelMetadata.from_props(engine.metadata_props, overrides=entry.read_sidecar())
     precision = variant_precision(choice, engine.info.input_type)
-    metadata = dataclasses.replace(
-        metadata,
-        provenance={
-            **metadata.provenance,
-            "precision": precision,
-            "served_file": choice.path.name,
-            "served_file_reason": choice.reason,
-        },
-    )
     h, w = metadata.input_size
     sample = metadata.sample_shape
     if metadata.pixel_input != (engine.info.input_type == "tensor(uint8)"):
@@ -386,4 +379,5 @@ def load_model(
         series=series,
         stats=stats,
         precision=precision,
+        served_file=choice.path.name,
     )

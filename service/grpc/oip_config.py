@@ -123,7 +123,7 @@ def model_config(model: ServedModel, max_request_images: int) -> mc.ModelConfig:
         optimization=mc.ModelOptimizationPolicy(
             cuda=mc.ModelOptimizationPolicy.Cuda(graphs=model.engine.info.cuda_graphs)
         ),
-        default_model_filename=str(model.metadata.provenance.get("served_file", "model.onnx")),
+        default_model_filename=model.served_file,
         parameters={
             "provider": mc.ModelParameter(string_value=provider),
             "precision": mc.ModelParameter(string_value=model.precision),
