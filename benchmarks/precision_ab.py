@@ -3,6 +3,9 @@
     python -m benchmarks.precision_ab --model efficientnet_lite0 [--int8 FILE] \
         [--input jpeg|tensor] [--concurrency 16] [--rounds 3] [--duration 10]
 
+With ``--engine-only``: no server, the two ONNX Runtime sessions alone (one intra-op thread,
+batches of one image, ABAB): what the kernels give, before decoding and serving.
+
 A temporary repository holds the model twice: ``<model>_fp32`` (config.json
 ``precision: float``) and ``<model>_int8`` (``precision: int8``), both from the same version
 folder (its ``model.int8.onnx``, or the file ``--int8`` names, e.g. one that failed the
@@ -50,6 +53,12 @@ def make_repository(root: Path, model_dir: Path, int8: Path | None) -> tuple[str
     return model_dir.name, gate
 
 
+def describe(gate: dict) -> str:
+    if gate.get("passed") is None:
+        return "none recorded in the INT8 file (speed only, not an accuracy claim)"
+    return "passed" if gate["passed"] else "FAILED (speed only)"
+
+
 def bench_args(target: str, metrics_url: str, model: str, repo: Path, opts) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     bench_cli.add_arguments(parser)
@@ -78,6 +87,42 @@ def measure(args: argparse.Namespace, precision: str) -> dict:
     }
 
 
+def engine_only(model_dir: Path, int8: Path | None, rounds: int, runs: int = 20) -> None:
+    """Milliseconds per image of each variant's session, one thread, alternating."""
+    import time
+
+    import numpy as np
+    import onnxruntime as ort
+
+    source = versions(model_dir)[0].path.parent
+    files = {"fp32": source / MODEL_FILE, "int8": int8 or source / INT8_FILE}
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.log_severity_level = 1, 3
+    sessions = {
+        k: ort.InferenceSession(str(f), so, providers=["CPUExecutionProvider"])
+        for k, f in files.items()
+    }
+    shape = [d if isinstance(d, int) else 1 for d in sessions["fp32"].get_inputs()[0].shape]
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    name = sessions["fp32"].get_inputs()[0].name
+    ms: dict[str, list[float]] = {k: [] for k in sessions}
+    for s in sessions.values():
+        for _ in range(5):
+            s.run(None, {name: x})
+    for _ in range(rounds):
+        for k, s in sessions.items():
+            started = time.perf_counter()
+            for _ in range(runs):
+                s.run(None, {name: x})
+            ms[k].append(1000 * (time.perf_counter() - started) / runs)
+    ratios = [b / a for a, b in zip(ms["fp32"], ms["int8"], strict=True)]
+    for k, v in ms.items():
+        print(f"{k}: ms per image median {statistics.median(v):.2f} (min {min(v):.2f}, "
+              f"max {max(v):.2f})")  # fmt: skip
+    print(f"INT8/FP32 per round: {', '.join(f'{r:.2f}' for r in ratios)}; "
+          f"median {statistics.median(ratios):.2f}")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="efficientnet_lite0")
@@ -91,7 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--client-processes", type=int, default=1)
     p.add_argument("--server-args", default="")
     p.add_argument("--json", type=Path)
+    p.add_argument("--engine-only", action="store_true", help="the sessions alone, no server")
     opts = p.parse_args(argv)
+    if opts.engine_only:
+        engine_only(opts.model_repository / opts.model, opts.int8, max(opts.rounds, 1))
+        return 0
     rows: dict[str, list[dict]] = {tag: [] for tag, _ in VARIANTS}
     with tempfile.TemporaryDirectory(prefix="imgclf-precision-") as tmp:
         repo = Path(tmp)
@@ -107,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"round {r + 1} {tag}: {json.dumps(got)}", flush=True)
     print(
         f"\n{name}, {opts.input} input, {opts.concurrency} clients, {opts.rounds} rounds ABAB "
-        f"(shared, noisy machine: see the spread); INT8 gate passed: {gate.get('passed')}"
+        f"(shared, noisy machine: see the spread); INT8 gate: {describe(gate)}"
     )
     print("| metric | FP32 median | INT8 median | INT8/FP32 median | ratio per round |")
     print("|---|---|---|---|---|")

@@ -110,3 +110,20 @@ def test_the_int8_variant_computes_what_the_float_one_does(both):
         outputs[forced] = model.engine.run(batch.astype(np.float32))
     assert not np.array_equal(outputs["int8"], outputs["float"])  # really another graph
     np.testing.assert_allclose(outputs["int8"], outputs["float"], atol=0.1)
+
+
+def test_the_bundled_digits_int8_variant_loads_and_logs_its_gate(tmp_path, caplog):
+    bundled = Path(__file__).parents[3] / "models" / "digits"
+    shutil.copytree(bundled, tmp_path / "digits")
+    (tmp_path / "digits" / "config.json").write_text(json.dumps({"precision": "int8"}))
+    (entry,) = versions(tmp_path / "digits")
+    config = read_model_config(tmp_path / "digits")
+    with caplog.at_level(logging.INFO, logger="service.model"):
+        model = load_model(entry, config, server_settings(tmp_path), Metrics())
+    assert model.precision == "int8" and model.served_file == INT8_FILE
+    gate = model.metadata.provenance["accuracy_gate"]
+    assert gate["passed"] and model.metadata.provenance["calibration"]["method"] == "minmax"
+    assert (
+        f"model digits version 1 int8: calibrated minmax on 300 images (seed 0), gate on "
+        f"{gate['images']} images: top-1 agreement {gate['agreement']:.2f} %"
+    ) in caplog.text
