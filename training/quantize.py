@@ -40,6 +40,15 @@ MAX_TOP1_DROP = 1.0
 MIN_AGREEMENT = 98.0
 MAX_CLASS_RECALL_DROP = 3.0
 CALIBRATION_BATCH = 16
+OP_TYPES = (
+    "Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Pad", "Clip", "Relu",
+    "GlobalAveragePool", "AveragePool", "MaxPool",
+)  # fmt: skip
+"""The operators quantised: the compute and the activations around it. Not the float
+arithmetic some exporters leave in the graph to compute shapes at run time (the TF "same"
+padding of timm's tf_* models: Shape -> Sub/Div/Ceil/Mul -> Pad amounts), which quantising
+corrupts: on EfficientNet-Lite0, top-1 agreement with FP32 on the evaluation photos went from
+64.8 % (every operator) to 79.6 % (these)."""
 EPSILON = 1e-9
 """Percentages are differences of float means: a drop of exactly the threshold passes."""
 QUANTIZATION = "static QDQ, QUInt8 activations, QInt8 per-channel weights"
@@ -266,6 +275,7 @@ def quantize_int8(
         weight_type=QuantType.QInt8,
         calibrate_method=method,
         nodes_to_exclude=list(calibration.keep_float) or None,
+        op_types_to_quantize=list(OP_TYPES),
         extra_options={"CalibPercentile": calibration.percentile},
     )
     return out
