@@ -299,9 +299,11 @@ def run_probabilities(
 def worst_tensors(
     prepared: Path, int8_model: Path, inputs: np.ndarray, top: int = 5
 ) -> list[dict[str, Any]]:
-    """The `top` activations with the lowest signal-to-quantisation-noise ratio (dB) between
-    the float model `prepared` and `int8_model` on `inputs` (onnxruntime.quantization
-    .qdq_loss_debug), each with the node that produces it (a candidate for ``keep_float``)."""
+    """The `top` nodes that lose the most signal to quantisation noise between the float
+    model `prepared` and `int8_model` on `inputs` (onnxruntime.quantization.qdq_loss_debug):
+    for each float activation, its SQNR float vs INT8 (dB, the error accumulated so far) and
+    how much lower that is than its node's worst input's (the loss this node adds). Each row
+    names the node (a candidate for ``keep_float``); largest loss first."""
     from onnxruntime.quantization.qdq_loss_debug import (
         collect_activations,
         create_activation_matching,
@@ -309,7 +311,7 @@ def worst_tensors(
     )
 
     proto = onnx.load(str(prepared))
-    producer = {out: node.name for node in proto.graph.node for out in node.output}
+    producer = {out: node for node in proto.graph.node for out in node.output}
     name = _input_name(prepared)
     with tempfile.TemporaryDirectory(prefix="imgclf-qdq-debug-") as tmp:
         aug_float, aug_int8 = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
@@ -323,21 +325,42 @@ def worst_tensors(
             str(aug_int8), ArrayReader(name, inputs), execution_providers=providers
         )
     matched = create_activation_matching(int8_acts, float_acts)
-    rows = []
+    accumulated: dict[str, float] = {}
     for tensor, match in matched.items():
-        pre, post, ref = match.get("pre_qdq"), match.get("post_qdq"), match.get("float")
-        if pre is None or post is None or ref is None:
+        post, ref = match.get("post_qdq"), match.get("float")
+        if post is None or ref is None or [a.shape for a in ref] != [a.shape for a in post]:
+            continue  # not quantised, or a name the optimiser reused for another tensor
+        if not np.issubdtype(ref[0].dtype, np.floating):
             continue
-        if [a.shape for a in pre] != [a.shape for a in post] or [a.shape for a in ref] != [
-            a.shape for a in post
-        ]:
-            continue  # a name the optimiser reused for another tensor
-        rows.append((sqnr_db(pre, post), sqnr_db(ref, post), tensor))
-    rows.sort()
+        accumulated[tensor] = sqnr_db(ref, post)
+    memo: dict[str, list[float]] = {}
+
+    def upstream(t: str) -> list[float]:
+        """The SQNRs of the nearest quantised tensors `t` is computed from."""
+        if t in accumulated:
+            return [accumulated[t]]
+        if t not in memo:
+            memo[t] = []  # guards re-entry
+            node = producer.get(t)
+            memo[t] = [v for i in (node.input if node is not None else ()) for v in upstream(i)]
+        return memo[t]
+
+    rows = []
+    for tensor, x in accumulated.items():
+        node = producer.get(tensor)
+        before = [v for i in (node.input if node is not None else ()) for v in upstream(i)]
+        lost = (min(before) if before else IDEAL_8BIT_SQNR_DB) - x
+        rows.append((lost, x, tensor, node.name if node is not None else ""))
+    rows.sort(reverse=True)
     return [
-        {"tensor": t, "node": producer.get(t, ""), "qdq_sqnr_db": q, "float_vs_int8_sqnr_db": x}
-        for q, x, t in rows[:top]
+        {"tensor": t, "node": n, "sqnr_lost_db": lost, "float_vs_int8_sqnr_db": x}
+        for lost, x, t, n in rows[:top]
     ]
+
+
+IDEAL_8BIT_SQNR_DB = 6.02 * 8 + 1.76
+"""What a tensor with no quantised input (the graph input) is measured against: the SQNR of
+an ideal 8-bit quantiser of a full-scale signal."""
 
 
 def sqnr_db(signal: Sequence[np.ndarray], noisy: Sequence[np.ndarray]) -> float:
@@ -434,7 +457,8 @@ def quantize_gated(
 def describe_worst(worst: Sequence[dict[str, Any]]) -> str:
     """The worst tensors as report lines."""
     return "\n".join(
-        f"  {w['node'] or '?'} -> {w['tensor']}: quantisation SQNR {w['qdq_sqnr_db']:.1f} dB, "
-        f"float vs int8 {w['float_vs_int8_sqnr_db']:.1f} dB"
+        f"  {w['node'] or '(the graph input)'} -> {w['tensor']}: loses "
+        f"{w['sqnr_lost_db']:.1f} dB of SQNR (float vs int8 after it: "
+        f"{w['float_vs_int8_sqnr_db']:.1f} dB)"
         for w in worst
     )

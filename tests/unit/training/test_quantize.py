@@ -84,8 +84,13 @@ def test_a_broken_calibration_is_refused_and_nothing_written(digits_data, tmp_pa
     assert result.path is None and not result.gate.ok
     assert not out.exists() and not list(tmp_path.iterdir())
     assert result.gate.agreement < 98.0
-    assert result.worst and all(np.isfinite(w["qdq_sqnr_db"]) for w in result.worst)
-    assert any(w["node"] for w in result.worst)  # names to keep in float on a retry
+    worst = result.worst
+    assert worst and any(w["node"] for w in worst)  # names to keep in float on a retry
+    assert all(np.isfinite(w["sqnr_lost_db"]) for w in worst)
+    assert [w["sqnr_lost_db"] for w in worst] == sorted(
+        (w["sqnr_lost_db"] for w in worst), reverse=True
+    )
+    assert worst[0]["sqnr_lost_db"] > 3.0  # a broken calibration loses signal somewhere
 
 
 def test_a_retry_with_another_method_is_written(digits_data, tmp_path):

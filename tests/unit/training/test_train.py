@@ -228,7 +228,7 @@ def test_export_precision_int8_writes_a_gated_variant_or_nothing(
     # tests/unit/training/test_quantize.py)
     assert export.main([*argv, "--gate-min-agreement", "100.1"]) == 1  # an impossible bar
     out = capsys.readouterr().out
-    assert "failed the accuracy gate, nothing written" in out and "quantisation SQNR" in out
+    assert "failed the accuracy gate, nothing written" in out and "dB of SQNR" in out
     assert not repo.exists() or not any(repo.iterdir())  # no version, no staging folder left
 
     assert export.main([*argv, "--gate-min-agreement", "80"]) == 0
