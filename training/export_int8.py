@@ -19,6 +19,12 @@ import numpy as np
 from service.imaging import preprocess_image
 from service.modelmeta import ModelMetadata
 from service.repository import INT8_FILE, MODEL_FILE
+from training.accuracy_gate import (
+    MAX_CLASS_RECALL_DROP,
+    MAX_TOP1_DROP,
+    MIN_AGREEMENT,
+    GateThresholds,
+)
 from training.data import load_image, load_split
 from training.parity import ExportError
 from training.quantize import (
@@ -26,11 +32,7 @@ from training.quantize import (
     DEFAULT_CALIBRATION_IMAGES,
     DEFAULT_CALIBRATION_METHOD,
     DEFAULT_PERCENTILE,
-    MAX_CLASS_RECALL_DROP,
-    MAX_TOP1_DROP,
-    MIN_AGREEMENT,
     Calibration,
-    GateThresholds,
     QuantizeResult,
     describe_worst,
     quantize_gated,

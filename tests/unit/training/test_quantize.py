@@ -13,11 +13,10 @@ import pytest
 
 from service.imaging import preprocess_image
 from service.modelmeta import ModelMetadata
+from training.accuracy_gate import accuracy_gate
 from training.data import load_image, load_split
 from training.quantize import (
     Calibration,
-    GateThresholds,
-    accuracy_gate,
     quantize_gated,
     run_probabilities,
     stratified_sample,
@@ -100,28 +99,6 @@ def test_a_retry_with_another_method_is_written(digits_data, tmp_path):
     assert [r.ok for _, r in result.attempts] == [False, True]
     props = {p.key: json.loads(p.value) for p in onnx.load(str(out)).metadata_props}
     assert props["calibration"]["method"] == "entropy"
-
-
-def test_the_gate_thresholds():
-    eye = np.eye(4)
-    ref = np.tile(eye, (25, 1))  # 100 images, 25 per class, all correct
-    labels = ref.argmax(1)
-    assert accuracy_gate(ref, ref, labels).ok
-    one_wrong = ref.copy()
-    one_wrong[0] = eye[1]  # one image of class 0 flips: 1 point, 4 points of class 0 recall
-    report = accuracy_gate(ref, one_wrong, labels, ["a", "b", "c", "d"])
-    assert report.agreement == 99.0 and report.int8_accuracy == 99.0
-    assert report.worst_class == "a" and report.worst_class_recall_drop == pytest.approx(4.0)
-    assert report.failures == ["class 'a' recall drop 4.00 > 3 points"]
-    assert accuracy_gate(ref, one_wrong, labels, thresholds=GateThresholds(1, 98, 5)).ok
-    three_wrong = one_wrong.copy()
-    three_wrong[[1, 2]] = eye[2], eye[3]  # classes 1 and 2 lose one each
-    report = accuracy_gate(ref, three_wrong, labels, thresholds=GateThresholds(1, 97, 5))
-    assert report.failures == ["top-1 accuracy drop 3.00 > 1 points"]
-    assert accuracy_gate(ref, three_wrong, labels, thresholds=GateThresholds(3, 97, 5)).ok
-    report = accuracy_gate(ref, three_wrong, thresholds=GateThresholds(1, 97, 5))  # no labels
-    assert report.failures == [] and report.float_accuracy is None
-    assert not accuracy_gate(ref, three_wrong, thresholds=GateThresholds(1, 98, 5)).ok
 
 
 def test_stratified_sample_keeps_class_shares_and_is_reproducible():
