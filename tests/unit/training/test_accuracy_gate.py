@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from training.accuracy_gate import GateThresholds, accuracy_gate
 
