@@ -51,17 +51,17 @@ test: install-all lint proto-check deploy-check
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # Generated stubs are committed (the serving image has no grpcio-tools); imports are rewritten
-# to live under service._generated, and the Open Inference Protocol messages are built in a
-# private descriptor pool (service/protopool.py) so that tritonclient can share the process.
+# to live under imgclf._generated, and the Open Inference Protocol messages are built in a
+# private descriptor pool (service/grpc/protopool.py) so that tritonclient can share the process.
 define gen_stubs
 	rm -rf $(1) && mkdir -p $(1)
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=$(1) --pyi_out=$(1) \
 		--grpc_python_out=$(1) $(PROTOS)
 	find $(1) -name '*.py' -exec sed -i -E \
-		's/^from (imgclf|inference)(\.[a-z0-9_.]+)? import/from service._generated.\1\2 import/' {} +
+		's/^from (imgclf|inference)(\.[a-z0-9_.]+)? import/from imgclf._generated.\1\2 import/' {} +
 	find $(1)/inference -name '*_pb2.py' -exec sed -i -E \
 		-e 's/_descriptor_pool\.Default\(\)/_protopool.POOL/' \
-		-e 's/^(from google\.protobuf import descriptor_pool as _descriptor_pool)$$/\1\nfrom service import protopool as _protopool/' {} +
+		-e 's/^(from google\.protobuf import descriptor_pool as _descriptor_pool)$$/\1\nfrom imgclf.grpc import protopool as _protopool/' {} +
 	find $(1) -type d -exec touch {}/__init__.py \;
 endef
 
@@ -74,10 +74,10 @@ proto-check: install-all
 		{ echo "Generated stubs in $(GEN) are stale: run 'make proto' and commit."; exit 1; }
 
 models: install-all
-	$(PY) -m training.bundled
+	$(PY) -m imgclf.training.bundled
 
 docs: install
-	$(PY) -m service.doctables
+	$(PY) -m imgclf.doctables
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache runs

@@ -21,13 +21,13 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from service._generated.imgclf.v1 import image_classifier_pb2 as pb
-from service._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
+from imgclf._generated.imgclf.v1 import image_classifier_pb2 as pb
+from imgclf._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
 
 # /metrics reading is the bench tool's; these scripts re-export it under their own names.
-from service.bench.scrape import by_label as metric_by  # noqa: F401
-from service.bench.scrape import fetch as scrape  # noqa: F401
-from service.bench.scrape import total as metric_total  # noqa: F401
+from imgclf.client.bench.scrape import by_label as metric_by  # noqa: F401
+from imgclf.client.bench.scrape import fetch as scrape  # noqa: F401
+from imgclf.client.bench.scrape import total as metric_total  # noqa: F401
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RETRY_HINT_KEYS = ("retry-after-ms", "grpc-retry-pushback-ms")
@@ -51,7 +51,7 @@ class Target:
 @contextlib.contextmanager
 def started_server(repository: Path, *args: str) -> Iterator[Target]:
     """`imgclf serve` on free ports on 127.0.0.1, SERVING, stopped (SIGTERM) on exit."""
-    from service.bench.server import start_server
+    from imgclf.client.bench.launcher import start_server
 
     with tempfile.TemporaryDirectory(prefix="imgclf-reliability-") as workdir:
         server = start_server(repository, Path(workdir), *args)

@@ -25,8 +25,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from benchmarks import REPO_ROOT, started_server
-from service._generated.imgclf.v1 import image_classifier_pb2 as pb
-from service._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
+from imgclf._generated.imgclf.v1 import image_classifier_pb2 as pb
+from imgclf._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
 
 
 async def _stall_while(address: str, call: Callable[[], object]) -> tuple[float, float, str]:
@@ -60,8 +60,8 @@ async def _stall_while(address: str, call: Callable[[], object]) -> tuple[float,
 
 async def probe(address: str, model: str, log: Callable[[str], None], mib: int = 4) -> dict:
     """Cheap-to-send, expensive-to-refuse requests: how long does the event loop stall?"""
-    from service._generated.inference import grpc_service_pb2 as oip_pb
-    from service._generated.inference import grpc_service_pb2_grpc as oip_grpc
+    from imgclf._generated.inference import grpc_service_pb2 as oip_pb
+    from imgclf._generated.inference import grpc_service_pb2_grpc as oip_grpc
 
     out = {}
     options = [("grpc.max_send_message_length", 64 << 20)]

@@ -1,4 +1,4 @@
-"""A bounded fuzz run of the decode/preprocess path (service.imaging.preprocess_bytes).
+"""A bounded fuzz run of the decode/preprocess path (imgclf.imaging.preprocess_bytes).
 
     python -m benchmarks.fuzz_decode --duration 60                  # hypothesis, documented
     python -m benchmarks.fuzz_decode --duration 60 --formats all    # + what Pillow writes
@@ -131,8 +131,8 @@ class Findings:
 
     def check(self, data: bytes) -> None:
         """Run one input through preprocess_bytes; record how it ended."""
-        from service.errors import InvalidInput
-        from service.imaging import Preprocessing, preprocess_bytes
+        from imgclf.errors import InvalidInput
+        from imgclf.imaging import Preprocessing, preprocess_bytes
 
         self.tried += 1
         spec = Preprocessing(input_size=(16, 16), resize_size=18)
@@ -260,7 +260,7 @@ def atheris_child(argv: list[str]) -> None:
     with atheris.instrument_imports():
         import PIL.Image  # noqa: F401  (instrument Pillow's Python plugins)
 
-        import service.imaging  # noqa: F401
+        import imgclf.imaging  # noqa: F401
     findings = Findings(Path(os.environ["FUZZ_DECODE_ARTIFACTS"]))
     state = Path(os.environ["FUZZ_DECODE_STATE"])
     last_save = [0.0]

@@ -172,7 +172,7 @@ def server_flags(env: Env) -> list[str]:
 
 @contextlib.contextmanager
 def server(env: Env, repo: Path, *extra: str) -> Iterator[object]:
-    from service.bench.server import start_server
+    from imgclf.client.bench.launcher import start_server
 
     workdir = Path(tempfile.mkdtemp(prefix="server-", dir=env.work))
     proc = start_server(repo, workdir, *server_flags(env), *extra)
@@ -185,7 +185,7 @@ def server(env: Env, repo: Path, *extra: str) -> Iterator[object]:
 LOAD_LINE = re.compile(
     r"model (\S+) version (\d+) loaded in .* on (\S+) \((.*?)\)(?:; IO binding.*)?$"
 )
-"""service.model's load log line: model, version, provider, reason (then the buckets)."""
+"""imgclf.models.loader's load log line: model, version, provider, reason (then the buckets)."""
 
 
 def load_lines(log: str) -> dict[str, tuple[str, str, str]]:
@@ -199,7 +199,7 @@ def load_lines(log: str) -> dict[str, tuple[str, str, str]]:
 
 
 def scrape(url: str) -> dict:
-    from service.bench.scrape import fetch
+    from imgclf.client.bench.scrape import fetch
 
     return fetch(url)
 
@@ -260,7 +260,7 @@ def step_providers(env: Env, report: Report) -> None:
 def real_inputs(model_path: Path) -> tuple[np.ndarray, object]:
     """The bench's real photos, preprocessed as the model wants, and their mirror images:
     (N, C, H, W) float32."""
-    from service.bench import inputs
+    from imgclf.client.bench import inputs
 
     spec = inputs.spec_from_onnx(model_path.parent.parent.name, model_path)
     photos = inputs.jpeg_images(inputs.parse_size("0.3mp"))
@@ -271,7 +271,7 @@ def real_inputs(model_path: Path) -> tuple[np.ndarray, object]:
 def session(path: Path | bytes, provider: str):  # -> ort.InferenceSession
     import onnxruntime as ort
 
-    from service.engine import ExecutionOptions, preload_cuda_libraries, session_options
+    from imgclf.runtime.engine import ExecutionOptions, preload_cuda_libraries, session_options
 
     if provider == CUDA_EP:
         preload_cuda_libraries()
@@ -378,8 +378,8 @@ def time_engine(engine, batch: np.ndarray, seconds: float) -> dict:
 def make_engine(path: Path, max_batch: int, **options: object):
     """An Engine as the server builds one: with IO binding, buffers (and CUDA graphs when
     asked) per batch size bucket up to `max_batch`."""
-    from service.buckets import bucket_sizes
-    from service.engine import Engine, ExecutionOptions
+    from imgclf.runtime.buckets import bucket_sizes
+    from imgclf.runtime.engine import Engine, ExecutionOptions
 
     engine = Engine(path, ExecutionOptions(**options))  # type: ignore[arg-type]
     shape = tuple(int(d) for d in engine.info.input_shape[1:])
@@ -481,8 +481,8 @@ def step_engine(env: Env, report: Report) -> None:
 
 
 def step_limit(env: Env, report: Report) -> None:
-    from service.bench import inputs
-    from service.imaging import preprocess_bytes
+    from imgclf.client.bench import inputs
+    from imgclf.imaging import preprocess_bytes
 
     out: dict[str, dict] = {}
     photos = [b for _, b in inputs.jpeg_images(inputs.parse_size("0.3mp"))]
@@ -640,7 +640,7 @@ def bench_point(
     duration: float,
     client_processes: int,
 ) -> dict:
-    from service.bench import cli, runner
+    from imgclf.client.bench import cli, runner
 
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)
@@ -751,14 +751,14 @@ def history_rates(run_dir: Path, images: int) -> list[float]:
 
 
 def train(env: Env, device: str, out_dir: Path, plan: TrainPlan, epochs: int) -> list[float]:
-    """Run `training.train` in a subprocess; images/s of each epoch (its wall time, the
+    """Run `imgclf.training.train` in a subprocess; images/s of each epoch (its wall time, the
     validation pass included)."""
-    from training.builtin import load_builtin_split
+    from imgclf.training.data.builtin import load_builtin_split
 
     cmd = [
         sys.executable,
         "-m",
-        "training.train",
+        "imgclf.training.train",
         "--dataset",
         plan.dataset,
         "--model",
@@ -842,7 +842,7 @@ def step_train(env: Env, report: Report) -> None:
     cmd = [
         sys.executable,
         "-m",
-        "training.export",
+        "imgclf.training.export",
         str(run_dir / "best.pth"),
         "--name",
         name,

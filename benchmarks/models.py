@@ -25,10 +25,10 @@ import threading
 from pathlib import Path
 
 from benchmarks import REPO_ROOT, rss_bytes
-from service.bench import inputs, load, stats, wire
-from service.bench.server import serving
-from service.bench.stats import split_evenly
-from service.repository import versions
+from imgclf.client.bench import inputs, load, stats, wire
+from imgclf.client.bench.launcher import serving
+from imgclf.client.bench.stats import split_evenly
+from imgclf.models.repository import versions
 
 
 def repository_of_copies(source: Path, model: str, count: int, root: Path) -> list[str]:

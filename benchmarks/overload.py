@@ -53,8 +53,8 @@ from benchmarks import (
     scrape,
     started_server,
 )
-from service._generated.imgclf.v1 import image_classifier_pb2 as pb
-from service._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
+from imgclf._generated.imgclf.v1 import image_classifier_pb2 as pb
+from imgclf._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
 
 DEFAULT_SERVER_ARGS = "--max-queue-size 16"
 OVERLOAD_CODES = {"OK", "RESOURCE_EXHAUSTED"}

@@ -37,11 +37,11 @@ import grpc
 import tritonclient.grpc as triton
 
 from benchmarks import REPO_ROOT, sample_image
-from service._generated.imgclf.v1 import image_classifier_pb2 as pb
-from service._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
-from service.bench.server import ServerProcess, start_server
-from service.client import open_channel
-from service.repository import versions
+from imgclf._generated.imgclf.v1 import image_classifier_pb2 as pb
+from imgclf._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
+from imgclf.client import open_channel
+from imgclf.client.bench.launcher import ServerProcess, start_server
+from imgclf.models.repository import versions
 
 TIMEOUT_S = 30.0
 

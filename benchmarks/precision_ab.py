@@ -27,10 +27,10 @@ from pathlib import Path
 
 import onnx
 
-from service.bench import cli as bench_cli
-from service.bench import runner
-from service.bench.server import serving
-from service.repository import INT8_FILE, MODEL_FILE, versions
+from imgclf.client.bench import cli as bench_cli
+from imgclf.client.bench import runner
+from imgclf.client.bench.launcher import serving
+from imgclf.models.repository import INT8_FILE, MODEL_FILE, versions
 
 VARIANTS = (("fp32", "float"), ("int8", "int8"))
 

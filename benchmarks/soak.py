@@ -47,10 +47,10 @@ from benchmarks import (
     scrape,
     started_server,
 )
-from service._generated.imgclf.v1 import image_classifier_pb2 as pb
-from service._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
-from service._generated.inference import grpc_service_pb2 as oip_pb
-from service._generated.inference import grpc_service_pb2_grpc as oip_grpc
+from imgclf._generated.imgclf.v1 import image_classifier_pb2 as pb
+from imgclf._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
+from imgclf._generated.inference import grpc_service_pb2 as oip_pb
+from imgclf._generated.inference import grpc_service_pb2_grpc as oip_grpc
 
 MIB = 1024 * 1024
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from service.client import Client
+    from imgclf.client import Client
 
 TOKEN_ENV = "IMGCLF_TOKEN"
 
@@ -22,15 +22,15 @@ TRAIN_EXTRA_HINT = (
     "(or, in a checkout, `make install-all`)"
 )
 TRAINING_COMMANDS = {
-    "train": ("training.train", "train a CNN on a folder of images or a built-in dataset"),
-    "export": ("training.export", "export a checkpoint to ONNX into the model repository"),
-    "evaluate": ("training.evaluate", "evaluate an exported ONNX model on labelled images"),
-    "models": ("training.models_list", "list the architectures imgclf train takes"),
+    "train": ("imgclf.training.train", "train a CNN on a folder of images or a built-in dataset"),
+    "export": ("imgclf.training.export", "export a checkpoint to ONNX into the model repository"),
+    "evaluate": ("imgclf.training.evaluate", "evaluate an exported ONNX model on labelled images"),
+    "models": ("imgclf.training.models_list", "list the architectures imgclf train takes"),
 }
 
 
 def _client(args: argparse.Namespace) -> Client:
-    from service.client import Client
+    from imgclf.client import Client
 
     token = args.token_file.read_text().strip() if args.token_file else os.environ.get(TOKEN_ENV)
     return Client(
@@ -57,8 +57,8 @@ def connection_options() -> argparse.ArgumentParser:
 def _serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from service.server import serve
-    from service.settings import settings_from_args
+    from imgclf.server import serve
+    from imgclf.settings import settings_from_args
 
     try:
         settings = settings_from_args(args)
@@ -143,7 +143,7 @@ def _health(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from service.client import open_channel
+    from imgclf.client import open_channel
 
     try:
         with open_channel(args.server, args.tls_ca, args.tls_cert, args.tls_key) as channel:
@@ -159,7 +159,7 @@ def _health(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from service.settings import add_settings_arguments
+    from imgclf.settings import add_settings_arguments
 
     parser = argparse.ArgumentParser(prog="imgclf", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -190,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     health.set_defaults(timeout=5.0)
     health.set_defaults(func=_health)
 
-    from service.bench import cli as bench_cli
+    from imgclf.client.bench import cli as bench_cli
 
     bench = sub.add_parser(
         "bench",

@@ -11,8 +11,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from service.repository import config_table
-from service.settings import settings_table
+from imgclf.models.repository import config_table
+from imgclf.settings import settings_table
 
 TABLES: dict[str, tuple[str, Callable[[], str]]] = {
     "settings-table": ("README.md", settings_table),

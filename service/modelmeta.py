@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from service.imaging import Preprocessing
+from imgclf.imaging import Preprocessing
 
 REQUIRED_KEYS = ("labels", "input_size", "resize_size", "mean", "std")
 OUTPUT_KINDS = ("logits", "probabilities")

@@ -16,20 +16,20 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 from prometheus_client import start_http_server
 
-from service._generated.imgclf.v1 import image_classifier_pb2 as pb
-from service._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
-from service._generated.inference import grpc_service_pb2 as oip_pb
-from service._generated.inference import grpc_service_pb2_grpc as oip_grpc
-from service.core import Core
-from service.gpu import register_gpu_metrics
-from service.grpc.auth import TokenAuthInterceptor, read_token, server_credentials
-from service.grpc.classifier import ImageClassifierServicer
-from service.grpc.inference import InferenceServicer
-from service.grpc.streams import HealthServicer, StreamEnder
-from service.manager import ModelManager
-from service.metrics import Metrics
-from service.protopool import reflection_pool
-from service.settings import ServerSettings
+from imgclf._generated.imgclf.v1 import image_classifier_pb2 as pb
+from imgclf._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
+from imgclf._generated.inference import grpc_service_pb2 as oip_pb
+from imgclf._generated.inference import grpc_service_pb2_grpc as oip_grpc
+from imgclf.dataplane import Core
+from imgclf.grpc.auth import TokenAuthInterceptor, read_token, server_credentials
+from imgclf.grpc.classifier import ImageClassifierServicer
+from imgclf.grpc.inference import InferenceServicer
+from imgclf.grpc.protopool import reflection_pool
+from imgclf.grpc.streams import HealthServicer, StreamEnder
+from imgclf.metrics.gpu import register_gpu_metrics
+from imgclf.metrics.prometheus import Metrics
+from imgclf.models.manager import ModelManager
+from imgclf.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 

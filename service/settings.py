@@ -13,7 +13,7 @@ from typing import Any, Literal, get_args, get_origin
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.cpus import cpus
+from imgclf.runtime.cpuquota import cpus
 
 
 class ServerSettings(BaseSettings):

@@ -19,8 +19,8 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.repository import INT8_FILE
-from service.repository import MODEL_FILE as FLOAT_FILE
+from imgclf.models.repository import INT8_FILE
+from imgclf.models.repository import MODEL_FILE as FLOAT_FILE
 
 VARIANT_FILES = {"float": FLOAT_FILE, "int8": INT8_FILE}
 """Variant name -> file in the version folder, in order of preference when nothing decides."""

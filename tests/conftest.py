@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.bench.server import ServerProcess, start_server
+from imgclf.client.bench.launcher import ServerProcess, start_server
 from tests.images import encode
 from tests.tiny_model import make_tiny_model
 

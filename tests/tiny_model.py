@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from service.modelmeta import ModelMetadata
+from imgclf.modelmeta import ModelMetadata
 
 LABELS = ["red", "green", "blue"]
 

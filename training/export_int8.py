@@ -2,7 +2,7 @@
 
 The float model is exported (and parity-tested) into a hidden staging folder of the model
 repository; its INT8 variant is calibrated on a class-stratified sample of the run's training
-split and gated against it on the validation split (training.quantize). Only if the gate
+split and gated against it on the validation split (imgclf.training.quantize). Only if the gate
 passes do both files move into the version folder (``model.onnx``, ``model.int8.onnx``): a
 model that failed is never written, and the report names the tensors that hurt most.
 """
@@ -16,18 +16,18 @@ from typing import Any
 
 import numpy as np
 
-from service.imaging import preprocess_image
-from service.modelmeta import ModelMetadata
-from service.repository import INT8_FILE, MODEL_FILE
-from training.accuracy_gate import (
+from imgclf.imaging import preprocess_image
+from imgclf.modelmeta import ModelMetadata
+from imgclf.models.repository import INT8_FILE, MODEL_FILE
+from imgclf.training.accuracy_gate import (
     MAX_CLASS_RECALL_DROP,
     MAX_TOP1_DROP,
     MIN_AGREEMENT,
     GateThresholds,
 )
-from training.data import load_image, load_split
-from training.parity import ExportError
-from training.quantize import (
+from imgclf.training.data.datasets import load_image, load_split
+from imgclf.training.onnx.parity import ExportError
+from imgclf.training.quantize import (
     CALIBRATION_METHODS,
     DEFAULT_CALIBRATION_IMAGES,
     DEFAULT_CALIBRATION_METHOD,
@@ -89,7 +89,7 @@ def thresholds(args: argparse.Namespace) -> GateThresholds:
 
 
 def preprocess(samples: list[Any], metadata: ModelMetadata) -> np.ndarray:
-    """Images through the server's preprocessing (service.imaging, the eval preset)."""
+    """Images through the server's preprocessing (imgclf.imaging, the eval preset)."""
     spec = metadata.preprocessing
     return np.stack([preprocess_image(load_image(s), spec) for s in samples])
 

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from training.architectures import DIGITS_CNN, model_defaults, torchvision_names
+from imgclf.training.models.architectures import DIGITS_CNN, model_defaults, torchvision_names
 
 
 def _torchvision_weights(name: str) -> list[dict[str, Any]]:
@@ -57,7 +57,7 @@ def list_models(filter_text: str = "", timm_pattern: str | None = None) -> list[
         elif family == "timm":
             import timm
 
-            from training.weights import PACKAGE_WEIGHTS
+            from imgclf.training.models.weights import PACKAGE_WEIGHTS
 
             tags = timm.list_pretrained(f"{name.removeprefix('timm:')}.*")
             row["weights"] = [{"name": "pretrained", "tags": tags}] if tags else []

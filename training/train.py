@@ -3,11 +3,11 @@
 Writes into ``--output-dir``: ``checkpoint.pth`` (last epoch) and ``best.pth`` (best validation
 accuracy), ``history.csv``, ``loss.png``, ``accuracy.png``, ``args.yaml``/``args.json`` and,
 when files were skipped, ``skipped_images.txt``. Distributed with torchrun (see
-training.distributed); only rank 0 writes.
+imgclf.training.loop.distributed); only rank 0 writes.
 
-    python -m training.train --dataset digits --model digits_cnn --epochs 30 --output-dir runs/d
-    python -m training.train --data-path DIR --model resnet18 --weights DEFAULT --freeze-backbone
-    torchrun --nproc_per_node 2 -m training.train --dataset digits --epochs 5
+    python -m imgclf.training.train --dataset digits --model digits_cnn --epochs 30 --output-dir runs/d
+    python -m imgclf.training.train --data-path DIR --model resnet18 --weights DEFAULT --freeze-backbone
+    torchrun --nproc_per_node 2 -m imgclf.training.train --dataset digits --epochs 5
 """
 
 from __future__ import annotations
@@ -23,9 +23,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from training import checkpoint as ckpt_mod
-from training.architectures import build_model, create_model, rebuild_kwargs, size_kwargs
-from training.config import (
+from imgclf.training.config import (
     get_args_parser,
     parse_args,
     preprocessing_from_args,
@@ -33,14 +31,32 @@ from training.config import (
     saved_args,
     write_args,
 )
-from training.data import ImageDataset, ShardSampler, SplitData, format_class_counts, load_split
-from training.distributed import DistInfo, cleanup, init_distributed, process_device
-from training.loop import StepOptions, ema_model, evaluate, train_one_epoch
-from training.monitor import TensorBoard, plot_history, read_history, write_history
-from training.presets import EvalPreset, TrainPreset
-from training.transfer import count_trainable, freeze_backbone, parameter_groups, unfreeze
-from training.utils import atomic_save, seed_everything, seed_worker, use_deterministic
-from training.weights import WeightsUnavailable
+from imgclf.training.data.datasets import (
+    ImageDataset,
+    ShardSampler,
+    SplitData,
+    format_class_counts,
+    load_split,
+)
+from imgclf.training.data.presets import EvalPreset, TrainPreset
+from imgclf.training.loop import checkpoint as ckpt_mod
+from imgclf.training.loop.distributed import DistInfo, cleanup, init_distributed, process_device
+from imgclf.training.loop.epoch import StepOptions, ema_model, evaluate, train_one_epoch
+from imgclf.training.loop.monitor import TensorBoard, plot_history, read_history, write_history
+from imgclf.training.models.architectures import (
+    build_model,
+    create_model,
+    rebuild_kwargs,
+    size_kwargs,
+)
+from imgclf.training.models.transfer import (
+    count_trainable,
+    freeze_backbone,
+    parameter_groups,
+    unfreeze,
+)
+from imgclf.training.models.weights import WeightsUnavailable
+from imgclf.training.utils import atomic_save, seed_everything, seed_worker, use_deterministic
 
 __all__ = ["TrainResult", "get_args_parser", "main", "parse_args", "train"]
 

@@ -203,7 +203,7 @@ def check_serving_wheel(stages: dict[str, list[str]]) -> Iterator[str]:
         ):
             if needed not in names:
                 yield f"the serving wheel lacks {needed}"
-        if "imgclf = service.cli:main" not in scripts:
+        if "imgclf = imgclf.cli:main" not in scripts:
             yield "the serving wheel has no `imgclf` console script"
         if any(n.startswith("training/") for n in names):
             yield "the serving wheel carries training/ (the serve stage should not copy it)"

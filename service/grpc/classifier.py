@@ -7,12 +7,12 @@ import math
 import grpc
 import numpy as np
 
-from service._generated.imgclf.v1 import image_classifier_pb2 as pb
-from service._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
-from service.core import ClassifyResult, Core, ImageInput
-from service.errors import InvalidInput
-from service.grpc import deadline_of
-from service.grpc.errors import maps_errors
+from imgclf._generated.imgclf.v1 import image_classifier_pb2 as pb
+from imgclf._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
+from imgclf.dataplane import ClassifyResult, Core, ImageInput
+from imgclf.errors import InvalidInput
+from imgclf.grpc import deadline_of
+from imgclf.grpc.errors import maps_errors
 
 DTYPES = {pb.FLOAT32: np.dtype("<f4"), pb.FLOAT16: np.dtype("<f2"), pb.UINT8: np.dtype("u1")}
 

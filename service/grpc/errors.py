@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from service.errors import ImgclfError, QueueFull, redact
+from imgclf.errors import ImgclfError, QueueFull, redact
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ def status_of(error: ImgclfError) -> grpc.StatusCode:
 
 def public_message(error: ImgclfError) -> str:
     """What the client is told: the message, redacted (absolute paths cut, echoed input
-    bounded: service.errors.redact), except for internal errors (logged instead)."""
+    bounded: imgclf.errors.redact), except for internal errors (logged instead)."""
     return GENERIC_INTERNAL if error.code == "INTERNAL" else redact(str(error))
 
 

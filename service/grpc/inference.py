@@ -16,27 +16,27 @@ from importlib import metadata as importlib_metadata
 import grpc
 import numpy as np
 
-from service._generated.inference import grpc_service_pb2 as pb
-from service._generated.inference import grpc_service_pb2_grpc as pb_grpc
-from service.core import Core
-from service.errors import ImgclfError, InvalidInput, Unsupported
-from service.grpc import deadline_of
-from service.grpc.errors import GENERIC_INTERNAL, maps_errors, public_message
-from service.grpc.oip_config import (
+from imgclf._generated.inference import grpc_service_pb2 as pb
+from imgclf._generated.inference import grpc_service_pb2_grpc as pb_grpc
+from imgclf.dataplane import Core
+from imgclf.errors import ImgclfError, InvalidInput, Unsupported
+from imgclf.grpc import deadline_of
+from imgclf.grpc.errors import GENERIC_INTERNAL, maps_errors, public_message
+from imgclf.grpc.oip_config import (
     max_request_batch,
     model_config,
     model_metadata,
     model_statistics,
     output_names,
 )
-from service.grpc.oip_tensors import (
+from imgclf.grpc.oip_tensors import (
     PROBABILITIES_OUTPUT,
     classification_strings,
     request_images,
     serialize_bytes_elements,
 )
-from service.grpc.streams import StreamEnder, bounded_reader
-from service.model import ServedModel
+from imgclf.grpc.streams import StreamEnder, bounded_reader
+from imgclf.models.loader import ServedModel
 
 log = logging.getLogger(__name__)
 Ctx = grpc.aio.ServicerContext

@@ -5,11 +5,11 @@ Built from a ServedModel; nothing here runs inference.
 
 from __future__ import annotations
 
-from service._generated.inference import grpc_service_pb2 as pb
-from service._generated.inference import model_config_pb2 as mc
-from service.grpc.oip_tensors import IMAGE_INPUT, PROBABILITIES_OUTPUT
-from service.model import ServedModel
-from service.stats import Duration, ModelStats
+from imgclf._generated.inference import grpc_service_pb2 as pb
+from imgclf._generated.inference import model_config_pb2 as mc
+from imgclf.grpc.oip_tensors import IMAGE_INPUT, PROBABILITIES_OUTPUT
+from imgclf.metrics.statistics import Duration, ModelStats
+from imgclf.models.loader import ServedModel
 
 PLATFORM = "onnxruntime_onnx"
 LABELS_FILE = "labels.txt"

@@ -16,9 +16,9 @@ import struct
 
 import numpy as np
 
-from service._generated.inference import grpc_service_pb2 as pb
-from service.core import ImageInput
-from service.errors import InvalidInput
+from imgclf._generated.inference import grpc_service_pb2 as pb
+from imgclf.dataplane import ImageInput
+from imgclf.errors import InvalidInput
 
 IMAGE_INPUT = "image"
 PROBABILITIES_OUTPUT = "probabilities"

@@ -29,9 +29,9 @@ import yaml
 
 from deploy.checks import dashboard
 from deploy.checks.prometheus import ADAPTER_VALUES, CONFIG, RULES
-from service.bench.server import ServerProcess, free_port
-from service.client import Client
-from service.metrics import LATENCY_BUCKETS
+from imgclf.client import Client
+from imgclf.client.bench.launcher import ServerProcess, free_port
+from imgclf.metrics.prometheus import LATENCY_BUCKETS
 from tests.deploy.conftest import require_binary
 
 pytestmark = pytest.mark.slow

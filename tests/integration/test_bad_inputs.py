@@ -31,14 +31,14 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
-from service._generated.imgclf.v1 import image_classifier_pb2 as pb
-from service._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
-from service._generated.inference import grpc_service_pb2 as oip_pb
-from service._generated.inference import grpc_service_pb2_grpc as oip_grpc
-from service.bench.server import ServerProcess, start_server
-from service.client import open_channel
-from service.errors import MAX_MESSAGE_CHARS
-from service.modelmeta import ModelMetadata
+from imgclf._generated.imgclf.v1 import image_classifier_pb2 as pb
+from imgclf._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
+from imgclf._generated.inference import grpc_service_pb2 as oip_pb
+from imgclf._generated.inference import grpc_service_pb2_grpc as oip_grpc
+from imgclf.client import open_channel
+from imgclf.client.bench.launcher import ServerProcess, start_server
+from imgclf.errors import MAX_MESSAGE_CHARS
+from imgclf.modelmeta import ModelMetadata
 from tests.images import encode
 from tests.tiny_model import make_tiny_model
 from tests.unit.service.support import png_declaring

@@ -1,4 +1,4 @@
-"""`python -m service.bench` for real, briefly, against a real server on the tiny model: every
+"""`python -m imgclf.client.bench` for real, briefly, against a real server on the tiny model: every
 input kind through both APIs, and the --start-server --limit path. No timed assertions: only
 that requests flowed (throughput > 0) and none failed."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from service.bench.server import ServerProcess
+from imgclf.client.bench.launcher import ServerProcess
 from tests.tiny_model import make_tiny_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -21,7 +21,7 @@ SHORT = ["--duration", "1", "--warmup", "0.5"]
 def bench(tmp_path: Path, *args: str) -> dict:
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "service.bench", "--model", "tiny", *SHORT, *args,
+        [sys.executable, "-m", "imgclf.client.bench", "--model", "tiny", *SHORT, *args,
          "--json", str(out)],
         capture_output=True, text=True, timeout=240, cwd=REPO_ROOT,
     )  # fmt: skip
@@ -99,7 +99,7 @@ def test_bench_floor_drives_a_bare_grpc_server_with_the_same_requests(
 
 def test_bench_says_what_failed(tiny_server: ServerProcess, tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "service.bench", "--target", tiny_server.target,
+        [sys.executable, "-m", "imgclf.client.bench", "--target", tiny_server.target,
          "--model", "no-such-model", "--input", "jpeg", *SHORT],
         capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
     )  # fmt: skip

@@ -8,17 +8,17 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from service.bench.server import ServerProcess
-from service.client import Client
+from imgclf.client import Client
+from imgclf.client.bench.launcher import ServerProcess
+from imgclf.training.data.digits import digits_split, load_digits_images
 from tests.images import encode
-from training.digits import digits_split, load_digits_images
 
 CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat"}
 
 
 def classify_cli(server: ServerProcess, paths: list[Path]) -> dict:
     out = subprocess.run(
-        [sys.executable, "-m", "service.cli", "classify", *map(str, paths),
+        [sys.executable, "-m", "imgclf.cli", "classify", *map(str, paths),
          "--server", server.target, "--model", "efficientnet_lite0", "--top-k", "5", "--json"],
         capture_output=True, text=True, timeout=120, check=True,
     )  # fmt: skip
@@ -47,7 +47,7 @@ def test_cli_prints_a_readable_table(
     path = tmp_path / "chelsea.jpg"
     path.write_bytes(photos["chelsea"])
     out = subprocess.run(
-        [sys.executable, "-m", "service.cli", "classify", str(path), "--server",
+        [sys.executable, "-m", "imgclf.cli", "classify", str(path), "--server",
          bundled_server.target, "--model", "efficientnet_lite0", "--top-k", "3"],
         capture_output=True, text=True, timeout=120, check=True,
     ).stdout  # fmt: skip

@@ -36,11 +36,11 @@ from tritonclient.utils import InferenceServerException
 
 from benchmarks import Target
 from benchmarks import overload as overload_bench
-from service._generated.imgclf.v1 import image_classifier_pb2 as pb
-from service._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
-from service.bench.server import ServerProcess, free_port, start_server
-from service.client import Client, open_channel, tensor_image
-from service.modelmeta import ModelMetadata
+from imgclf._generated.imgclf.v1 import image_classifier_pb2 as pb
+from imgclf._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
+from imgclf.client import Client, open_channel, tensor_image
+from imgclf.client.bench.launcher import ServerProcess, free_port, start_server
+from imgclf.modelmeta import ModelMetadata
 from tests.images import encode
 from tests.tiny_model import LABELS, make_tiny_model
 
@@ -255,7 +255,7 @@ def start_settled(repo: Path, workdir: Path, *args: str) -> ServerProcess:
     grpc_port, metrics_port = free_port(), free_port()
     log_path = workdir / "server.log"
     cmd = [
-        sys.executable, "-m", "service.cli", "serve", "--model-repository", str(repo),
+        sys.executable, "-m", "imgclf.cli", "serve", "--model-repository", str(repo),
         "--host", "127.0.0.1", "--grpc-port", str(grpc_port),
         "--metrics-port", str(metrics_port), *args,
     ]  # fmt: skip

@@ -16,8 +16,8 @@ import pytest
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
-from service.bench.server import start_server
-from service.client import Client
+from imgclf.client import Client
+from imgclf.client.bench.launcher import start_server
 from tests.images import encode
 from tests.integration.test_server import sample, scrape
 from tests.tiny_model import make_tiny_model

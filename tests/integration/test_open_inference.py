@@ -11,9 +11,9 @@ import tritonclient.grpc as triton
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from service.bench.server import ServerProcess
-from service.client import Client
-from service.imaging import Preprocessing, preprocess_image, resize_and_crop
+from imgclf.client import Client
+from imgclf.client.bench.launcher import ServerProcess
+from imgclf.imaging import Preprocessing, preprocess_image, resize_and_crop
 
 MODEL = "efficientnet_lite0"
 CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat"}

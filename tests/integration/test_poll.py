@@ -18,10 +18,10 @@ import pytest
 import tritonclient.grpc as triton
 from prometheus_client.parser import text_string_to_metric_families
 
-from service._generated.imgclf.v1 import image_classifier_pb2 as pb
-from service._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
-from service.bench.server import ServerProcess, start_server
-from service.client import open_channel
+from imgclf._generated.imgclf.v1 import image_classifier_pb2 as pb
+from imgclf._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
+from imgclf.client import open_channel
+from imgclf.client.bench.launcher import ServerProcess, start_server
 from tests.images import encode
 from tests.tiny_model import make_tiny_model
 from tests.traversal import OUTSIDE_MODEL, SIZE, layout

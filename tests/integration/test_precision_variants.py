@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import tritonclient.grpc as triton
 
-from service.bench.server import serving
-from service.client import Client
+from imgclf.client import Client
+from imgclf.client.bench.launcher import serving
+from imgclf.training.data.digits import digits_split, load_digits_images
 from tests.images import encode
-from training.digits import digits_split, load_digits_images
 
 DIGITS = Path(__file__).parents[2] / "models" / "digits"
 
@@ -33,7 +33,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
 
 def test_every_door_says_int8(server) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "service.cli", "served-models", "--server", server.target],
+        [sys.executable, "-m", "imgclf.cli", "served-models", "--server", server.target],
         capture_output=True, text=True, timeout=60, check=True,
     ).stdout  # fmt: skip
     assert "digits  versions=[1]" in out and "precision=int8" in out

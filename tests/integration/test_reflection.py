@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from service.bench.server import ServerProcess
+from imgclf.client.bench.launcher import ServerProcess
 
 
 def reflect(

@@ -10,8 +10,8 @@ import grpc
 import numpy as np
 import pytest
 
-from service.bench.server import start_server
-from service.client import Client
+from imgclf.client import Client
+from imgclf.client.bench.launcher import start_server
 from tests.images import encode
 from tests.pki import make_pki
 
@@ -20,7 +20,7 @@ RED = encode(np.full((20, 20, 3), (230, 10, 10), dtype=np.uint8), "PNG")
 
 def health_cli(target: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", "health", "--server", target, *args],
+        [sys.executable, "-m", "imgclf.cli", "health", "--server", target, *args],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
 

@@ -13,8 +13,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.bench.server import ServerProcess, free_port
-from service.client import Client
+from imgclf.client import Client
+from imgclf.client.bench.launcher import ServerProcess, free_port
 from tests.images import encode
 
 RED = np.full((30, 40, 3), (220, 20, 30), dtype=np.uint8)
@@ -185,12 +185,12 @@ def test_concurrent_clients_are_batched(tiny_server: ServerProcess) -> None:
 
 def test_health_command_for_probes(tiny_server: ServerProcess) -> None:
     ok = subprocess.run(
-        [sys.executable, "-m", "service.cli", "health", "--server", tiny_server.target],
+        [sys.executable, "-m", "imgclf.cli", "health", "--server", tiny_server.target],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert (ok.returncode, ok.stdout.strip()) == (0, "SERVING")
     down = subprocess.run(
-        [sys.executable, "-m", "service.cli", "health", "--server", f"127.0.0.1:{free_port()}",
+        [sys.executable, "-m", "imgclf.cli", "health", "--server", f"127.0.0.1:{free_port()}",
          "--timeout", "1"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip

@@ -12,8 +12,8 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service.bench.server import start_server
-from service.client import Client
+from imgclf.client import Client
+from imgclf.client.bench.launcher import start_server
 from tests.images import encode
 
 CLIENTS = 12

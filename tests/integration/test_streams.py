@@ -14,10 +14,10 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service._generated.inference import grpc_service_pb2 as oip_pb
-from service._generated.inference import grpc_service_pb2_grpc as oip_grpc
-from service.bench.server import start_server
-from service.grpc.inference import STREAM_WINDOW
+from imgclf._generated.inference import grpc_service_pb2 as oip_pb
+from imgclf._generated.inference import grpc_service_pb2_grpc as oip_grpc
+from imgclf.client.bench.launcher import start_server
+from imgclf.grpc.inference import STREAM_WINDOW
 from tests.tiny_model import make_tiny_model
 
 SIZE = 128

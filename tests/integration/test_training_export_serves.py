@@ -21,20 +21,20 @@ triton = pytest.importorskip("tritonclient.grpc")
 
 from torch.optim.swa_utils import update_bn  # noqa: E402
 
-from service.bench.server import start_server  # noqa: E402
-from service.client import Client  # noqa: E402
-from service.imaging import decode_image, resize_and_crop  # noqa: E402
+from imgclf.client import Client  # noqa: E402
+from imgclf.client.bench.launcher import start_server  # noqa: E402
+from imgclf.imaging import decode_image, resize_and_crop  # noqa: E402
+from imgclf.training import evaluate, export, train  # noqa: E402
+from imgclf.training.data.datasets import load_image, load_split  # noqa: E402
+from imgclf.training.data.presets import EvalPreset  # noqa: E402
+from imgclf.training.export import checkpoint_metadata  # noqa: E402
+from imgclf.training.models.architectures import create_model  # noqa: E402
 from tests.unit.training.trees import (  # noqa: E402
     PHOTOS,
     one_torch_thread,
     photo,
     write_photo_crops_tree,
 )
-from training import evaluate, export, train  # noqa: E402
-from training.architectures import create_model  # noqa: E402
-from training.data import load_image, load_split  # noqa: E402
-from training.export import checkpoint_metadata  # noqa: E402
-from training.presets import EvalPreset  # noqa: E402
 
 FAMILIES = ("resnet18", "mobilenet_v3_small", "efficientnet_b0")
 PIXEL_FAMILY = FAMILIES[0]

@@ -20,9 +20,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from imgclf.training import train  # noqa: E402
+from imgclf.training.models.weights import EFFICIENTNET_LITE0_PACKAGE  # noqa: E402
 from tests.unit.training.trees import one_torch_thread, write_digits_tree  # noqa: E402
-from training import train  # noqa: E402
-from training.weights import EFFICIENTNET_LITE0_PACKAGE  # noqa: E402
 
 NEW_CLASSES = (5, 6, 7, 8, 9)
 RECIPE = [
@@ -61,7 +61,7 @@ def test_pretrained_and_frozen_beats_scratch_on_a_small_set(
     ckpt = torch.load(tmp_path / "pretrained" / "checkpoint.pth", weights_only=True)
     assert ckpt["args"]["freeze_backbone"] and ckpt["class_names"] == [str(d) for d in NEW_CLASSES]
     # Only the new head trained: the backbone still holds the package's ImageNet weights.
-    from training.weights import load_efficientnet_lite0_imagenet
+    from imgclf.training.models.weights import load_efficientnet_lite0_imagenet
 
     imagenet = load_efficientnet_lite0_imagenet().state_dict()
     assert torch.equal(ckpt["model"]["conv_stem.weight"], imagenet["conv_stem.weight"])

@@ -22,11 +22,11 @@ import tritonclient.grpc as triton
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
-from service._generated.imgclf.v1 import image_classifier_pb2 as pb
-from service._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
-from service.bench.server import ServerProcess, start_server
-from service.client import open_channel
-from service.errors import MAX_MESSAGE_CHARS
+from imgclf._generated.imgclf.v1 import image_classifier_pb2 as pb
+from imgclf._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
+from imgclf.client import open_channel
+from imgclf.client.bench.launcher import ServerProcess, start_server
+from imgclf.errors import MAX_MESSAGE_CHARS
 from tests.images import encode
 from tests.traversal import LINKS, OUTSIDE_MODEL, layout, traversal_names
 

@@ -8,12 +8,12 @@ import threading
 import time
 
 from benchmarks import gpu_check
-from service.osthreads import name_this_thread
+from imgclf.runtime.osthreads import name_this_thread
 
 
 def test_load_lines_read_the_provider_and_reason_of_each_model() -> None:
     log = (
-        "2026-12-06 INFO service.model: model digits version 1 loaded in 0.41s: 10 classes, "
+        "2026-12-06 INFO imgclf.models.loader: model digits version 1 loaded in 0.41s: 10 classes, "
         "input 32x32, max batch 8, 1 instance(s) x 16 intra-op thread(s) on "
         "CUDAExecutionProvider (CUDA available (device 0)); IO binding, batch buckets 1,2,4,8 "
         "(CUDA graphs)\n"
@@ -22,7 +22,7 @@ def test_load_lines_read_the_provider_and_reason_of_each_model() -> None:
     line, provider, reason = gpu_check.load_lines(log)["digits"]
     assert provider == "CUDAExecutionProvider"
     assert reason == "CUDA available (device 0)"
-    assert line.startswith("2026-12-06 INFO service.model: model digits")
+    assert line.startswith("2026-12-06 INFO imgclf.models.loader: model digits")
 
 
 def bucket(model: str, le: str) -> tuple[str, tuple[tuple[str, str], ...]]:

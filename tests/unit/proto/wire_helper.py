@@ -30,7 +30,7 @@ def _modules(side: str) -> tuple[Any, Any]:
 
         return model_config_pb2, service_pb2
     if side == "ours":
-        from service._generated.inference import grpc_service_pb2, model_config_pb2
+        from imgclf._generated.inference import grpc_service_pb2, model_config_pb2
 
         return model_config_pb2, grpc_service_pb2
     raise SystemExit(f"unknown side {side!r}: expected one of {SIDES}")

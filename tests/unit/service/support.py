@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from service.core import Core
-from service.manager import ModelManager
-from service.metrics import Metrics
-from service.model import ServedModel
-from service.settings import ServerSettings
+from imgclf.dataplane import Core
+from imgclf.metrics.prometheus import Metrics
+from imgclf.models.loader import ServedModel
+from imgclf.models.manager import ModelManager
+from imgclf.settings import ServerSettings
 from tests.images import encode
 from tests.tiny_model import make_tiny_model
 

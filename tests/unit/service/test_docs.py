@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from service.doctables import TABLES, embedded
+from imgclf.doctables import TABLES, embedded
 
 ROOT = Path(__file__).resolve().parents[3]
 

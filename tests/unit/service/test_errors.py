@@ -1,10 +1,10 @@
-"""service.errors.redact: what of an error message may reach a client."""
+"""imgclf.errors.redact: what of an error message may reach a client."""
 
 from __future__ import annotations
 
 import pytest
 
-from service.errors import MAX_MESSAGE_CHARS, redact
+from imgclf.errors import MAX_MESSAGE_CHARS, redact
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Property-based tests of the decode/preprocess path (service.imaging) with hypothesis.
+"""Property-based tests of the decode/preprocess path (imgclf.imaging) with hypothesis.
 
 Whatever bytes arrive, decode_image / preprocess_bytes either return a well-formed result or
 raise InvalidInput: any other exception would reach the client as INTERNAL. Valid images of any
@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from benchmarks.fuzz_decode import EDIT_OPS, MAGICS, apply_edits, seed_images
-from service.errors import InvalidInput
-from service.imaging import Preprocessing, decode_image, preprocess_bytes
+from imgclf.errors import InvalidInput
+from imgclf.imaging import Preprocessing, decode_image, preprocess_bytes
 from tests.images import encode
 from tests.unit.service.support import png_declaring
 

@@ -1,4 +1,4 @@
-"""service.grpc.streams: ending long-lived streams, and the bounded read window (fake
+"""imgclf.grpc.streams: ending long-lived streams, and the bounded read window (fake
 request streams; the real server's behaviour is in tests/integration/test_streams.py)."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from service.grpc.streams import StreamEnder, bounded_reader
+from imgclf.grpc.streams import StreamEnder, bounded_reader
 from tests.unit.service.support import HANG, let_run
 
 

@@ -1,4 +1,4 @@
-"""service.imaging: decoding to upright RGB, the pixel limit, and the eval preprocessing."""
+"""imgclf.imaging: decoding to upright RGB, the pixel limit, and the eval preprocessing."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.errors import InvalidInput
-from service.imaging import (
+from imgclf.errors import InvalidInput
+from imgclf.imaging import (
     Preprocessing,
     decode_image,
     normalize,

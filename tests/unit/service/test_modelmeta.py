@@ -1,4 +1,4 @@
-"""service.modelmeta: the metadata contract between training (ONNX metadata_props) and serving."""
+"""imgclf.modelmeta: the metadata contract between training (ONNX metadata_props) and serving."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from service.imaging import Preprocessing
-from service.modelmeta import REQUIRED_KEYS, ModelMetadata
+from imgclf.imaging import Preprocessing
+from imgclf.modelmeta import REQUIRED_KEYS, ModelMetadata
 
 
 def make_meta(**overrides) -> ModelMetadata:

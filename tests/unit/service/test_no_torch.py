@@ -29,7 +29,7 @@ def test_no_module_of_service_imports_torch_or_training() -> None:
 def test_starting_the_server_code_loads_no_torch() -> None:
     code = (
         "import sys\n"
-        "import service.cli, service.server, service.client, service.core\n"
+        "import imgclf.cli, imgclf.server, imgclf.client, imgclf.dataplane\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
         f"{sorted(HEAVY)!r})\n"
         "print(','.join(bad))\n"
@@ -45,7 +45,7 @@ def test_training_commands_without_torch_say_how_to_install() -> None:
     code = (
         "import sys\n"
         "sys.modules['torch'] = None\n"
-        "from service.cli import main\n"
+        "from imgclf.cli import main\n"
         "sys.exit(main(['train', '--help']))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

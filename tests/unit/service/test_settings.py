@@ -1,4 +1,4 @@
-"""service.settings: IMGCLF_* environment, then CLI flags on top."""
+"""imgclf.settings: IMGCLF_* environment, then CLI flags on top."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from service.settings import ServerSettings, add_settings_arguments, settings_from_args
+from imgclf.settings import ServerSettings, add_settings_arguments, settings_from_args
 
 
 @pytest.fixture(autouse=True)

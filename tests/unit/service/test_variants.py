@@ -1,4 +1,4 @@
-"""service.variants and load_model's choice between model.onnx and model.int8.onnx, over the
+"""imgclf.variants and load_model's choice between model.onnx and model.int8.onnx, over the
 real tiny model and its real static INT8 quantisation (ONNX Runtime on CPU)."""
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.metrics import Metrics
-from service.model import load_model
-from service.repository import INT8_FILE, MODEL_FILE, read_model_config, versions
-from service.variants import choose_variant, cpu_flags, has_vnni
+from imgclf.metrics.prometheus import Metrics
+from imgclf.models.loader import load_model
+from imgclf.models.repository import INT8_FILE, MODEL_FILE, read_model_config, versions
+from imgclf.training.quantize import Calibration, quantize_int8
+from imgclf.variants import choose_variant, cpu_flags, has_vnni
 from tests.unit.service.support import TINY_SIZE, make_repo, server_settings
-from training.quantize import Calibration, quantize_int8
 
 VNNI = frozenset({"avx2", "avx512_vnni"})
 AVX2 = frozenset({"avx2", "fma"})
@@ -87,7 +87,7 @@ def test_load_model_serves_the_forced_variant_and_says_so(both, forced, caplog):
     (both / "tiny" / "config.json").write_text(json.dumps({"precision": forced}))
     (entry,) = versions(both / "tiny")
     metrics = Metrics()
-    with caplog.at_level(logging.INFO, logger="service.model"):
+    with caplog.at_level(logging.INFO, logger="imgclf.models.loader"):
         model = load_model(entry, read_model_config(both / "tiny"), server_settings(both), metrics)
     precision = "int8" if forced == "int8" else "fp32"
     file = INT8_FILE if forced == "int8" else MODEL_FILE
@@ -118,7 +118,7 @@ def test_the_bundled_digits_int8_variant_loads_and_logs_its_gate(tmp_path, caplo
     (tmp_path / "digits" / "config.json").write_text(json.dumps({"precision": "int8"}))
     (entry,) = versions(tmp_path / "digits")
     config = read_model_config(tmp_path / "digits")
-    with caplog.at_level(logging.INFO, logger="service.model"):
+    with caplog.at_level(logging.INFO, logger="imgclf.models.loader"):
         model = load_model(entry, config, server_settings(tmp_path), Metrics())
     assert model.precision == "int8" and model.served_file == INT8_FILE
     gate = model.metadata.provenance["accuracy_gate"]

@@ -1,4 +1,4 @@
-"""training.config: a YAML --config that flags override, its checks, and the resolved defaults."""
+"""imgclf.training.config: a YAML --config that flags override, its checks, and the resolved defaults."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ pytest.importorskip("torch")
 
 import yaml
 
-from training.config import parse_args, resolve_args, saved_args
+from imgclf.training.config import parse_args, resolve_args, saved_args
 
 
 def test_flags_override_the_config_file(tmp_path: Path) -> None:

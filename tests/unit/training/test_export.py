@@ -1,4 +1,4 @@
-"""training.export / onnx_export / parity: a real (tiny) export with the dynamo exporter, its
+"""imgclf.training.export / onnx_export / parity: a real (tiny) export with the dynamo exporter, its
 parity check, the variants (softmax, float16, uint8 with the normalisation baked in), and
 that broken parity or a failing exporter fails loudly."""
 
@@ -14,15 +14,16 @@ ort = pytest.importorskip("onnxruntime")
 
 import onnx  # noqa: E402
 
-from service.modelmeta import ModelMetadata  # noqa: E402
-from training import export as export_mod  # noqa: E402
-from training import onnx_export, parity  # noqa: E402
-from training.architectures import build_model  # noqa: E402
-from training.digits import digits_split, load_digits_images  # noqa: E402
-from training.evaluate import OnnxClassifier  # noqa: E402
-from training.export import ExportOptions  # noqa: E402
-from training.graphs import FP16, FP32, UINT8  # noqa: E402
-from training.presets import EvalPreset  # noqa: E402
+from imgclf.modelmeta import ModelMetadata  # noqa: E402
+from imgclf.training import export as export_mod  # noqa: E402
+from imgclf.training.data.digits import digits_split, load_digits_images  # noqa: E402
+from imgclf.training.data.presets import EvalPreset  # noqa: E402
+from imgclf.training.evaluate import OnnxClassifier  # noqa: E402
+from imgclf.training.export import ExportOptions  # noqa: E402
+from imgclf.training.models.architectures import build_model  # noqa: E402
+from imgclf.training.onnx import parity  # noqa: E402
+from imgclf.training.onnx import variants as onnx_export  # noqa: E402
+from imgclf.training.onnx.graphs import FP16, FP32, UINT8  # noqa: E402
 
 METADATA = ModelMetadata(
     labels=[str(d) for d in range(10)],

@@ -1,4 +1,4 @@
-"""training.photos: the calibration and evaluation photo sets are real, RGB and disjoint."""
+"""imgclf.training.photos: the calibration and evaluation photo sets are real, RGB and disjoint."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("skimage")
 pytest.importorskip("sklearn")
 
-from training.photos import CALIBRATION_PHOTOS, CROPS, EVALUATION_PHOTOS, photo, photo_set
+from imgclf.training.photos import CALIBRATION_PHOTOS, CROPS, EVALUATION_PHOTOS, photo, photo_set
 
 
 def digests(names: tuple[str, ...]) -> set[str]:

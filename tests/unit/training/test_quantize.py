@@ -1,6 +1,6 @@
-"""training.quantize: the INT8 recipe and its accuracy gate, on the bundled digits model and
+"""imgclf.training.quantize: the INT8 recipe and its accuracy gate, on the bundled digits model and
 the real digits data (calibration from the training split, the gate on the validation split,
-both through service.imaging as the server preprocesses)."""
+both through imgclf.imaging as the server preprocesses)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import numpy as np
 import onnx
 import pytest
 
-from service.imaging import preprocess_image
-from service.modelmeta import ModelMetadata
-from training.accuracy_gate import accuracy_gate
-from training.data import load_image, load_split
-from training.quantize import (
+from imgclf.imaging import preprocess_image
+from imgclf.modelmeta import ModelMetadata
+from imgclf.training.accuracy_gate import accuracy_gate
+from imgclf.training.data.datasets import load_image, load_split
+from imgclf.training.quantize import (
     Calibration,
     quantize_gated,
     run_probabilities,

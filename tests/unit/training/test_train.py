@@ -1,4 +1,4 @@
-"""training.train: artefacts, exact resume (model, optimizer, warm-up + cosine schedule, EMA,
+"""imgclf.training.train: artefacts, exact resume (model, optimizer, warm-up + cosine schedule, EMA,
 RNG), early stopping, freezing and unfreezing, --test-only, TensorBoard, then export/evaluate
 through their CLI entry points."""
 
@@ -14,10 +14,10 @@ torch = pytest.importorskip("torch")
 
 import yaml  # noqa: E402
 
-from service.modelmeta import ModelMetadata  # noqa: E402
+from imgclf.modelmeta import ModelMetadata  # noqa: E402
+from imgclf.training import evaluate, export, train  # noqa: E402
+from imgclf.training.loop.monitor import EMA_FIELDS, HISTORY_FIELDS  # noqa: E402
 from tests.unit.training.trees import write_digits_tree  # noqa: E402
-from training import evaluate, export, train  # noqa: E402
-from training.monitor import EMA_FIELDS, HISTORY_FIELDS  # noqa: E402
 
 ARGV = [
     "--dataset", "lfw_faces", "--model", "digits_cnn_w4", "--epochs", "3", "-b", "32",

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from training.builtin import load_builtin_split
+from imgclf.training.data.builtin import load_builtin_split
 
 PHOTOS = ("chelsea", "coffee", "rocket")
 

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from service._generated.imgclf.v1 import image_classifier_pb2 as imgclf_dot_v1_dot_image__classifier__pb2
+from imgclf._generated.imgclf.v1 import image_classifier_pb2 as imgclf_dot_v1_dot_image__classifier__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

@@ -1,0 +1,113 @@
+"""A small Python client for imgclf.v1.ImageClassifier."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from imgclf._generated.imgclf.v1 import image_classifier_pb2 as pb
+from imgclf._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
+
+DEFAULT_TARGET = "127.0.0.1:8001"
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+def encoded_image(data: bytes) -> pb.Image:
+    """An image message from encoded bytes (JPEG, PNG, WebP, BMP, GIF)."""
+    return pb.Image(encoded=data)
+
+
+def tensor_image(tensor: np.ndarray) -> pb.Image:
+    """An image message from a tensor at the model input: float32 (CHW, preprocessed) or
+    uint8 pixels (sent as UINT8)."""
+    if tensor.dtype == np.uint8:
+        arr, dtype = np.ascontiguousarray(tensor), pb.UINT8
+    else:
+        arr, dtype = np.ascontiguousarray(tensor, dtype="<f4"), pb.FLOAT32
+    return pb.Image(tensor=pb.Tensor(shape=arr.shape, dtype=dtype, data=arr.tobytes()))
+
+
+def open_channel(
+    target: str,
+    tls_ca: Path | None = None,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+) -> grpc.Channel:
+    """A channel to the server: TLS when a CA (or a client certificate) is given, with the
+    client certificate for mutual TLS; plaintext otherwise."""
+    options = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ]
+    if tls_ca is None and tls_cert is None:
+        return grpc.insecure_channel(target, options=options)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=tls_ca.read_bytes() if tls_ca else None,
+        private_key=tls_key.read_bytes() if tls_key else None,
+        certificate_chain=tls_cert.read_bytes() if tls_cert else None,
+    )
+    return grpc.secure_channel(target, credentials, options=options)
+
+
+def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+class Client:
+    """Blocking client. Use as a context manager, or call close().
+
+    `tls_ca` turns on TLS (the CA that signed the server's certificate); `tls_cert`/`tls_key`
+    add a client certificate (mutual TLS); `token` is sent as a bearer token."""
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        timeout: float | None = 30.0,
+        tls_ca: Path | None = None,
+        tls_cert: Path | None = None,
+        tls_key: Path | None = None,
+        token: str | None = None,
+    ) -> None:
+        self.timeout = timeout
+        self._channel = open_channel(target, tls_ca, tls_cert, tls_key)
+        self._metadata = auth_metadata(token)
+        self._stub = pb_grpc.ImageClassifierStub(self._channel)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def classify(
+        self,
+        images: Sequence[bytes | np.ndarray | pb.Image],
+        model: str = "",
+        top_k: int = 0,
+        version: int = 0,
+    ) -> pb.ClassifyResponse:
+        """Classify encoded images (bytes) and/or preprocessed tensors (numpy arrays)."""
+        msgs = [
+            img if isinstance(img, pb.Image)
+            else encoded_image(img) if isinstance(img, bytes)
+            else tensor_image(img)
+            for img in images
+        ]  # fmt: skip
+        request = pb.ClassifyRequest(model=model, version=version, images=msgs, top_k=top_k)
+        return self._stub.Classify(request, timeout=self.timeout, metadata=self._metadata)
+
+    def classify_files(
+        self, paths: Sequence[str | Path], model: str = "", top_k: int = 0
+    ) -> pb.ClassifyResponse:
+        return self.classify([Path(p).read_bytes() for p in paths], model=model, top_k=top_k)
+
+    def list_models(self) -> pb.ListModelsResponse:
+        return self._stub.ListModels(
+            pb.ListModelsRequest(), timeout=self.timeout, metadata=self._metadata
+        )

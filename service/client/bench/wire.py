@@ -1,0 +1,167 @@
+"""The wire: how to reach the server and what to send it, built once per run.
+
+Requests are serialised up front (the load generator then only moves bytes); replies are
+parsed only by `check_reply`, on the probe request that precedes every run.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+CLASSIFY = "/imgclf.v1.ImageClassifier/Classify"
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Connection:
+    """How to reach the server (picklable: the PEM files travel as bytes)."""
+
+    target: str
+    tls_ca: bytes | None = None
+    tls_cert: bytes | None = None
+    tls_key: bytes | None = None
+    token: str | None = None
+
+    @classmethod
+    def from_files(
+        cls, target: str, tls_ca: Path | None = None, tls_cert: Path | None = None,
+        tls_key: Path | None = None, token_file: Path | None = None,
+    ) -> Connection:  # fmt: skip
+        def read(p: Path | None) -> bytes | None:
+            return p.read_bytes() if p else None
+
+        token = token_file.read_text().strip() if token_file else None
+        return cls(target, read(tls_ca), read(tls_cert), read(tls_key), token)
+
+    @property
+    def secure(self) -> bool:
+        return self.tls_ca is not None or self.tls_cert is not None
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+
+    def _args(self) -> dict[str, object]:
+        options = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ]
+        if not self.secure:
+            return {"options": options}
+        creds = grpc.ssl_channel_credentials(self.tls_ca, self.tls_key, self.tls_cert)
+        return {"options": options, "credentials": creds}
+
+    def channel(self) -> grpc.Channel:
+        a = self._args()
+        if "credentials" in a:
+            return grpc.secure_channel(self.target, a["credentials"], options=a["options"])
+        return grpc.insecure_channel(self.target, options=a["options"])
+
+    def aio_channel(self) -> grpc.aio.Channel:
+        a = self._args()
+        if "credentials" in a:
+            return grpc.aio.secure_channel(self.target, a["credentials"], options=a["options"])
+        return grpc.aio.insecure_channel(self.target, options=a["options"])
+
+
+def bytes_tensor(elements: list[bytes]) -> bytes:
+    """An Open Inference Protocol BYTES tensor: each element as a 4-byte little-endian
+    length, then its bytes (as imgclf.grpc.oip_tensors reads it)."""
+    return b"".join(struct.pack("<I", len(e)) + e for e in elements)
+
+
+def build_payloads(
+    api: str, model: str, items: list[bytes] | list[np.ndarray], batch: int, *,
+    input_name: str = "input", image_input_name: str = "image", output_name: str = "",
+    top_k: int = 0,
+) -> tuple[str, list[bytes]]:  # fmt: skip
+    """(method path, serialised requests): one request per starting item, each carrying
+    `batch` consecutive items (encoded images as bytes, or float32 CHW tensors)."""
+    from imgclf._generated.imgclf.v1 import image_classifier_pb2 as pb
+    from imgclf._generated.inference import grpc_service_pb2 as oip
+    from imgclf.client import tensor_image
+
+    n = len(items)
+    payloads = []
+    for start in range(n):
+        group = [items[(start + j) % n] for j in range(batch)]
+        encoded = isinstance(group[0], bytes)
+        if api == "imgclf":
+            images = [pb.Image(encoded=g) if encoded else tensor_image(g) for g in group]
+            req = pb.ClassifyRequest(model=model, images=images, top_k=top_k)
+        elif api == "oip":
+            if encoded:
+                raw = bytes_tensor(group)  # type: ignore[arg-type]
+                tensor = oip.ModelInferRequest.InferInputTensor(
+                    name=image_input_name, datatype="BYTES", shape=[batch, 1]
+                )
+            else:
+                pixels = group[0].dtype == np.uint8  # type: ignore[union-attr]
+                arr = np.ascontiguousarray(np.stack(group), dtype="u1" if pixels else "<f4")
+                raw = arr.tobytes()
+                tensor = oip.ModelInferRequest.InferInputTensor(
+                    name=input_name, datatype="UINT8" if pixels else "FP32", shape=list(arr.shape)
+                )
+            outputs = [oip.ModelInferRequest.InferRequestedOutputTensor(name=output_name)]
+            req = oip.ModelInferRequest(
+                model_name=model, inputs=[tensor], outputs=outputs if output_name else [],
+                raw_input_contents=[raw],
+            )  # fmt: skip
+        else:
+            raise ValueError(f"api must be imgclf or oip, got {api!r}")
+        payloads.append(req.SerializeToString())
+    return (CLASSIFY if api == "imgclf" else MODEL_INFER), payloads
+
+
+def check_reply(api: str, reply: bytes, batch: int) -> str | None:
+    """Why a reply is not a classification of `batch` images (None: it is)."""
+    from imgclf._generated.imgclf.v1 import image_classifier_pb2 as pb
+    from imgclf._generated.inference import grpc_service_pb2 as oip
+
+    if api == "imgclf":
+        msg = pb.ClassifyResponse.FromString(reply)
+        if len(msg.results) != batch:
+            return f"{len(msg.results)} results for {batch} images"
+        return None
+    infer = oip.ModelInferResponse.FromString(reply)
+    if not infer.outputs:
+        return "no outputs"
+    if infer.outputs[0].shape and infer.outputs[0].shape[0] != batch:
+        return f"output {infer.outputs[0].name} has shape {list(infer.outputs[0].shape)}"
+    return None
+
+
+def probe(connection: Connection, method: str, payload: bytes, timeout: float) -> bytes:
+    """One request through a blocking channel (raises grpc.RpcError)."""
+    with connection.channel() as channel:
+        call = channel.unary_unary(method)
+        return call(payload, timeout=timeout, metadata=connection.metadata)
+
+
+def perf_analyzer_data(
+    items: list[bytes] | list[np.ndarray], *, input_name: str = "input",
+    image_input_name: str = "image",
+) -> dict:  # fmt: skip
+    """The same inputs as a perf_analyzer --input-data JSON document (one batch-1 entry per
+    item): encoded images as the BYTES input (base64 of the length-prefixed element, as
+    perf_analyzer wants it), tensors as the FP32 input (base64 of the little-endian floats),
+    uint8 pixels as they are."""
+    import base64
+
+    def b64(raw: bytes) -> str:
+        return base64.b64encode(raw).decode("ascii")
+
+    entries = []
+    for item in items:
+        if isinstance(item, bytes):
+            entries.append({image_input_name: {"b64": b64(bytes_tensor([item]))}})
+        else:
+            dtype = "u1" if item.dtype == np.uint8 else "<f4"
+            entries.append({input_name: {"b64": b64(np.ascontiguousarray(item, dtype).tobytes())}})
+    return {"data": entries}
