@@ -28,11 +28,14 @@ RUN apt-get update \
         --shell /usr/sbin/nologin imgclf
 
 # ---- the serving install into a virtual environment: `pip install .`, no torch -----------------
+# One import name, imgclf, over service/ and training/ (pyproject.toml maps both): training's
+# modules are installed but never imported by the server, and torch is not installed.
 FROM cuda-python AS serve-build
 WORKDIR /src
 RUN python3 -m venv /opt/imgclf
 COPY pyproject.toml README.md ./
 COPY service/ service/
+COPY training/ training/
 RUN /opt/imgclf/bin/pip install --no-cache-dir . \
     && /opt/imgclf/bin/python -c "import importlib.util as u; assert u.find_spec('torch') is None"
 
@@ -44,6 +47,7 @@ COPY models/ /models/
 # Every setting is an IMGCLF_* variable (README: Configuration); these suit a container.
 ENV PATH=/opt/imgclf/bin:${PATH} \
     IMGCLF_HOST=0.0.0.0 \
+    IMGCLF_HTTP_PORT=8000 \
     IMGCLF_GRPC_PORT=8001 \
     IMGCLF_METRICS_PORT=8002 \
     IMGCLF_MODEL_REPOSITORY=/models \
@@ -51,7 +55,7 @@ ENV PATH=/opt/imgclf/bin:${PATH} \
     IMGCLF_GRACE_PERIOD_S=30
 USER ${UID}:${UID}
 WORKDIR /tmp
-EXPOSE 8001 8002
+EXPOSE 8000 8001 8002
 # gRPC health of the whole server: SERVING once every model has loaded and warmed up,
 # NOT_SERVING from the first moment of a drain.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \

@@ -4,30 +4,29 @@ bounded by `--duration`, and talks only to 127.0.0.1 unless given a `--target`.
 `benchmarks.gpu_check` (with `benchmarks.gpu_stage`) proves or disproves the GPU path in one
 run on a GPU host; see docs/performance.md.
 
-This module holds what the load benchmarks share: a server they start themselves, the
-asyncio client call that records one outcome, percentiles, and the server's /metrics.
+This module holds what the scripts share beyond the bench's own pieces (the server they start
+or target, percentiles and /metrics reading all come from imgclf.client.bench): the flags that
+say which server, the asyncio client call that records one outcome, the test images, and the
+end of a run (its JSON record, its failures, its exit status).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import tempfile
+import argparse
+import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 import numpy as np
 
 from imgclf._generated.imgclf.v1 import image_classifier_pb2 as pb
 from imgclf._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
-
-# /metrics reading is the bench tool's; these scripts re-export it under their own names.
-from imgclf.client.bench.scrape import by_label as metric_by  # noqa: F401
-from imgclf.client.bench.scrape import fetch as scrape  # noqa: F401
-from imgclf.client.bench.scrape import total as metric_total  # noqa: F401
+from imgclf.client.bench.stats import percentile
+from imgclf.client.channel import make_aio_channel
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RETRY_HINT_KEYS = ("retry-after-ms", "grpc-retry-pushback-ms")
@@ -38,44 +37,21 @@ one gRPC's own retry policy honours)."""
 # --- the server ------------------------------------------------------------------------------
 
 
-@dataclass
-class Target:
-    """Where the load goes: a gRPC address, its /metrics URL (may be empty) and, for a server
-    we started, its process id (for /proc/<pid>/status)."""
-
-    address: str
-    metrics_url: str = ""
-    pid: int | None = None
-
-
-@contextlib.contextmanager
-def started_server(repository: Path, *args: str) -> Iterator[Target]:
-    """`imgclf serve` on free ports on 127.0.0.1, SERVING, stopped (SIGTERM) on exit."""
-    from imgclf.client.bench.launcher import start_server
-
-    with tempfile.TemporaryDirectory(prefix="imgclf-reliability-") as workdir:
-        server = start_server(repository, Path(workdir), *args)
-        try:
-            yield Target(server.target, server.metrics_url, server.proc.pid)
-        finally:
-            code = server.stop()
-            if code != 0:
-                print(f"server exited with {code}; its log:\n{server.log()[-4000:]}")
+def add_server_arguments(p: argparse.ArgumentParser, server_args: str = "") -> None:
+    """The flags that say which server a script loads: `--target`, or else the
+    `--model-repository` and `--server-args` of the `imgclf serve` it starts (for
+    imgclf.client.bench.launcher.server_or_target)."""
+    p.add_argument("--target", help="HOST:PORT of a running server (default: start one)")
+    p.add_argument("--model-repository", type=Path, default=REPO_ROOT / "models")
+    default = f" (default: {server_args!r})" if server_args else ""
+    p.add_argument(
+        "--server-args", default=server_args, help=f"extra `imgclf serve` flags{default}"
+    )
 
 
 def channels(address: str, n: int) -> list[grpc.aio.Channel]:
     """`n` separate connections (each its own HTTP/2 connection, like separate clients)."""
-    return [
-        grpc.aio.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_send_message_length", 64 << 20),
-                ("grpc.max_receive_message_length", 64 << 20),
-                ("grpc.use_local_subchannel_pool", 1),
-            ],
-        )
-        for _ in range(n)
-    ]
+    return [make_aio_channel(address, None, own_connection=True) for _ in range(n)]
 
 
 # --- one call ------------------------------------------------------------------------------
@@ -92,34 +68,46 @@ class Outcome:
     """A retry hint found in the trailing metadata, as KEY=VALUE."""
 
 
-async def classify(
-    stub: pb_grpc.ImageClassifierStub, request: pb.ClassifyRequest, timeout: float
-) -> Outcome:
-    """Send one Classify and record what happened (never raises for an RPC error)."""
+T = TypeVar("T")
+
+
+async def timed(call: Awaitable[T], label: Callable[[T], str]) -> Outcome:
+    """Await one RPC and record what happened (never raises for an RPC error): its code, its
+    time, `label(reply)` when OK, else the error message and any retry hint."""
     started = time.monotonic()
     try:
-        reply = await stub.Classify(request, timeout=timeout)
+        reply = await call
     except grpc.aio.AioRpcError as exc:
         metadata = exc.trailing_metadata() or ()
         hint = ",".join(f"{k}={v}" for k, v in metadata if k in RETRY_HINT_KEYS)
         return Outcome(
             exc.code().name, time.monotonic() - started, message=exc.details() or "", hint=hint
         )
-    except asyncio.CancelledError:
-        raise
-    label = reply.results[0].top[0].label if reply.results and reply.results[0].top else ""
-    return Outcome("OK", time.monotonic() - started, label=label)
+    return Outcome("OK", time.monotonic() - started, label=label(reply))
+
+
+def top_label(reply: pb.ClassifyResponse) -> str:
+    """The first image's top-1 label ("" when there is none)."""
+    return reply.results[0].top[0].label if reply.results and reply.results[0].top else ""
+
+
+async def classify(
+    stub: pb_grpc.ImageClassifierStub, request: pb.ClassifyRequest, timeout: float
+) -> Outcome:
+    """Send one Classify and record what happened (never raises for an RPC error)."""
+    return await timed(stub.Classify(request, timeout=timeout), top_label)
 
 
 # --- figures -------------------------------------------------------------------------------
 
 
 def percentiles_ms(seconds: Sequence[float], qs: Sequence[int] = (50, 90, 99)) -> dict[str, float]:
-    """{"p50": ms, ...}; empty when there is nothing to measure."""
+    """{"p50": ms, ...}, nearest-rank like every percentile of `imgclf bench`
+    (imgclf.client.bench.stats.percentile); empty when there is nothing to measure."""
     if not seconds:
         return {}
-    values = np.percentile(np.asarray(seconds) * 1000.0, qs)
-    return {f"p{q}": round(float(v), 2) for q, v in zip(qs, values, strict=True)}
+    ms = np.asarray(seconds, dtype=np.float64) * 1000.0
+    return {f"p{q}": round(percentile(ms, q), 2) for q in qs}
 
 
 def fmt_ms(p: dict[str, float]) -> str:
@@ -154,3 +142,24 @@ def sample_image(kind: str) -> bytes:
         pixels = rng.integers(0, 256, (300, 451, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(buf, "JPEG", quality=92)
     return buf.getvalue()
+
+
+def image_bytes(spec: str | Path) -> bytes:
+    """What an `--image` flag names: a built-in sample_image ("photo", "red") or a file."""
+    return sample_image(spec) if spec in ("photo", "red") else Path(spec).read_bytes()
+
+
+# --- the end of a run ------------------------------------------------------------------------
+
+
+def finish(
+    name: str, failures: Sequence[str], record: object = None, json_path: Path | None = None
+) -> int:
+    """Record a run: `record` as JSON in `json_path` (a script's `--json`), a FAILED line per
+    failure, then the verdict; returns the exit status (0 when nothing failed, else 1)."""
+    if json_path:
+        json_path.write_text(json.dumps(record, indent=2))
+    for failure in failures:
+        print(f"FAILED: {failure}")
+    print(f"{name} passed" if not failures else f"{name} FAILED: {len(failures)} check(s)")
+    return 1 if failures else 0

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -24,14 +22,16 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from benchmarks import REPO_ROOT, started_server
+from benchmarks import add_server_arguments, finish
 from imgclf._generated.imgclf.v1 import image_classifier_pb2 as pb
 from imgclf._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
+from imgclf.client.bench.launcher import server_or_target
+from imgclf.client.channel import make_aio_channel
 
 
 async def _stall_while(address: str, call: Callable[[], object]) -> tuple[float, float, str]:
     """(seconds the call took, longest health-check round trip meanwhile, call outcome)."""
-    async with grpc.aio.insecure_channel(address) as health_channel:
+    async with make_aio_channel(address, None) as health_channel:
         health = health_pb2_grpc.HealthStub(health_channel)
         worst = 0.0
         done = asyncio.Event()
@@ -64,8 +64,7 @@ async def probe(address: str, model: str, log: Callable[[str], None], mib: int =
     from imgclf._generated.inference import grpc_service_pb2_grpc as oip_grpc
 
     out = {}
-    options = [("grpc.max_send_message_length", 64 << 20)]
-    async with grpc.aio.insecure_channel(address, options=options) as channel:
+    async with make_aio_channel(address, None) as channel:
         images = (mib << 20) // 4
         many = pb.ClassifyRequest(model=model, images=[pb.Image(encoded=b"")] * images)
         stub = pb_grpc.ImageClassifierStub(channel)
@@ -107,9 +106,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.amplification", description=__doc__.split("\n\n")[0]
     )
-    p.add_argument("--target", help="HOST:PORT of a running server (default: start one)")
-    p.add_argument("--model-repository", type=Path, default=REPO_ROOT / "models")
-    p.add_argument("--server-args", default="", help="extra `imgclf serve` flags")
+    add_server_arguments(p)
     p.add_argument("--model", default="efficientnet_lite0")
     p.add_argument("--mib", type=int, default=4, help="size of each probe message")
     p.add_argument("--max-seconds", type=float, default=1.0, help="longest answer/stall allowed")
@@ -119,19 +116,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-
-    def go(address: str) -> dict:
-        print(f"amplification against {address}, model {args.model}")
-        return asyncio.run(probe(address, args.model, print, args.mib))
-
-    if args.target:
-        out = go(args.target)
-    else:
-        print(f"starting imgclf serve on {args.model_repository} {args.server_args}")
-        with started_server(args.model_repository, *shlex.split(args.server_args)) as target:
-            out = go(target.address)
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=2))
+    with server_or_target(args.target, args.model_repository, args.server_args, say=print) as t:
+        print(f"amplification against {t.address}, model {args.model}")
+        out = asyncio.run(probe(t.address, args.model, print, args.mib))
     failures = [
         f"{name}: answered in {r['seconds']} s ({r['outcome']}), health stalled "
         f"{r['health_stall_s']} s"
@@ -139,10 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         if not r["outcome"].startswith("INVALID_ARGUMENT")
         or max(r["seconds"], r["health_stall_s"]) > args.max_seconds
     ]
-    for failure in failures:
-        print(f"FAILED: {failure}")
-    print("all checks passed" if not failures else f"{len(failures)} check(s) failed")
-    return 1 if failures else 0
+    return finish("amplification", failures, out, args.json)
 
 
 if __name__ == "__main__":

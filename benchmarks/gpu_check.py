@@ -198,17 +198,13 @@ def load_lines(log: str) -> dict[str, tuple[str, str, str]]:
     return out
 
 
-def scrape(url: str) -> dict:
+def step_providers(env: Env, report: Report) -> None:
     from imgclf.client.bench.scrape import fetch
 
-    return fetch(url)
-
-
-def step_providers(env: Env, report: Report) -> None:
     want = CUDA_EP if env.gpu else CPU_EP
     with server(env, MODELS) as srv:
         lines = load_lines(srv.log())
-        samples = scrape(srv.metrics_url)
+        samples = fetch(srv.metrics_url)
     info = {
         m: {"provider": p}
         for (n, lbl), _ in samples.items()
@@ -271,7 +267,8 @@ def real_inputs(model_path: Path) -> tuple[np.ndarray, object]:
 def session(path: Path | bytes, provider: str):  # -> ort.InferenceSession
     import onnxruntime as ort
 
-    from imgclf.runtime.engine import ExecutionOptions, preload_cuda_libraries, session_options
+    from imgclf.runtime.options import ExecutionOptions, session_options
+    from imgclf.runtime.providers import preload_cuda_libraries
 
     if provider == CUDA_EP:
         preload_cuda_libraries()
@@ -379,7 +376,8 @@ def make_engine(path: Path, max_batch: int, **options: object):
     """An Engine as the server builds one: with IO binding, buffers (and CUDA graphs when
     asked) per batch size bucket up to `max_batch`."""
     from imgclf.runtime.buckets import bucket_sizes
-    from imgclf.runtime.engine import Engine, ExecutionOptions
+    from imgclf.runtime.engine import Engine
+    from imgclf.runtime.options import ExecutionOptions
 
     engine = Engine(path, ExecutionOptions(**options))  # type: ignore[arg-type]
     shape = tuple(int(d) for d in engine.info.input_shape[1:])
@@ -673,6 +671,8 @@ def bench_point(
 
 
 def step_served(env: Env, report: Report) -> None:
+    from imgclf.client.bench.scrape import fetch
+
     # The dry run serves the small model: it keeps the code path alive, it measures nothing.
     model = (
         "digits"
@@ -693,12 +693,12 @@ def step_served(env: Env, report: Report) -> None:
                 if env.left() < duration + 20:
                     report.add("served", f"{kind} c={c}", "skip", "", "out of time budget")
                     continue
-                before = scrape(srv.metrics_url)
+                before = fetch(srv.metrics_url)
                 with sampler.sampling(duration + warmup_s(duration)) as s:
                     point = bench_point(
                         srv.target, srv.metrics_url, model, kind, c, duration, client_processes
                     )
-                after = scrape(srv.metrics_url)
+                after = fetch(srv.metrics_url)
                 summary = point["summary"]
                 rps = float(summary["throughput_ips"])
                 best = max(best, rps)

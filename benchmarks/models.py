@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -28,18 +29,20 @@ from benchmarks import REPO_ROOT, rss_bytes
 from imgclf.client.bench import inputs, load, stats, wire
 from imgclf.client.bench.launcher import serving
 from imgclf.client.bench.stats import split_evenly
-from imgclf.models.repository import versions
+from imgclf.repolayout import versions
 
 
 def repository_of_copies(source: Path, model: str, count: int, root: Path) -> list[str]:
-    """`count` names for the newest version of `model`, each a folder linking its files."""
+    """`count` names for the newest version of `model`, each a folder with its own copy of the
+    files (the server refuses links that leave its repository)."""
     (newest, *_) = versions(source / model)
     names = [f"{model}_{i}" for i in range(count)]
     for name in names:
         folder = root / name / "1"
         folder.mkdir(parents=True)
         for item in newest.path.parent.iterdir():
-            (folder / item.name).symlink_to(item.resolve())
+            if item.is_file():
+                shutil.copyfile(item, folder / item.name)
     return names
 
 

@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import shlex
 import sys
 import time
 from collections import Counter
@@ -40,21 +38,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from benchmarks import (
-    REPO_ROOT,
     Outcome,
-    Target,
+    add_server_arguments,
     channels,
     classify,
+    finish,
     fmt_ms,
-    metric_by,
-    metric_total,
+    image_bytes,
     percentiles_ms,
-    sample_image,
-    scrape,
-    started_server,
 )
 from imgclf._generated.imgclf.v1 import image_classifier_pb2 as pb
 from imgclf._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
+from imgclf.client.bench.launcher import Target, server_or_target
+from imgclf.client.bench.scrape import by_label, fetch, total
 
 DEFAULT_SERVER_ARGS = "--max-queue-size 16"
 OVERLOAD_CODES = {"OK", "RESOURCE_EXHAUSTED"}
@@ -197,12 +193,12 @@ async def open_loop(
 def server_counters(metrics_url: str, model: str) -> dict:
     if not metrics_url:
         return {}
-    s = scrape(metrics_url)
+    s = fetch(metrics_url)
     return {
-        "requests_by_code": metric_by(s, "imgclf_requests_total", "code", model=model),
-        "failures_by_reason": metric_by(s, "imgclf_request_failures_total", "reason"),
-        "queue_depth": metric_total(s, "imgclf_queue_depth", model=model),
-        "inflight": metric_total(s, "imgclf_inflight_requests"),
+        "requests_by_code": by_label(s, "imgclf_requests_total", "code", model=model),
+        "failures_by_reason": by_label(s, "imgclf_request_failures_total", "reason"),
+        "queue_depth": total(s, "imgclf_queue_depth", model=model),
+        "inflight": total(s, "imgclf_inflight_requests"),
     }
 
 
@@ -407,16 +403,10 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.overload", description=__doc__.split("\n\n")[0]
     )
-    p.add_argument("--target", help="HOST:PORT of a running server (default: start one)")
+    add_server_arguments(p, DEFAULT_SERVER_ARGS)
     p.add_argument("--metrics-url", default="", help="its /metrics URL (with --target)")
-    p.add_argument("--model-repository", type=Path, default=REPO_ROOT / "models")
-    p.add_argument(
-        "--server-args",
-        default=DEFAULT_SERVER_ARGS,
-        help=f"extra `imgclf serve` flags (default: {DEFAULT_SERVER_ARGS!r})",
-    )
     p.add_argument("--model", default="efficientnet_lite0")
-    p.add_argument("--image", type=Path, help="encoded image to send (default: a photo)")
+    p.add_argument("--image", default="photo", help="a file to send, or 'photo' / 'red' (built in)")
     p.add_argument("--duration", type=float, default=20.0, help="overload phase, seconds")
     p.add_argument("--factor", type=float, default=4.0, help="offered load / capacity")
     p.add_argument("--clients", type=int, default=32, help="connections the load spreads over")
@@ -440,12 +430,13 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    image = args.image.read_bytes() if args.image else sample_image("photo")
+    image = image_bytes(args.image)
     request = pb.ClassifyRequest(model=args.model, images=[pb.Image(encoded=image)], top_k=1)
-
-    def go(target: Target) -> Report:
+    with server_or_target(
+        args.target, args.model_repository, args.server_args, args.metrics_url, say=print
+    ) as target:
         print(f"overload against {target.address}, model {args.model}")
-        return asyncio.run(
+        report = asyncio.run(
             run(
                 target,
                 request,
@@ -458,19 +449,7 @@ def main(argv: list[str] | None = None) -> int:
                 timeout=args.timeout,
             )
         )
-
-    if args.target:
-        report = go(Target(args.target, args.metrics_url))
-    else:
-        print(f"starting imgclf serve on {args.model_repository} {args.server_args}")
-        with started_server(args.model_repository, *shlex.split(args.server_args)) as target:
-            report = go(target)
-    if args.json:
-        args.json.write_text(json.dumps(report.as_dict(), indent=2))
-    for failure in report.failures:
-        print(f"FAILED: {failure}")
-    print("all checks passed" if report.ok else f"{len(report.failures)} check(s) failed")
-    return 0 if report.ok else 1
+    return finish("overload", report.failures, report.as_dict(), args.json)
 
 
 if __name__ == "__main__":

@@ -36,12 +36,12 @@ from pathlib import Path
 import grpc
 import tritonclient.grpc as triton
 
-from benchmarks import REPO_ROOT, sample_image
+from benchmarks import REPO_ROOT, finish, image_bytes
 from imgclf._generated.imgclf.v1 import image_classifier_pb2 as pb
 from imgclf._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
 from imgclf.client import open_channel
 from imgclf.client.bench.launcher import ServerProcess, start_server
-from imgclf.models.repository import versions
+from imgclf.repolayout import versions
 
 TIMEOUT_S = 30.0
 
@@ -189,11 +189,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    image = (
-        sample_image(args.image)
-        if args.image in ("photo", "red")
-        else Path(args.image).read_bytes()
-    )
+    image = image_bytes(args.image)
     (newest, *_) = versions(args.model_repository / args.model)
     data = newest.path.read_bytes()
     failures: list[str] = []
@@ -229,10 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     stuck = sum("not served" in f for f in failures)
     print(f"trials      {args.trials}, stuck {stuck}, with any failure "
           f"{len({f.split(':')[0] for f in failures if f.startswith('trial')})}")  # fmt: skip
-    for failure in failures:
-        print(f"FAILED: {failure}")
-    print("poll_copy passed" if not failures else "poll_copy FAILED")
-    return 1 if failures else 0
+    return finish("poll_copy", failures)
 
 
 if __name__ == "__main__":

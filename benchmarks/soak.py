@@ -21,9 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import shlex
-import struct
 import sys
 import time
 from collections import Counter
@@ -31,26 +28,26 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import grpc
 import numpy as np
 
 from benchmarks import (
-    REPO_ROOT,
     Outcome,
-    Target,
+    add_server_arguments,
     channels,
     classify,
-    metric_total,
+    finish,
+    image_bytes,
     percentiles_ms,
     rss_bytes,
-    sample_image,
-    scrape,
-    started_server,
+    timed,
 )
 from imgclf._generated.imgclf.v1 import image_classifier_pb2 as pb
 from imgclf._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
 from imgclf._generated.inference import grpc_service_pb2 as oip_pb
 from imgclf._generated.inference import grpc_service_pb2_grpc as oip_grpc
+from imgclf.bytestensor import LENGTH, serialize_bytes_elements
+from imgclf.client.bench.launcher import Target, server_or_target
+from imgclf.client.bench.scrape import fetch, total
 
 MIB = 1024 * 1024
 
@@ -84,24 +81,23 @@ class SoakReport:
 def oip_request(model: str, image: bytes) -> oip_pb.ModelInferRequest:
     request = oip_pb.ModelInferRequest(model_name=model)
     request.inputs.add(name="image", datatype="BYTES", shape=[1, 1])
-    request.raw_input_contents.append(struct.pack("<I", len(image)) + image)
+    request.raw_input_contents.append(serialize_bytes_elements([image]))
     out = request.outputs.add(name="probabilities")
     out.parameters["classification"].int64_param = 1
     return request
 
 
+def classification_label(reply: oip_pb.ModelInferResponse) -> str:
+    """The label of the first "score:index:label" element of a classification output."""
+    raw = reply.raw_output_contents[0]
+    (size,) = LENGTH.unpack_from(raw, 0)
+    return raw[LENGTH.size : LENGTH.size + size].decode().split(":", 2)[2]
+
+
 async def infer(
     stub: oip_grpc.GRPCInferenceServiceStub, request: oip_pb.ModelInferRequest, timeout: float
 ) -> Outcome:
-    started = time.monotonic()
-    try:
-        reply = await stub.ModelInfer(request, timeout=timeout)
-    except grpc.aio.AioRpcError as exc:
-        return Outcome(exc.code().name, time.monotonic() - started, message=exc.details() or "")
-    raw = reply.raw_output_contents[0]
-    (size,) = struct.unpack_from("<I", raw, 0)
-    label = raw[4 : 4 + size].decode().split(":", 2)[2]
-    return Outcome("OK", time.monotonic() - started, label=label)
+    return await timed(stub.ModelInfer(request, timeout=timeout), classification_label)
 
 
 class MemoryProbe:
@@ -114,8 +110,8 @@ class MemoryProbe:
         if self.target.pid is not None:
             return rss_bytes(self.target.pid) / MIB
         if self.target.metrics_url:
-            samples = scrape(self.target.metrics_url)
-            return metric_total(samples, "process_resident_memory_bytes") / MIB
+            samples = fetch(self.target.metrics_url)
+            return total(samples, "process_resident_memory_bytes") / MIB
         raise SystemExit("memory: give --pid or --metrics-url with --target")
 
 
@@ -204,13 +200,13 @@ async def soak(
             await c.close()
     elapsed = time.monotonic() - measuring
     samples.append((round(elapsed, 1), round(probe.mib(), 1)))
-    total = sum(outcomes.values())
+    requests = sum(outcomes.values())
     report = SoakReport(
         target.address,
         model,
         round(elapsed, 1),
-        total,
-        round(total / elapsed, 1),
+        requests,
+        round(requests / elapsed, 1),
         dict(outcomes),
         dict(errors),
         percentiles_ms(latencies),
@@ -230,7 +226,7 @@ async def soak(
             f"resident memory grew {report.rss_growth_pct}% ({rss[0]:.1f} -> {rss[-1]:.1f} MiB), "
             f"over the bound of {max_rss_growth_pct}%"
         )
-    if total == 0:
+    if requests == 0:
         report.failures.append("no request completed")
     return report
 
@@ -251,11 +247,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.soak", description=__doc__.split("\n\n")[0]
     )
-    p.add_argument("--target", help="HOST:PORT of a running server (default: start one)")
+    add_server_arguments(p)
     p.add_argument("--pid", type=int, help="its process id, for /proc/<pid>/status")
     p.add_argument("--metrics-url", default="", help="its /metrics URL (memory without --pid)")
-    p.add_argument("--model-repository", type=Path, default=REPO_ROOT / "models")
-    p.add_argument("--server-args", default="", help="extra `imgclf serve` flags")
     p.add_argument("--model", default="efficientnet_lite0")
     p.add_argument("--image", default="photo", help="a file to send, or 'photo' / 'red' (built in)")
     p.add_argument("--duration", type=float, default=60.0, help="seconds measured")
@@ -271,14 +265,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    image = (
-        sample_image(args.image)
-        if args.image in ("photo", "red")
-        else Path(args.image).read_bytes()
-    )
-
-    def go(target: Target) -> SoakReport:
-        return asyncio.run(
+    image = image_bytes(args.image)
+    with server_or_target(
+        args.target, args.model_repository, args.server_args, args.metrics_url, args.pid, print
+    ) as target:
+        report = asyncio.run(
             soak(
                 target,
                 args.model,
@@ -292,20 +283,8 @@ def main(argv: list[str] | None = None) -> int:
                 max_rss_growth_pct=args.max_rss_growth,
             )
         )
-
-    if args.target:
-        report = go(Target(args.target, args.metrics_url, args.pid))
-    else:
-        print(f"starting imgclf serve on {args.model_repository} {args.server_args}".rstrip())
-        with started_server(args.model_repository, *shlex.split(args.server_args)) as target:
-            report = go(target)
     print_report(report)
-    if args.json:
-        args.json.write_text(json.dumps(asdict(report), indent=2))
-    for failure in report.failures:
-        print(f"FAILED: {failure}")
-    print("soak passed" if report.ok else "soak FAILED")
-    return 0 if report.ok else 1
+    return finish("soak", report.failures, asdict(report), args.json)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from imgclf.budget import MemoryBudget
 from imgclf.errors import DeadlineExceeded, ImgclfError, InvalidInput, ModelNotReady
 from imgclf.imaging import normalize, pixels_from_bytes, preprocess_bytes
 from imgclf.metrics.prometheus import Metrics, ModelSeries
@@ -117,6 +118,8 @@ class Core:
         self.settings = settings
         self.metrics = metrics
         self.manager = manager
+        self.memory = MemoryBudget(settings.memory_budget_bytes)
+        """Bytes in flight: request messages (service/grpc/budget.py) and decodes."""
         self._preprocess_pool = ThreadPoolExecutor(
             max_workers=settings.preprocess_workers,
             thread_name_prefix="preprocess",
@@ -358,7 +361,8 @@ class Core:
             )
         else:
             assert image.encoded is not None
-            args = (image.encoded, spec, self.settings.max_pixels, self.settings.jpeg_draft)
+            s = self.settings
+            args = (image.encoded, spec, s.max_pixels, s.jpeg_draft, self.memory)
             # Always off the event loop: even a few hundred bytes may declare millions of pixels.
             convert = pixels_from_bytes if model.metadata.pixel_input else preprocess_bytes
             if model.decodes_in_workers:  # by the worker that runs it (imgclf.runtime.batcher)

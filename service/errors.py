@@ -69,6 +69,13 @@ class QueueFull(ImgclfError):
         self.retry_after_ms = retry_after_ms
 
 
+class MemoryExhausted(ImgclfError):
+    """The server's memory budget cannot hold this request now; the client should retry."""
+
+    code = "RESOURCE_EXHAUSTED"
+    reason = "memory_budget"
+
+
 class DeadlineExceeded(ImgclfError):
     """The request's deadline passed before it could be served."""
 

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
+from imgclf.budget import MemoryBudget
 from imgclf.errors import InvalidInput
 
 INTERPOLATIONS: dict[str, Image.Resampling] = {
@@ -62,13 +64,75 @@ class Preprocessing:
             )
 
 
+DECODE_BYTES_PER_PIXEL = 8
+"""The decode memory budget per image: at most this many bytes per pixel (the pixels as
+Pillow stores the decoded mode, at most 4, plus the 8-bit L or RGB image they become, at most
+4), plus the strips of the 8-bit conversion and the decoder's state, reserved from the
+header before decoding (see decode_cost). With the default --max-pixels of 40 M, one image
+may take at most about 350 MB while it is decoded."""
+DECODE_OVERHEAD_BYTES = 1024 * 1024
+"""Per decode, beside the pixels and the strips: the decoder's own state."""
+
+_STORED_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+"""Bytes per pixel of a decoded Pillow image by mode; every other mode takes 4."""
+
+_GREY_MODES = ("1", "L", "LA", "La", "I", "F", "I;16", "I;16L", "I;16B", "I;16N")
+"""Modes that become 8-bit grey (L), resized as such and made RGB last (the same bits as
+converting first: every band is resized alike)."""
+
+_ORIENTATIONS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+_STRIP_ROWS = 256
+"""Rows converted at a time from 16/32-bit grey to 8 bits (bounds the temporary arrays)."""
+_STRIP_BYTES_PER_PIXEL = 16
+"""Temporaries per pixel of a strip: the cropped rows, their array, float64 for 32-bit grey."""
+
+_TO_8BIT_16 = ((np.arange(65536, dtype=np.uint64) * 255 + 32767) // 65535).astype(np.uint8)
+"""16-bit -> 8-bit grey, rounded: the same bits as floor(v / 65535 * 255 + 0.5)."""
+
+
+def decode_cost(mode: str, width: int, height: int) -> int:
+    """Bytes one image of this mode and size takes while it is decoded and made 8-bit:
+    its pixels as stored plus the L (grey modes) or RGB image they become (Pillow keeps RGB
+    at 4 bytes per pixel), the strips of the conversion and DECODE_OVERHEAD_BYTES. At most
+    DECODE_BYTES_PER_PIXEL per pixel beside the strips and the overhead."""
+    out = 1 if mode in _GREY_MODES else 4
+    strips = _STRIP_ROWS * width * _STRIP_BYTES_PER_PIXEL
+    return width * height * (_STORED_BYTES.get(mode, 4) + out) + strips + DECODE_OVERHEAD_BYTES
+
+
 def decode_image(
-    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_shorter_side: int = 0
+    data: bytes,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_shorter_side: int = 0,
+    hold: Callable[[int], None] | None = None,
 ) -> Image.Image:
-    """Decode encoded image bytes (JPEG, PNG, WebP, BMP, GIF, ...) to an upright RGB image.
+    """Decode encoded image bytes (JPEG, PNG, WebP, BMP, GIF, ...) to an upright RGB image
+    (see decode_8bit)."""
+    return to_rgb(decode_8bit(data, max_pixels, min_shorter_side, hold))
+
+
+def decode_8bit(
+    data: bytes,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_shorter_side: int = 0,
+    hold: Callable[[int], None] | None = None,
+) -> Image.Image:
+    """Decode encoded image bytes to an upright 8-bit image: L for grey modes (16-bit, 32-bit,
+    float, bilevel, grey with alpha), RGB for every other.
 
     Raises InvalidInput for anything that is not a complete, decodable image within the pixel
-    limit. The pixel limit is checked from the header, before the pixels are decoded.
+    limit. The pixel limit is checked from the header, before the pixels are decoded; so is
+    the memory the decode takes: `hold(decode_cost(...))` is called first, and may refuse by
+    raising (the caller releases what it held once it is done with the image).
     With `min_shorter_side`, a JPEG at least twice that size is decoded in the DCT domain at
     1/2, 1/4 or 1/8 scale, never below it (draft mode): a 12-MP photo bound for a 256-pixel
     resize decodes at 1/8 of the work.
@@ -89,7 +153,6 @@ def decode_image(
             if shorter >= 2 * min_shorter_side:
                 scale = min_shorter_side / shorter
                 img.draft(None, (math.ceil(width * scale), math.ceil(height * scale)))
-        img.load()
     except InvalidInput:
         raise
     except UnidentifiedImageError:
@@ -103,30 +166,71 @@ def decode_image(
         raise InvalidInput(
             f"image could not be decoded: {exc}", reason="undecodable_image"
         ) from None
-    return to_rgb(upright(img))
+    if hold is not None:
+        hold(decode_cost(img.mode, *img.size))
+    try:
+        img.load()
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise InvalidInput(
+            f"image could not be decoded: {exc}", reason="undecodable_image"
+        ) from None
+    turn = _orientation(img)
+    img = to_8bit(img)
+    return img.transpose(turn) if turn is not None else img
+
+
+def _orientation(img: Image.Image) -> Image.Transpose | None:
+    """The transposition the EXIF orientation asks for; a corrupt EXIF block: none."""
+    try:
+        return _ORIENTATIONS.get(img.getexif().get(0x0112, 1))
+    except MemoryError:
+        raise
+    except Exception:
+        return None
 
 
 def upright(img: Image.Image) -> Image.Image:
     """Apply the EXIF orientation; a corrupt EXIF block leaves the image as stored."""
-    try:
-        return ImageOps.exif_transpose(img)
-    except MemoryError:
-        raise
-    except Exception:
+    turn = _orientation(img)
+    return img.transpose(turn) if turn is not None else img
+
+
+def to_8bit(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8 bits per channel: L for grey modes (alpha dropped), RGB otherwise.
+
+    16-bit grey is scaled by 255/65535 and rounded; 32-bit integer grey the same when any
+    value is above 255 (else taken as is); float grey is clipped and rounded by Pillow. The
+    conversion runs in strips of rows, never through a full-size wider array."""
+    mode = img.mode
+    if mode in ("RGB", "L"):
         return img
+    if mode in ("LA", "La", "1", "F"):
+        return img.convert("L")
+    if mode.startswith("I"):
+        if mode == "I":
+            low, high = img.getextrema()
+            if low >= 0 and high <= 255:  # type: ignore[operator]
+                return img.convert("L")
+            peak = 65535.0 if high > 255 else 255.0  # type: ignore[operator]
+        else:
+            peak = 0.0
+        out = np.empty((img.height, img.width), dtype=np.uint8)
+        for top in range(0, img.height, _STRIP_ROWS):
+            strip = np.asarray(img.crop((0, top, img.width, min(img.height, top + _STRIP_ROWS))))
+            if peak:
+                out[top : top + len(strip)] = np.clip(strip / peak * 255.0 + 0.5, 0, 255)
+            else:
+                out[top : top + len(strip)] = _TO_8BIT_16[strip]
+        return Image.fromarray(out)
+    return img.convert("RGB")
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """Convert any PIL mode (L, LA, P, RGBA, CMYK, I;16, ...) to RGB; alpha is dropped."""
-    if img.mode == "RGB":
-        return img
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        peak = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        img = Image.fromarray(np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-    elif img.mode in ("P", "PA"):
-        img = img.convert("RGBA")
-    return img.convert("RGB")
+    img = to_8bit(img)
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def resized_size(width: int, height: int, shorter: int) -> tuple[int, int]:
@@ -177,17 +281,34 @@ def pixels_from_bytes(
     spec: Preprocessing,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     jpeg_draft: bool = False,
+    budget: MemoryBudget | None = None,
 ) -> np.ndarray:
     """Encoded image bytes -> uint8 HWC RGB pixels, resized and center-cropped to the input
     size: the eval preset up to, not including, the normalisation (which a uint8 model does
     in its graph).
 
-    `jpeg_draft` lets large JPEGs decode at a reduced scale that still covers DRAFT_MARGIN
-    times the resize (see decode_image); results then differ slightly from a full decode (not
-    the same bits)."""
+    Grey images are resized as 8-bit grey and made RGB after the crop (the same bits, a third
+    of the memory). `jpeg_draft` lets large JPEGs decode at a reduced scale that still covers
+    DRAFT_MARGIN times the resize (see decode_8bit); results then differ slightly from a full
+    decode (not the same bits). With a `budget`, the decode's memory (decode_cost, from the
+    header) is reserved from it before decoding, or refused (MemoryExhausted), and held until
+    the image is cropped."""
     min_side = DRAFT_MARGIN * spec.resize_size if jpeg_draft else 0
-    img = decode_image(data, max_pixels=max_pixels, min_shorter_side=min_side)
-    return np.asarray(resize_and_crop(img, spec), dtype=np.uint8)
+    held = 0
+
+    def hold(nbytes: int) -> None:
+        nonlocal held
+        if budget is not None:
+            budget.reserve(nbytes, "decoding an image")
+            held = nbytes
+
+    try:
+        img = decode_8bit(data, max_pixels=max_pixels, min_shorter_side=min_side, hold=hold)
+        img = resize_and_crop(img, spec)
+    finally:
+        if held:  # Pillow's large image blocks are mapped and unmapped: no heap to trim
+            budget.release(held, trim=False)  # type: ignore[union-attr]
+    return np.asarray(img if img.mode == "RGB" else img.convert("RGB"), dtype=np.uint8)
 
 
 def preprocess_bytes(
@@ -195,6 +316,7 @@ def preprocess_bytes(
     spec: Preprocessing,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     jpeg_draft: bool = False,
+    budget: MemoryBudget | None = None,
 ) -> np.ndarray:
     """Encoded image bytes -> the float32 CHW tensor the model takes (see pixels_from_bytes)."""
-    return normalize(pixels_from_bytes(data, spec, max_pixels, jpeg_draft), spec)
+    return normalize(pixels_from_bytes(data, spec, max_pixels, jpeg_draft, budget), spec)

@@ -1,4 +1,4 @@
-"""Server lifecycle: load and warm up, serve gRPC + health + reflection + metrics, drain.
+"""Server lifecycle: load and warm up, serve gRPC + HTTP + health + reflection + metrics, drain.
 
 Start: models load and warm up first; only then does health report SERVING.
 Stop (SIGTERM/SIGINT): health NOT_SERVING, new requests refused with UNAVAILABLE, in-flight
@@ -20,12 +20,16 @@ from imgclf._generated.imgclf.v1 import image_classifier_pb2 as pb
 from imgclf._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
 from imgclf._generated.inference import grpc_service_pb2 as oip_pb
 from imgclf._generated.inference import grpc_service_pb2_grpc as oip_grpc
+from imgclf.budget import configure_allocator
 from imgclf.dataplane import Core
 from imgclf.grpc.auth import TokenAuthInterceptor, read_token, server_credentials
+from imgclf.grpc.budget import MessageBudgetInterceptor
 from imgclf.grpc.classifier import ImageClassifierServicer
 from imgclf.grpc.inference import InferenceServicer
+from imgclf.grpc.options import server_options
 from imgclf.grpc.protopool import reflection_pool
 from imgclf.grpc.streams import HealthServicer, StreamEnder
+from imgclf.http.app import HttpServer
 from imgclf.metrics.gpu import register_gpu_metrics
 from imgclf.metrics.prometheus import Metrics
 from imgclf.models.manager import ModelManager
@@ -39,38 +43,6 @@ SERVICE_NAMES = (
 )
 
 
-KEEPALIVE_TIME_MS = 60_000
-"""Ping every connection after this long without traffic, to find peers that vanished."""
-KEEPALIVE_TIMEOUT_MS = 20_000
-"""A connection whose ping is not answered within this is closed (its calls fail)."""
-MAX_CONNECTION_AGE_MS = 3_600_000
-"""A connection is asked to go away (GOAWAY) after an hour, so that clients reconnect and
-load balancers can spread them again; new calls go to a new connection..."""
-MAX_CONNECTION_AGE_GRACE_MS = 300_000
-"""...and calls still open on the old one get this long to finish."""
-
-
-def grpc_server_options(s: ServerSettings) -> list[tuple[str, int]]:
-    """The gRPC server's channel options (also used by `imgclf bench --floor`)."""
-    idle_ms = round(s.max_connection_idle_s * 1000)
-    return [
-        *([("grpc.max_connection_idle_ms", idle_ms)] if idle_ms else []),
-        ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
-        ("grpc.max_connection_age_grace_ms", MAX_CONNECTION_AGE_GRACE_MS),
-        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
-        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
-        ("grpc.http2.max_pings_without_data", 0),  # keep pinging idle long-lived streams
-        ("grpc.max_receive_message_length", s.max_message_bytes),
-        ("grpc.max_send_message_length", s.max_message_bytes),
-        ("grpc.so_reuseport", 0),
-        # gRPC core cancels calls the application has not picked up yet beyond these
-        # (defaults 1000/3000): a burst should queue and meet our own admission control
-        # (RESOURCE_EXHAUSTED with a retry hint), not vanish as CANCELLED.
-        ("grpc.server.max_pending_requests", 10_000),
-        ("grpc.server.max_pending_requests_hard_limit", 30_000),
-    ]
-
-
 class Server:
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
@@ -82,6 +54,8 @@ class Server:
         self.health = HealthServicer(self.streams)
         self.grpc_port = 0
         self.metrics_port = 0
+        self.http_port = 0
+        self._rest: HttpServer | None = None
         self._grpc: grpc.aio.Server | None = None
         self._http = None
         self._stopping = asyncio.Event()
@@ -106,21 +80,32 @@ class Server:
 
     async def start(self) -> None:
         s = self.settings
-        http, _thread = start_http_server(
-            s.metrics_port, addr=s.metrics_bind, registry=self.metrics.registry
-        )
+        try:
+            http, _thread = start_http_server(
+                s.metrics_port, addr=s.metrics_bind, registry=self.metrics.registry
+            )
+        except OSError as exc:
+            raise RuntimeError(
+                f"could not bind metrics on {s.metrics_bind}:{s.metrics_port} ({exc.strerror}); "
+                "pass another --metrics-port (0 picks a free one)"
+            ) from exc
         self._http = http
         self.metrics_port = http.server_port
-        options = grpc_server_options(s)
+        options = server_options(s)
         token = read_token(s.auth_token, s.auth_token_file)
-        interceptors = [TokenAuthInterceptor(token)] if token else []
+        # Authentication first: an unauthenticated call is refused before its message is read.
+        interceptors: list[grpc.aio.ServerInterceptor] = (
+            [TokenAuthInterceptor(token)] if token else []
+        )
+        interceptors.append(
+            MessageBudgetInterceptor(self.core.memory, s.message_limit, self.core.reject)
+        )
         self._grpc = grpc.aio.server(options=options, interceptors=interceptors)
         pb_grpc.add_ImageClassifierServicer_to_server(
             ImageClassifierServicer(self.core), self._grpc
         )
-        oip_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.core, self.streams), self._grpc
-        )
+        inference = InferenceServicer(self.core, self.streams)
+        oip_grpc.add_GRPCInferenceServiceServicer_to_server(inference, self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME),
@@ -134,15 +119,23 @@ class Server:
         else:
             self.grpc_port = self._grpc.add_insecure_port(address)
         if not self.grpc_port:
-            raise RuntimeError(f"could not bind gRPC on {s.host}:{s.grpc_port}")
+            raise RuntimeError(
+                f"could not bind gRPC on {s.host}:{s.grpc_port} (in use?); "
+                "pass another --grpc-port (0 picks a free one)"
+            )
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._grpc.start()
+        if s.http:  # same loop, same core; readiness answers 503 until the models are ready
+            self._rest = HttpServer(inference, self.metrics, token)
+            self.http_port = await self._rest.start()
         security = (
             "mutual TLS" if s.tls_client_ca_file else "TLS" if s.tls_cert_file else "plaintext"
         )
+        http = f"HTTP {s.http_bind}:{self.http_port}" if self._rest else "HTTP off"
         log.info(
-            "listening: gRPC %s:%d (%s%s), metrics http://%s:%d/metrics; loading models from %s",
-            s.host, self.grpc_port, security, ", bearer token required" if token else "",
+            "listening: gRPC %s:%d, %s (%s%s), metrics http://%s:%d/metrics; loading models "
+            "from %s",
+            s.host, self.grpc_port, http, security, ", bearer token required" if token else "",
             s.metrics_bind, self.metrics_port, s.model_repository,
         )  # fmt: skip
         await self.manager.start(s.load_model)
@@ -175,13 +168,18 @@ class Server:
         # Long-lived streams (health Watch, ModelStreamInfer) answer what they read and end,
         # or they would hold the stop below for the whole grace period.
         self.streams.end_all()
-        # gRPC refuses new calls from here on; every call already received runs to its end.
+        # gRPC and HTTP refuse new calls from here on; every call already received runs to
+        # its end.
+        stopping = []
         if self._grpc is not None:
-            await self._grpc.stop(s.grace_period_s)
+            stopping.append(self._grpc.stop(s.grace_period_s))
+        if self._rest is not None:
+            stopping.append(self._rest.stop())
         # The metrics server notices its shutdown within its 0.5 s poll: meanwhile, not after.
         http_down = (
             asyncio.ensure_future(asyncio.to_thread(self._http.shutdown)) if self._http else None
         )
+        await asyncio.gather(*stopping)
         await self.core.close()
         if http_down is not None:
             await http_down
@@ -190,6 +188,7 @@ class Server:
 
 async def serve(settings: ServerSettings) -> None:
     """Run the server until SIGTERM or SIGINT, then drain and return."""
+    configure_allocator()
     server = Server(settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -13,6 +13,7 @@ from typing import Any, Literal, get_args, get_origin
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from imgclf.budget import default_message_limit
 from imgclf.runtime.cpuquota import cpus
 
 
@@ -27,12 +28,21 @@ class ServerSettings(BaseSettings):
     """Address the gRPC server binds (0.0.0.0 for every interface)."""
     grpc_port: int = Field(8001, ge=0, le=65535)
     """gRPC port (0 picks a free one; the chosen port is logged)."""
+    http: bool = True
+    """Serve the Open Inference Protocol over HTTP/REST (and the plain /v1 image endpoint)."""
+    http_host: str | None = None
+    """Address the HTTP server binds (unset: the gRPC host)."""
+    http_port: int = Field(8000, ge=0, le=65535)
+    """HTTP/REST port (0 picks a free one; the chosen port is logged)."""
+    http_read_timeout_s: float = Field(30.0, gt=0)
+    """HTTP: longest time a request body may take to arrive (slower senders get 408)."""
     metrics_host: str | None = None
     """Address the metrics endpoint binds (unset: the gRPC host)."""
     metrics_port: int = Field(8002, ge=0, le=65535)
     """Port of the Prometheus /metrics endpoint (0 picks a free one)."""
     tls_cert_file: Path | None = None
-    """PEM certificate (chain) of the server; with its key file, the gRPC port speaks TLS."""
+    """PEM certificate (chain) of the server; with its key file, the gRPC and HTTP ports
+    speak TLS."""
     tls_key_file: Path | None = None
     """PEM private key of the server certificate."""
     tls_client_ca_file: Path | None = None
@@ -78,6 +88,10 @@ class ServerSettings(BaseSettings):
     """ONNX Runtime sessions per model, each running one batch at a time, the cores divided
     among them (0: auto, one single-threaded session per core on CPU, one session on a
     GPU)."""
+    share_weights: bool = True
+    """On CPU, every session of a model version takes one copy of its optimised weights and
+    allocates from one memory arena for the whole process, instead of each session holding
+    its own (the same outputs bit for bit; off: one copy per session, the former design)."""
     solo_session: bool = True
     """On CPU, one more session per model whose intra-op threads span every core; it runs a
     batch that is all the work there is (nothing else running or waiting), so a lone request
@@ -113,8 +127,13 @@ class ServerSettings(BaseSettings):
     twice the model's resize (much faster; not bit-identical to a full decode)."""
     max_pixels: int = Field(40_000_000, ge=1)
     """Largest image (width x height) accepted, checked before decoding."""
-    max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024)
-    """Largest gRPC message received or sent."""
+    memory_budget_bytes: int = Field(1024 * 1024 * 1024, ge=1024 * 1024)
+    """Memory that requests may hold in flight (messages being received and served, images
+    being decoded); beyond it, requests get RESOURCE_EXHAUSTED at once (SECURITY.md)."""
+    max_message_bytes: int = Field(0, ge=0)
+    """Largest gRPC message received or sent, and largest HTTP request body (0: the memory
+    budget / 64, so that 16 messages of the largest size fit in the budget at once, each held
+    up to four times)."""
     pre_drain_delay_s: float = Field(0.0, ge=0)
     """On SIGTERM/SIGINT: keep serving this long after readiness turns NOT_SERVING, so load
     balancers stop routing here first."""
@@ -141,6 +160,15 @@ class ServerSettings(BaseSettings):
     @property
     def preprocess_workers(self) -> int:
         return self.preprocess_threads or cpus()
+
+    @property
+    def http_bind(self) -> str:
+        return self.http_host or self.host
+
+    @property
+    def message_limit(self) -> int:
+        """The effective --max-message-bytes."""
+        return self.max_message_bytes or default_message_limit(self.memory_budget_bytes)
 
     @property
     def metrics_bind(self) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +15,32 @@ from tests.tiny_model import make_tiny_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_MODELS = REPO_ROOT / "models"
+REQUIRE_TOOLS = "IMGCLF_REQUIRE_TOOLS"
+"""Set to 1 (.ci/run does; so does CI=true), a test whose tool is absent fails instead of
+skipping."""
+
+
+def tools_required() -> bool:
+    ci = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+    return ci or os.environ.get(REQUIRE_TOOLS) == "1"
+
+
+def tool_missing(reason: str) -> None:
+    """Skip the calling test because a tool it needs is absent, saying which and why; when
+    tools are required (IMGCLF_REQUIRE_TOOLS=1 or CI=true), fail instead: CI installs every
+    tool, so there a skip would hide a test that never ran."""
+    if tools_required():
+        pytest.fail(f"{reason} ({REQUIRE_TOOLS}=1 or CI=true: required tools must be present)")
+    pytest.skip(f"{reason}; with {REQUIRE_TOOLS}=1 this fails instead")
+
+
+def require_executable(name: str, path: str | Path | None = None) -> str:
+    """The path of an executable (found on PATH, or at `path`), or tool_missing."""
+    found = str(path) if path is not None and Path(path).is_file() else shutil.which(name)
+    if found is None:
+        tool_missing(f"{name} is not installed")
+    assert found is not None
+    return found
 
 
 @pytest.fixture(scope="session")

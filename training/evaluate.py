@@ -27,13 +27,15 @@ import onnxruntime as ort
 from PIL import Image
 
 from imgclf.errors import InvalidInput
+from imgclf.helpformat import DefaultsHelpFormatter
 from imgclf.imaging import decode_image, preprocess_image, resize_and_crop, to_rgb
 from imgclf.modelmeta import ModelMetadata
-from imgclf.models.repository import CONFIG_FILE, read_json
+from imgclf.repolayout import CONFIG_FILE, read_json
 from imgclf.training.data.builtin import BUILTIN_DATASETS, load_builtin_split
 from imgclf.training.data.digits import DIGITS_SEED, DIGITS_VAL_FRACTION
 from imgclf.training.data.folders import find_classes, list_images, stratified_split
 from imgclf.training.report import EvalReport, evaluate_images, write_outputs
+from imgclf.usererror import UserError, run_main
 
 __all__ = [
     "EvalReport",
@@ -63,7 +65,12 @@ def resolve_model_path(target: str | Path) -> Path:
         (int(p.name) for p in path.glob("*") if p.name.isdigit() and (p / MODEL_FILE).is_file()),
     )
     if not versions:
-        raise FileNotFoundError(f"no {MODEL_FILE} at {path} or in a numbered version under it")
+        what = "no such file or folder" if not path.exists() else f"no {MODEL_FILE} in it"
+        raise UserError(
+            f"{path}: {what} (nor in a numbered version folder under it)",
+            "pass a model folder (models/NAME), a version folder (models/NAME/1) or a .onnx file"
+            "; `ls models` lists the repository",
+        )
     return path / str(versions[-1]) / MODEL_FILE
 
 
@@ -72,7 +79,14 @@ class OnnxClassifier:
 
     def __init__(self, path: str | Path, providers: Sequence[str] = ("CPUExecutionProvider",)):
         self.path = resolve_model_path(path)
-        self.session = ort.InferenceSession(str(self.path), providers=list(providers))
+        try:
+            self.session = ort.InferenceSession(str(self.path), providers=list(providers))
+        except Exception as exc:  # ONNX Runtime's InvalidProtobuf, Fail, ...
+            first = " ".join(str(exc).split())[:160]
+            raise UserError(
+                f"{self.path} is not an ONNX model ONNX Runtime can load ({first})",
+                "pass a model.onnx that `imgclf export` wrote, or its folder",
+            ) from exc
         props = dict(self.session.get_modelmeta().custom_metadata_map)
         sidecar = read_json(self.path.parent / CONFIG_FILE)
         # The uint8 variant (export --bake-preprocessing) takes resized, cropped NHWC pixels.
@@ -120,10 +134,15 @@ class ServerClassifier:
         self.client = Client(target, timeout=timeout)
         served = {m.name: m for m in self.client.list_models().models}
         if model and model not in served:
-            raise ValueError(f"{target} serves {sorted(served)}, not {model!r}")
+            raise UserError(
+                f"{target} serves no model {model!r}", f"it serves {', '.join(sorted(served))}"
+            )
         if not model:
             if len(served) != 1:
-                raise ValueError(f"{target} serves {sorted(served)}: name the model to evaluate")
+                raise UserError(
+                    f"{target} serves {len(served)} models: name the one to evaluate",
+                    f"it serves {', '.join(sorted(served))}",
+                )
             model = next(iter(served))
         self.model = model
         self._labels = list(served[model].labels)
@@ -191,6 +210,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         prog="imgclf evaluate",
         description="Accuracy, per-class report and confusion matrix of an ONNX model.",
         add_help=add_help,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument(
         "model",
@@ -215,7 +235,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None = None) -> int:
+    """The command; a failure raises (UserError for a known mistake)."""
     args = get_args_parser().parse_args(argv)
     if args.server:
         classifier: Any = ServerClassifier(args.server, args.model)
@@ -239,6 +260,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"accuracy {report.accuracy:.4f} is below --min-accuracy {args.min_accuracy}")
         return 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command as `imgclf evaluate` runs it: a failure is a line and an exit status."""
+    return run_main("imgclf evaluate", run, argv)
 
 
 if __name__ == "__main__":

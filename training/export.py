@@ -7,7 +7,8 @@ written only after every variant asked for passed:
    records it in the metadata);
 2. ``onnx.checker.check_model(full_check=True)`` and the signature: one input, one
    (batch, classes) output, a dynamic batch axis;
-3. parity against PyTorch on real validation images at batch sizes 1, 7 and 32 (imgclf.training.onnx.parity).
+3. parity against PyTorch on real validation images at batch sizes 1, 7 and 32
+   (imgclf.training.onnx.parity).
 
 Variants: ``--softmax`` bakes the softmax in (metadata ``output: probabilities``); ``--fp16``
 also writes ``<name>_fp16`` (float16 weights and input; the server casts float32 batches);
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from imgclf.helpformat import DefaultsHelpFormatter
 from imgclf.modelmeta import ModelMetadata
 from imgclf.training.data.builtin import BUILTIN_DATASETS
 from imgclf.training.data.datasets import load_image, load_split
@@ -41,8 +43,8 @@ from imgclf.training.export_int8 import (
     staging_dir,
 )
 from imgclf.training.loop.checkpoint import export_state, load_checkpoint
-from imgclf.training.onnx.graphs import EXPORTERS, FP16, FP32, UINT8
-from imgclf.training.onnx.parity import PARITY_ATOL, PARITY_RTOL, ExportError, ParityError
+from imgclf.training.onnx.graphs import EXPORTERS, FP16, FP32, UINT8, ExportError
+from imgclf.training.onnx.parity import PARITY_ATOL, PARITY_RTOL, ParityError
 from imgclf.training.onnx.variants import (
     DEFAULT_BATCH_SIZES,
     MODEL_FILE,
@@ -51,6 +53,7 @@ from imgclf.training.onnx.variants import (
     export_model,
     export_variants,
 )
+from imgclf.usererror import UserError, run_main
 
 __all__ = [
     "ExportError",
@@ -121,6 +124,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         prog="imgclf export",
         description="Export a training checkpoint to the model repository as ONNX.",
         add_help=add_help,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("checkpoint", type=Path, help="checkpoint.pth or best.pth of a run")
     parser.add_argument("--name", required=True, help="model name in the repository")
@@ -191,8 +195,8 @@ def export_checkpoint(args: argparse.Namespace) -> list[ExportResult]:
         raise FileExistsError(f"{final_dir / 'model.int8.onnx'} exists (use --force)")
     for out_dir in out_dirs.values():
         if (out_dir / MODEL_FILE).exists() and not args.force:
-            raise FileExistsError(
-                f"{out_dir / MODEL_FILE} exists (use --force or another --version)"
+            raise UserError(
+                f"{out_dir / MODEL_FILE} exists", "pass --force to overwrite it, or --version N"
             )
     if int8:  # the float model waits in a hidden folder until its INT8 variant passed
         out_dirs[FP32] = staging_dir(args.model_repository, args.name, version)
@@ -222,14 +226,21 @@ def export_checkpoint(args: argparse.Namespace) -> list[ExportResult]:
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None = None) -> int:
+    """The command; a failure raises (UserError for a known mistake)."""
     args = get_args_parser().parse_args(argv)
     try:
         export_checkpoint(args)
-    except (ExportError, FileExistsError, ValueError) as exc:
-        print(f"export failed: {exc}")
-        return 1
+    except (ExportError, ValueError) as exc:
+        raise UserError(
+            f"export failed: {exc}", "nothing was written; --debug shows where"
+        ) from exc
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command as `imgclf export` runs it: a failure is a line and an exit status."""
+    return run_main("imgclf export", run, argv)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """``imgclf models``: the architectures ``imgclf train --model`` takes, with their inputs and
 pretrained weights (and whether those are already in the local cache).
 
-    imgclf models                        # digits_cnn and every torchvision classifier
+    imgclf models                        # digits_cnn, every torchvision and every timm classifier
     imgclf models --filter efficientnet  # names containing a string
-    imgclf models --timm 'convnext*'     # timm models matching a pattern
+    imgclf models --timm 'convnext*'     # only the timm models matching a pattern
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from imgclf.helpformat import DefaultsHelpFormatter
 from imgclf.training.models.architectures import DIGITS_CNN, model_defaults, torchvision_names
+from imgclf.usererror import run_main
 
 
 def _torchvision_weights(name: str) -> list[dict[str, Any]]:
@@ -35,13 +37,18 @@ def _torchvision_weights(name: str) -> list[dict[str, Any]]:
 
 
 def list_models(filter_text: str = "", timm_pattern: str | None = None) -> list[dict[str, Any]]:
-    """One row per model: name, family, default input, weights."""
-    rows: list[dict[str, Any]] = []
-    names = [(DIGITS_CNN, "ours")] + [(n, "torchvision") for n in torchvision_names()]
-    if timm_pattern is not None:
-        import timm
+    """One row per model: name, family, default input, weights. Every family by default;
+    with `timm_pattern`, only the timm models matching it."""
+    import timm
 
-        names += [(f"timm:{n}", "timm") for n in timm.list_models(timm_pattern or "*")]
+    rows: list[dict[str, Any]] = []
+    names: list[tuple[str, str]] = []
+    if timm_pattern is None:
+        names += [(DIGITS_CNN, "ours")] + [(n, "torchvision") for n in torchvision_names()]
+    names += [(f"timm:{n}", "timm") for n in timm.list_models(timm_pattern or "*")]
+    tags: dict[str, list[str]] = {}
+    for tagged in timm.list_pretrained():
+        tags.setdefault(tagged.split(".")[0], []).append(tagged)
     for name, family in names:
         if filter_text and filter_text.lower() not in name.lower():
             continue
@@ -55,12 +62,10 @@ def list_models(filter_text: str = "", timm_pattern: str | None = None) -> list[
         if family == "torchvision":
             row["weights"] = _torchvision_weights(name)
         elif family == "timm":
-            import timm
-
             from imgclf.training.models.weights import PACKAGE_WEIGHTS
 
-            tags = timm.list_pretrained(f"{name.removeprefix('timm:')}.*")
-            row["weights"] = [{"name": "pretrained", "tags": tags}] if tags else []
+            found = tags.get(name.removeprefix("timm:"), [])
+            row["weights"] = [{"name": "pretrained", "tags": found}] if found else []
             row["weights"] += [
                 {"name": package, "package": True}
                 for package, (arch, _) in PACKAGE_WEIGHTS.items()
@@ -92,6 +97,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         prog="imgclf models",
         description="List the architectures `imgclf train --model` takes.",
         add_help=add_help,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("--filter", default="", help="only names containing this text")
     parser.add_argument(
@@ -99,13 +105,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         nargs="?",
         const="*",
         metavar="PATTERN",
-        help="also list timm models matching PATTERN (all of them without one)",
+        help="list only the timm models matching PATTERN (e.g. 'convnext*')",
     )
     parser.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None = None) -> int:
+    """The command; a failure raises."""
     args = get_args_parser().parse_args(argv)
     rows = list_models(args.filter, args.timm)
     if args.json:
@@ -115,12 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'model':<{width}}  {'family':<11}  {'input':>5}  weights (--weights)")
     for r in rows:
         print(f"{r['name']:<{width}}  {r['family']:<11}  {r['input_size']:>5}  {_weights_text(r)}")
-    if args.timm is None:
-        import timm
-
-        print(f"\nplus {len(timm.list_models())} timm models: imgclf models --timm 'PATTERN'")
     print(f"\n{len(rows)} models; imgclf train --model NAME [--weights W]")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command as `imgclf models` runs it: a failure is a line and an exit status."""
+    return run_main("imgclf models", run, argv)
 
 
 if __name__ == "__main__":

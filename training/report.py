@@ -9,11 +9,13 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
 from sklearn.metrics import precision_recall_fscore_support
+
+from imgclf.usererror import UserError
 
 
 class Classifier(Protocol):
@@ -29,7 +31,8 @@ class Classifier(Protocol):
 class EvalReport:
     num_images: int
     accuracy: float
-    top5_accuracy: float
+    top5_accuracy: float | None
+    """None when the model has 5 classes or fewer (top-5 would be 1.0 by construction)."""
     class_names: list[str]
     """The evaluated classes (rows of the confusion matrix)."""
     precision: list[float]
@@ -42,9 +45,9 @@ class EvalReport:
 
     def format(self) -> str:
         width = max(12, *(len(n) for n in self.class_names))
+        top5 = "" if self.top5_accuracy is None else f"  top-5 accuracy {self.top5_accuracy:.4f}"
         lines = [
-            f"images {self.num_images}  accuracy {self.accuracy:.4f}  "
-            f"top-5 accuracy {self.top5_accuracy:.4f}",
+            f"images {self.num_images}  accuracy {self.accuracy:.4f}{top5}",
             f"{'class':<{width}}  precision  recall     f1  support",
         ]
         for i, name in enumerate(self.class_names):
@@ -70,7 +73,14 @@ def evaluate_images(
     model_index = {name: i for i, name in enumerate(classifier.labels)}
     unknown = [n for n in class_names if n not in model_index]
     if unknown:
-        raise ValueError(f"the model has no label for dataset classes {unknown}")
+        shown = ", ".join(unknown[:5]) + (
+            f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        )
+        known = ", ".join(classifier.labels[:8]) + (", ..." if len(classifier.labels) > 8 else "")
+        raise UserError(
+            f"the model has no label for the class folder(s) {shown} of the evaluation data",
+            f"evaluate on images of the classes it was trained on ({known})",
+        )
     truth = np.asarray([model_index[class_names[i]] for i in labels])
     probs = classifier.probabilities(images, batch_size)
     pred = probs.argmax(axis=1)
@@ -89,7 +99,9 @@ def evaluate_images(
     return EvalReport(
         num_images=len(truth),
         accuracy=float((pred == truth).mean()),
-        top5_accuracy=float((top5 == truth[:, None]).any(axis=1).mean()),
+        top5_accuracy=float((top5 == truth[:, None]).any(axis=1).mean())
+        if k == 5 < probs.shape[1]
+        else None,
         class_names=names,
         precision=[float(x) for x in precision],
         recall=[float(x) for x in recall],
@@ -126,14 +138,15 @@ def write_outputs(report: EvalReport, out_dir: Path, plot: bool = True) -> None:
         _plot_confusion(report, out_dir / "confusion_matrix.png")
 
 
-def _plot_confusion(report: EvalReport, path: Path) -> None:
+def confusion_figure(report: EvalReport) -> Any:
+    """The confusion matrix with a count in every cell (zeros included) under its title."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     n_rows, n_cols = report.confusion.shape
-    size = min(12.0, 2.0 + 0.45 * n_cols)
+    size = min(12.0, max(4.5, 2.0 + 0.45 * n_cols))  # room for the title at 2 classes
     fig, ax = plt.subplots(figsize=(size, size * n_rows / n_cols + 0.5), dpi=100)
     ax.imshow(report.confusion, cmap="Blues")
     ax.set_xticks(range(n_cols), report.confusion_columns, rotation=90)
@@ -143,10 +156,16 @@ def _plot_confusion(report: EvalReport, path: Path) -> None:
     if n_cols <= 30:
         peak = report.confusion.max()
         for (r, c), v in np.ndenumerate(report.confusion):
-            if v:
-                colour = "white" if v > peak / 2 else "black"
-                ax.text(c, r, str(v), ha="center", va="center", color=colour, fontsize=8)
-    ax.set_title(f"accuracy {report.accuracy:.4f} on {report.num_images} images")
+            colour = "white" if v > peak / 2 else "black"  # zero cells too: 0 is an answer
+            ax.text(c, r, str(v), ha="center", va="center", color=colour, fontsize=8)
+    ax.set_title(f"accuracy {report.accuracy:.4f} on {report.num_images} images", fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def _plot_confusion(report: EvalReport, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = confusion_figure(report)
     fig.savefig(path)
     plt.close(fig)

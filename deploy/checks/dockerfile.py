@@ -197,16 +197,17 @@ def check_serving_wheel(stages: dict[str, list[str]]) -> Iterator[str]:
             entry_points = next((n for n in names if n.endswith("entry_points.txt")), None)
             scripts = z.read(entry_points).decode() if entry_points else ""
         for needed in (
-            "service/cli.py",
-            "service/server.py",
-            "service/_generated/imgclf/v1/image_classifier_pb2.py",
+            "imgclf/cli.py",
+            "imgclf/server.py",
+            "imgclf/_generated/imgclf/v1/image_classifier_pb2.py",
         ):
             if needed not in names:
                 yield f"the serving wheel lacks {needed}"
         if "imgclf = imgclf.cli:main" not in scripts:
             yield "the serving wheel has no `imgclf` console script"
-        if any(n.startswith("training/") for n in names):
-            yield "the serving wheel carries training/ (the serve stage should not copy it)"
+        top_level = {n.split("/")[0] for n in names if ".dist-info/" not in n}
+        if top_level != {"imgclf"}:
+            yield f"the serving wheel installs {sorted(top_level)}, not only the import name imgclf"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,12 +4,14 @@
   and every resulting object validated against the Kubernetes OpenAPI schemas bundled by
   kubernetes-validate in strict mode (an unknown field fails), for the oldest Kubernetes the
   manifests support (1.27: native gRPC probes) and the newest bundled one.
-- Custom resources (ServiceMonitor, PrometheusRule, ServingRuntime, InferenceService) are
-  validated with jsonschema against deploy/k8s/schemas/*.json: the CRD fields we use, with
-  additionalProperties false everywhere, embedding the strict Kubernetes Container schema.
+- Custom resources (ServiceMonitor, PrometheusRule, ServingRuntime, InferenceService,
+  PyTorchJob) are validated with jsonschema against deploy/k8s/schemas/*.json: the CRD fields
+  we use, with additionalProperties false everywhere, embedding the strict Kubernetes Container
+  (or PodTemplateSpec) schema.
 - The prometheus-adapter values are validated against their schema, and cross-checks tie the
   pieces together: selectors and named ports, probe ports, the drain arithmetic, HPA metrics
-  served by adapter rules, PrometheusRule == deploy/prometheus/alerts.yml, KServe runtime/model.
+  served by adapter rules, PrometheusRule == deploy/prometheus/alerts.yml, KServe runtime/model,
+  the rendezvous wiring of the multi-node training jobs (deploy.checks.training_jobs).
 
     python -m deploy.checks.k8s [--write-prometheusrule]
 """
@@ -33,10 +35,19 @@ from kubernetes_validate.utils import ValidationError as K8sValidationError
 
 from deploy.checks.common import DEPLOY, CheckError, load_yaml, rel, report
 from deploy.checks.kustomize import RenderError, Resource, containers, files_of, render
+from deploy.checks.training_jobs import check_training
 
 K8S = DEPLOY / "k8s"
 SCHEMAS = K8S / "schemas"
-KUSTOMIZATIONS = ("base", "overlays/gpu", "kserve", "training")
+KUSTOMIZATIONS = (
+    "base",
+    "overlays/gpu",
+    "kserve",
+    "training",
+    "training/pytorchjob",
+    "training/pytorchjob-gpu",
+    "training/indexed-job",
+)
 K8S_VERSIONS = ("1.27.0", kubernetes_validate.utils.latest_version())
 ADAPTER_VALUES = K8S / "prometheus-adapter" / "values.yaml"
 ALERTS = DEPLOY / "prometheus" / "alerts.yml"
@@ -46,6 +57,7 @@ CRD_SCHEMAS = {
     ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule.json",
     ("serving.kserve.io/v1alpha1", "ServingRuntime"): "servingruntime.json",
     ("serving.kserve.io/v1beta1", "InferenceService"): "inferenceservice.json",
+    ("kubeflow.org/v1", "PyTorchJob"): "pytorchjob.json",
 }
 DRAIN_MARGIN_S = 1
 
@@ -142,6 +154,9 @@ def check_serving(resources: list[Resource], where: str) -> Iterator[str]:
     metrics_port = int(env.get("IMGCLF_METRICS_PORT", "8002"))
     if env.get("IMGCLF_HOST") != "0.0.0.0":
         yield f"{where}: IMGCLF_HOST must be 0.0.0.0 in a pod (the default binds 127.0.0.1 only)"
+    http_port = int(env.get("IMGCLF_HTTP_PORT", "8000"))
+    if ports.get("http") != http_port:
+        yield f"{where}: container port 'http' is {ports.get('http')}, IMGCLF_HTTP_PORT {http_port}"
     if ports.get("grpc") != grpc_port:
         yield f"{where}: container port 'grpc' is {ports.get('grpc')}, IMGCLF_GRPC_PORT {grpc_port}"
     if ports.get("http-metrics") != metrics_port:
@@ -239,6 +254,12 @@ def check_kserve(resources: list[Resource], where: str) -> Iterator[str]:
             h2c = [p for p in source.get("ports", []) if p.get("name") == "h2c"]
             if not h2c or h2c[0]["containerPort"] != port:
                 yield f"{where}: gRPC port must be named h2c and be --grpc-port {port}"
+        http_port = int(args.get("http-port", "8000"))
+        http1 = [p for p in container.get("ports", []) if p.get("name") == "http1"]
+        if "v2" in runtime["spec"].get("protocolVersions", []) and (
+            not http1 or http1[0]["containerPort"] != http_port
+        ):
+            yield f"{where}: the REST port must be named http1 and be --http-port {http_port}"
         if args.get("model-repository") != "/mnt/models":
             yield f"{where}: the runtime must serve KServe's /mnt/models"
 
@@ -326,6 +347,7 @@ def check_all(root: Path = K8S) -> tuple[list[str], list[str]]:
             problems += check_serving(resources, where)
         if _by_kind(resources, "InferenceService"):
             problems += check_kserve(resources, where)
+        problems += check_training(resources)
         checked.append(f"{where}: {len(resources)} objects")
     problems += check_adapter_values()
     problems += check_prometheusrule()

@@ -193,11 +193,15 @@ def apply_operation(doc: Any, op: dict[str, Any]) -> None:
 
 
 def containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """The containers (and init containers) of a workload, a ServingRuntime or a predictor."""
+    """The containers (and init containers) of a workload, a ServingRuntime, a predictor or a
+    PyTorchJob (kustomize sets images in any containers list)."""
     spec = doc.get("spec", {})
     pod = spec.get("template", {}).get("spec", {}) if "template" in spec else spec
     if doc.get("kind") == "CronJob":
         pod = spec.get("jobTemplate", {}).get("spec", {}).get("template", {}).get("spec", {})
+    if doc.get("kind") == "PyTorchJob":  # one pod template per replica type
+        pods = [r.get("template", {}).get("spec", {}) for r in spec["pytorchReplicaSpecs"].values()]
+        return [c for p in pods for c in (*p.get("containers", []), *p.get("initContainers", []))]
     return [*pod.get("containers", []), *pod.get("initContainers", [])]
 
 

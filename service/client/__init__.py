@@ -5,14 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import grpc
 import numpy as np
 
 from imgclf._generated.imgclf.v1 import image_classifier_pb2 as pb
 from imgclf._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
+from imgclf.client.channel import auth_metadata, open_channel
 
 DEFAULT_TARGET = "127.0.0.1:8001"
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 def encoded_image(data: bytes) -> pb.Image:
@@ -28,32 +27,6 @@ def tensor_image(tensor: np.ndarray) -> pb.Image:
     else:
         arr, dtype = np.ascontiguousarray(tensor, dtype="<f4"), pb.FLOAT32
     return pb.Image(tensor=pb.Tensor(shape=arr.shape, dtype=dtype, data=arr.tobytes()))
-
-
-def open_channel(
-    target: str,
-    tls_ca: Path | None = None,
-    tls_cert: Path | None = None,
-    tls_key: Path | None = None,
-) -> grpc.Channel:
-    """A channel to the server: TLS when a CA (or a client certificate) is given, with the
-    client certificate for mutual TLS; plaintext otherwise."""
-    options = [
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ]
-    if tls_ca is None and tls_cert is None:
-        return grpc.insecure_channel(target, options=options)
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=tls_ca.read_bytes() if tls_ca else None,
-        private_key=tls_key.read_bytes() if tls_key else None,
-        certificate_chain=tls_cert.read_bytes() if tls_cert else None,
-    )
-    return grpc.secure_channel(target, credentials, options=options)
-
-
-def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {token}"),) if token else ()
 
 
 class Client:

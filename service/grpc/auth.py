@@ -43,26 +43,21 @@ def server_credentials(
 
 
 def _denying(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
-    """A handler of the same shape as `handler` that refuses with UNAUTHENTICATED."""
+    """A handler that refuses with UNAUTHENTICATED before reading the request: served as a
+    request-streaming method (the same bytes on the wire) that never reads, so a refused
+    call's message is not received into memory, let alone parsed."""
 
-    async def deny(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def deny(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
-    async def deny_stream(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def deny_stream(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
         yield  # pragma: no cover - makes this an async generator
 
-    kwargs = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(deny, **kwargs)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(deny_stream, **kwargs)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(deny, **kwargs)
-    return grpc.stream_stream_rpc_method_handler(deny_stream, **kwargs)
+    serializer = handler.response_serializer
+    if handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(deny_stream, response_serializer=serializer)
+    return grpc.stream_unary_rpc_method_handler(deny, response_serializer=serializer)
 
 
 class TokenAuthInterceptor(grpc.aio.ServerInterceptor):

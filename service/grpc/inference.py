@@ -18,6 +18,7 @@ import numpy as np
 
 from imgclf._generated.inference import grpc_service_pb2 as pb
 from imgclf._generated.inference import grpc_service_pb2_grpc as pb_grpc
+from imgclf.bytestensor import serialize_bytes_elements
 from imgclf.dataplane import Core
 from imgclf.errors import ImgclfError, InvalidInput, Unsupported
 from imgclf.grpc import deadline_of
@@ -33,8 +34,8 @@ from imgclf.grpc.oip_tensors import (
     PROBABILITIES_OUTPUT,
     classification_strings,
     request_images,
-    serialize_bytes_elements,
 )
+from imgclf.grpc.shared_memory import SharedMemoryServicer
 from imgclf.grpc.streams import StreamEnder, bounded_reader
 from imgclf.models.loader import ServedModel
 
@@ -44,7 +45,8 @@ Ctx = grpc.aio.ServicerContext
 SERVER_NAME = "imgclf"
 EXTENSIONS = ("classification", "model_repository", "model_configuration", "statistics",
               "schedule_policy")  # fmt: skip
-IGNORED_PARAMETERS = {"sequence_id", "sequence_start", "sequence_end"}
+SEQUENCE_PARAMETERS = {"sequence_id", "sequence_start", "sequence_end"}
+"""Sequence batching parameters: accepted when unset (zero/false), refused otherwise."""
 STREAM_WINDOW = 16
 """ModelStreamInfer: requests read from one stream and not yet answered to its client."""
 
@@ -83,7 +85,9 @@ def _int_param(value: object, minimum: int, message: str) -> int:
 def request_policy(
     request: pb.ModelInferRequest, grpc_deadline: float | None
 ) -> tuple[float | None, int]:
-    """(deadline as a time.monotonic() instant, priority) from the request's parameters."""
+    """(deadline as a time.monotonic() instant, priority) from the request's parameters.
+    Other parameters are ignored, as Triton ignores those it does not know (clients send
+    their own, e.g. perf_analyzer's `triton_enable_empty_final_response`)."""
     deadline = grpc_deadline
     priority = 0
     for key, value in request.parameters.items():
@@ -95,23 +99,24 @@ def request_policy(
                 deadline = mine if deadline is None else min(deadline, mine)
         elif key == "priority":
             priority = _int_param(v, 0, "parameter 'priority' must be a non-negative integer")
-        elif key in IGNORED_PARAMETERS:
-            if v not in (0, False, None, ""):
-                raise Unsupported(f"parameter {key!r}: sequence batching is not supported")
-        else:
-            raise InvalidInput(
-                f"unknown parameter {key!r}; this server understands 'timeout' (µs) and 'priority'",
-                reason="unknown_parameter",
-            )
+        elif key in SEQUENCE_PARAMETERS and v not in (0, False, None, ""):
+            raise Unsupported(f"parameter {key!r}: sequence batching is not supported")
     return deadline, priority
 
 
-class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+class InferenceServicer(SharedMemoryServicer, pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, core: Core, streams: StreamEnder | None = None) -> None:
         self.core = core
         self.streams = streams or StreamEnder()
         self.manager = core.manager
         self.version = _server_version()
+
+    async def run(
+        self, request: pb.ModelInferRequest, deadline: float | None
+    ) -> pb.ModelInferResponse:
+        """One inference request, whatever carried it (the HTTP transport converts to and
+        from these messages); domain errors are raised, not mapped."""
+        return await self._infer(request, deadline)
 
     # ---- health and metadata ----------------------------------------------------------
 

@@ -50,10 +50,6 @@ def parse_bytes_elements(raw: bytes, limit: int | None = None) -> list[bytes]:
     return out
 
 
-def serialize_bytes_elements(elements: list[bytes]) -> bytes:
-    return b"".join(struct.pack("<I", len(e)) + e for e in elements)
-
-
 def decode_images(
     tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None, max_batch_size: int
 ) -> list[bytes]:

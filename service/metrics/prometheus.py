@@ -44,6 +44,10 @@ class Metrics:
             registry=r,
         )  # fmt: skip
         self.images = Counter("imgclf_images", "Images classified.", MV, registry=r)
+        self.http_requests = Counter(
+            "imgclf_http_requests", "HTTP requests by route template and HTTP status.",
+            ("route", "status"), registry=r,
+        )  # fmt: skip
         self.failures = Counter(
             "imgclf_request_failures",
             "Failed requests by reason (invalid_input, undecodable_image, queue_full, ...).",
@@ -122,6 +126,12 @@ class Metrics:
             "Time to load and warm up a model version.",
             MV, registry=r,
         )  # fmt: skip
+        self.model_memory = Gauge(
+            "imgclf_model_memory_bytes",
+            "Resident memory the process gained loading a model version (sessions, weights, "
+            "warm-up; loads take turns).",
+            MV, registry=r,
+        )  # fmt: skip
 
     def series(self, model: str, version: str) -> ModelSeries:
         """One model version's series, looked up once (a label lookup costs more than the
@@ -192,6 +202,10 @@ class ModelSeries:
     @property
     def queue_depth(self) -> Any:
         return self._child("queue_depth")
+
+    @property
+    def memory_bytes(self) -> Any:
+        return self._child("model_memory")
 
     @property
     def solo_batches(self) -> Any:

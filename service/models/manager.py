@@ -22,23 +22,17 @@ from dataclasses import dataclass
 from imgclf.errors import InvalidModelName, ModelControlError, ModelNotFound, ModelNotReady
 from imgclf.metrics.prometheus import Metrics
 from imgclf.models.loader import ServedModel, load_model
-from imgclf.models.repository import (
-    ModelConfig,
-    ModelEntry,
-    config_fingerprint,
-    model_dir,
-    read_model_config,
-    relative_to_root,
-    scan,
-)
-from imgclf.models.repository import versions as repo_versions
+from imgclf.models.passes import BadConfig, RepositoryPasses, current_fingerprint
+from imgclf.models.repository import ModelConfig, model_dir, relative_to_root
+from imgclf.models.rollout import Fingerprint, reroute, settled_versions, versions_to_load
+from imgclf.repolayout import ModelEntry
+from imgclf.repolayout import versions as repo_versions
 from imgclf.runtime.cores import Cores
 from imgclf.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
 STATES = ("LOADING", "READY", "UNAVAILABLE", "FAILED")
-Fingerprint = tuple[int, int, int]
 
 
 @dataclass
@@ -67,13 +61,7 @@ class ModelManager:
         """Models that should be serving (readiness is judged against these)."""
         self._failed: dict[tuple[str, int], Fingerprint] = {}
         """Versions that failed to load, with the fingerprint of the files that failed."""
-        self._seen: dict[str, dict[int, Fingerprint]] = {}
-        self._seen_config: dict[str, int] = {}
-        """What the previous pass saw on disk (poll mode loads only files seen unchanged)."""
-        self._refused: set[str] = set()
-        """Repository entries refused as model names (logged once each)."""
-        self._config_seen: dict[str, int] = {}
-        self._bad_config: dict[str, int] = {}
+        self._passes = RepositoryPasses(self.root)
         self._lock = asyncio.Lock()
         self._poller: asyncio.Task[None] | None = None
         self._retiring: set[asyncio.Task[None]] = set()
@@ -139,17 +127,9 @@ class ModelManager:
         ]
         known = set(self.status)
         with contextlib.suppress(FileNotFoundError):
-            rows += [(n, 0, "UNAVAILABLE", "not loaded") for n in self._model_names()
+            rows += [(n, 0, "UNAVAILABLE", "not loaded") for n in self._passes.model_names()
                      if n not in known]  # fmt: skip
         return sorted(rows)
-
-    def _model_names(self) -> list[str]:
-        """The repository's models; entries refused as names are logged (once each)."""
-        names, refused = scan(self.root)
-        for entry in sorted(set(refused) - self._refused):
-            log.warning("repository entry %r ignored: %s", entry, refused[entry])
-        self._refused = set(refused)
-        return names
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -159,9 +139,9 @@ class ModelManager:
         In explicit mode only the `load` names are loaded ("*" for every model)."""
         load = load or []
         if self.mode == "explicit":
-            names = self._model_names() if "*" in load else list(load)
+            names = self._passes.model_names() if "*" in load else list(load)
         else:
-            names = self._model_names()
+            names = self._passes.model_names()
         for name in names:
             try:
                 await self.load(name, _control=True)
@@ -267,6 +247,8 @@ class ModelManager:
                 self.metrics.model_info.remove(
                     model.name, str(model.version), model.engine.info.provider, model.precision
                 )
+            with contextlib.suppress(KeyError):
+                self.metrics.model_memory.remove(model.name, str(model.version))
         log.info("model %s version %s leaves service: %s", model.name, model.version, why)
         task = asyncio.get_running_loop().create_task(model.retire())
         self._retiring.add(task)
@@ -290,7 +272,7 @@ class ModelManager:
             log.error("model %s version %s failed to load: %s", name, entry.version, reason)
             self._set_status(name, entry.version, "FAILED", self._public(reason))
             self.metrics.load_failures.labels(model=name).inc()
-            if _fingerprint(entry) == before:
+            if current_fingerprint(entry) == before:
                 self._failed[(name, entry.version)] = before
             return None
         model.start()
@@ -310,19 +292,10 @@ class ModelManager:
         not loaded yet (it may still be being copied in): it counts once two passes in a row
         saw the same files. A serving version whose folder is gone leaves service (after a
         replacement the policy allows has loaded, if any); a version gone from disk and out
-        of service leaves the index and `imgclf_model_state`."""
+        of service leaves the index and `imgclf_model_state` (imgclf.models.rollout)."""
         self.metrics.load_failures.labels(model=name)  # the series exists (at 0) from the start
-        try:
-            folder = model_dir(self.root, name)
-        except InvalidModelName:  # now links outside the repository: as good as gone
-            folder = None
-        entries: dict[int, tuple[ModelEntry, Fingerprint]] = {}
-        for e in repo_versions(folder) if folder is not None else []:
-            fingerprint = _fingerprint(e)
-            if fingerprint is not None:  # gone meanwhile: absent
-                entries[e.version] = (e, fingerprint)
+        folder, entries, seen = self._passes.versions(name)
         on_disk = {v: fp for v, (_, fp) in entries.items()}
-        seen, self._seen[name] = self._seen.get(name, {}), on_disk
         serving = self._serving.get(name, {})
         if not entries:
             for version in list(serving):
@@ -331,59 +304,31 @@ class ModelManager:
             self._changed()
             return
         assert folder is not None
-        config_print = config_fingerprint(folder)
-        seen_config, self._seen_config[name] = self._seen_config.get(name), config_print
-        if settle and seen_config is not None and seen_config != config_print:
-            return  # config.json is changing: wait for a pass that sees it unchanged
-        if self._bad_config.get(name) == config_print:
-            return  # the same bad config.json failed before: wait for a change
         try:
-            config = read_model_config(folder)
-        except Exception as exc:
-            self._bad_config[name] = config_print
-            reason = f"bad {folder / 'config.json'}: {exc}"
-            log.error("model %s: %s", name, reason)
-            newest = max(entries)
-            if newest not in serving:
-                self._set_status(name, newest, "FAILED", self._public(reason))
+            read = self._passes.config(name, folder, settle)
+        except BadConfig as exc:
+            log.error("model %s: %s", name, exc)
+            if max(entries) not in serving:
+                self._set_status(name, max(entries), "FAILED", self._public(str(exc)))
             self.metrics.load_failures.labels(model=name).inc()
             return
-        self._bad_config.pop(name, None)
-        config_changed = self._config_seen.get(name) != config_print
-        self._config_seen[name] = config_print
-        settled = {v for v, fp in on_disk.items() if not settle or seen.get(v) == fp}
+        if read is None:
+            return
+        config, config_changed = read
+        settled = settled_versions(on_disk, seen, settle)
         # A version still being written is not a candidate yet, unless it serves already.
         wanted = config.version_policy.select(sorted(settled | (set(serving) & set(on_disk))))
+        failed = {v: fp for (n, v), fp in self._failed.items() if n == name}
+        prints = {v: m.fingerprint for v, m in serving.items()}
         loaded: dict[int, ServedModel] = {}
-        for version in wanted:
+        for version in versions_to_load(wanted, on_disk, prints, settled, failed, config_changed):
             entry, fingerprint = entries[version]
-            current = serving.get(version)
-            unchanged = current is not None and current.fingerprint == fingerprint
-            if unchanged and not config_changed:
-                continue
-            if version not in settled:
-                continue  # changing right now: keep what serves, look again next pass
-            if self._failed.get((name, version)) == fingerprint and not config_changed:
-                continue  # the same bytes failed before: wait for a change
             model = await self._load_version(entry, fingerprint, config)
             if model is not None:
                 loaded[version] = model
                 self._failed.pop((name, version), None)
-        routed = dict(serving)
-        leaving: list[tuple[ServedModel, str]] = []
-        for version, model in loaded.items():
-            if version in routed:
-                leaving.append((routed[version], "replaced by a new load"))
-            routed[version] = model
-        # Out-of-policy versions leave only once a wanted one serves (a failed new version
-        # keeps the old one in service); a version whose folder is gone leaves regardless.
-        any_wanted = any(v in routed for v in wanted)
-        for version in sorted(routed):
-            if version not in on_disk:
-                leaving.append((routed.pop(version), "its folder was removed from the repository"))
-            elif version not in wanted and any_wanted:
-                leaving.append((routed.pop(version), "not in the version policy any more"))
-        if not any_wanted and routed:
+        routed, leaving = reroute(serving, loaded, wanted, on_disk)
+        if routed and not any(v in routed for v in wanted):
             log.warning(
                 "model %s: no wanted version %s loaded; keeping %s in service",
                 name, wanted, sorted(routed),
@@ -401,15 +346,14 @@ class ModelManager:
             if version not in on_disk and version not in serving:
                 self._forget(name, version)
         if not on_disk:
-            for memo in (self._seen, self._seen_config, self._config_seen, self._bad_config):
-                memo.pop(name, None)
+            self._passes.forget(name)
 
     async def _poll(self) -> None:
         interval = self.settings.poll_interval_s
         while True:
             await asyncio.sleep(interval)
             try:
-                present = set(self._model_names())
+                present = set(self._passes.model_names())
             except Exception:
                 log.exception("repository poll failed; will retry")
                 continue
@@ -423,11 +367,3 @@ class ModelManager:
                         await self._sync(name, settle=True)
                 except Exception:
                     log.exception("model %s: repository poll failed; will retry", name)
-
-
-def _fingerprint(entry: ModelEntry) -> Fingerprint | None:
-    """The entry's fingerprint, or None when its files are gone."""
-    try:
-        return entry.fingerprint()
-    except OSError:
-        return None

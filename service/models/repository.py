@@ -1,29 +1,27 @@
-"""The model repository on disk: models/<name>/<version>/model.onnx.
+"""The model repository on disk, as the server reads it: models/<name>/<version>/model.onnx
+(the layout itself, shared with the bench and training, is imgclf.repolayout).
 
 Optional files:
 - models/<name>/config.json: serving knobs for that model (see ModelConfig).
 - models/<name>/<version>/config.json: metadata for a foreign ONNX classifier, the keys of
   imgclf.modelmeta (labels, input_size, resize_size, mean, std, ...), overriding the
   model's embedded metadata.
+
+Here: the per-model ModelConfig and VersionPolicy, and the checks every door passes (a plain
+model name whose folder lies inside the repository), the scan of the repository.
 """
 
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from imgclf.errors import InvalidModelName
+from imgclf.repolayout import CONFIG_FILE, inside, read_json, versions
 from imgclf.settings import describe_field
-
-MODEL_FILE = "model.onnx"
-INT8_FILE = "model.int8.onnx"
-"""A version folder may hold an INT8 variant beside model.onnx, or only that (imgclf.variants)."""
-CONFIG_FILE = "config.json"
 
 
 class VersionPolicy(BaseModel):
@@ -100,7 +98,7 @@ class ModelConfig(BaseModel):
     """CUDA: capture and replay a CUDA graph per batch size bucket (unset: --cuda-graphs)."""
     precision: Literal["auto", "float", "int8"] = "auto"
     """Which variant of a version folder to serve: model.onnx (float) or model.int8.onnx;
-    auto: INT8 on a CPU with VNNI, the float model elsewhere (imgclf.variants)."""
+    auto: INT8 on a CPU with VNNI, the float model elsewhere (imgclf.models.variants)."""
     image_input: bool = False
     """Open Inference Protocol: advertise a BYTES input `image` (encoded images) instead of
     the tensor input, so load tools drive the server-side decode path."""
@@ -122,41 +120,6 @@ def config_table() -> str:
         shown = f"`{default}`" if default else "(unset)"
         rows.append(f"| `{name}` | {shown} | {description} |")
     return "\n".join(rows)
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    """One model version found on disk."""
-
-    name: str
-    version: int
-    path: Path
-    """The model.onnx file, or model.int8.onnx in a folder holding only that (the variant
-    served is chosen at load: imgclf.variants)."""
-
-    def read_sidecar(self) -> dict[str, Any]:
-        """Metadata overrides from the version's config.json (foreign models)."""
-        return read_json(self.path.parent / CONFIG_FILE)
-
-    def fingerprint(self) -> tuple[int, int, int]:
-        """Changes when a model file or its sidecar changes (for polling)."""
-        stat = self.path.stat()
-        sidecar = self.path.parent / CONFIG_FILE
-        sidecar_mtime = sidecar.stat().st_mtime_ns if sidecar.exists() else 0
-        int8 = self.path.parent / INT8_FILE
-        if int8 != self.path and int8.exists():
-            int8_stat = int8.stat()
-            sidecar_mtime += int8_stat.st_mtime_ns + int8_stat.st_size
-        return (stat.st_mtime_ns, stat.st_size, sidecar_mtime)
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    data = json.loads(path.read_text())
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a JSON object")
-    return data
 
 
 def read_model_config(model_dir: Path) -> ModelConfig:
@@ -190,14 +153,6 @@ def check_model_name(name: str) -> str:
     return name
 
 
-def inside(path: Path, root: Path) -> bool:
-    """Whether `path`, symbolic links followed, lies inside `root` (also resolved)."""
-    try:
-        return path.resolve().is_relative_to(root.resolve())
-    except (OSError, RuntimeError):  # a loop of links, or gone meanwhile
-        return False
-
-
 def model_dir(root: Path, name: str) -> Path:
     """The folder of model `name` in the repository at `root`: the one check every door (load
     and unload RPCs, the start-up list, polling, the index) passes. The name must be plain
@@ -206,28 +161,6 @@ def model_dir(root: Path, name: str) -> Path:
     if path.exists() and not inside(path, root):
         raise InvalidModelName(f"model {name!r} links outside the model repository")
     return path
-
-
-def versions(model_dir: Path) -> list[ModelEntry]:
-    """Every version folder (numeric name) holding a model file, newest first. `model_dir` is
-    <root>/<name>; a version whose folder or model file links outside <root> is skipped."""
-    if not model_dir.is_dir():
-        return []
-    root = model_dir.parent
-    found: dict[int, ModelEntry] = {}
-    for p in sorted(model_dir.iterdir()):
-        if not (p.is_dir() and p.name.isdigit()):
-            continue
-        model_file = next((p / f for f in (MODEL_FILE, INT8_FILE) if (p / f).is_file()), None)
-        if model_file is None or not all(
-            inside(p / f, root) for f in (MODEL_FILE, INT8_FILE, CONFIG_FILE)
-        ):
-            continue
-        version = int(p.name)
-        # "7" and "007" are both version 7: the canonical name wins, else the first in order.
-        if version not in found or p.name == str(version):
-            found[version] = ModelEntry(model_dir.name, version, model_file)
-    return sorted(found.values(), key=lambda e: e.version, reverse=True)
 
 
 def scan(root: Path) -> tuple[list[str], dict[str, str]]:

@@ -1,19 +1,12 @@
-"""ONNX Runtime: execution options, provider choice, the session, warm-up and the run itself.
-
-A GPU provider is requested only when it can really work (ONNX Runtime lists it and the CUDA
-driver library loads). The provider that actually runs is read back from the session and
-reported, so a silent fallback to CPU is never mistaken for GPU execution: `auto` reports the
-fallback and its cause, `cuda` and `tensorrt` refuse to start instead.
+"""One ONNX Runtime session of a model version (`Engine`): the providers it really runs on
+(read back from the session and reported, so a silent fallback to CPU is never mistaken for
+GPU execution), its input and output, IO binding on the GPU, batch buckets, float16 models,
+warm-up and the run itself. The options are imgclf.runtime.options, the provider choice
+imgclf.runtime.providers.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import functools
-import hashlib
-import importlib.metadata
-import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,253 +16,17 @@ import onnxruntime as ort
 
 from imgclf.errors import InvalidInput
 from imgclf.runtime.buckets import BucketRunner, plain_run_options
+from imgclf.runtime.options import ExecutionOptions, session_options
+from imgclf.runtime.providers import CPU, CUDA, TENSORRT, choose_providers, preload_cuda_libraries
+from imgclf.runtime.sharedweights import SharedWeights
 
 log = logging.getLogger(__name__)
 
-TENSORRT = "TensorrtExecutionProvider"
-CUDA = "CUDAExecutionProvider"
-CPU = "CPUExecutionProvider"
-
-PROVIDER_CHOICES = ("auto", "cpu", "cuda", "tensorrt")
-CONV_ALGO_SEARCHES = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
-ARENA_EXTEND_STRATEGIES = ("kNextPowerOfTwo", "kSameAsRequested")
 INPUT_TYPES = {
     "tensor(float)": np.float32,
     "tensor(float16)": np.float16,
     "tensor(uint8)": np.uint8,
 }
-
-INTRA_OP_SPINNING = "session.intra_op.allow_spinning"
-INTER_OP_SPINNING = "session.inter_op.allow_spinning"
-
-ProviderList = list[str | tuple[str, dict[str, str]]]
-
-
-@dataclass(frozen=True)
-class ExecutionOptions:
-    """How one ONNX Runtime session of a model executes."""
-
-    providers: str = "auto"
-    """auto (CUDA when really available, else CPU), cpu, or cuda / tensorrt (required: the
-    engine refuses to start rather than fall back to CPU)."""
-    gpu_id: int = 0
-    """CUDA device id."""
-    intra_op_threads: int = 0
-    """CPU threads inside one operator (0: ONNX Runtime's default, one per core)."""
-    inter_op_threads: int = 1
-    """CPU threads across operators (the graph runs sequentially, so 1 is enough)."""
-    allow_spinning: bool = False
-    """Let idle CPU worker threads spin for the next task: a little lower latency under
-    steady load, but an idle instance then burns cores that other instances need."""
-    cudnn_conv_algo_search: str = "HEURISTIC"
-    """CUDA: how cuDNN picks convolution algorithms (EXHAUSTIVE, HEURISTIC, DEFAULT)."""
-    gpu_mem_limit_bytes: int = 0
-    """CUDA: memory arena limit in bytes (0: no limit)."""
-    arena_extend_strategy: str = "kNextPowerOfTwo"
-    """CUDA: how the memory arena grows (kNextPowerOfTwo or kSameAsRequested)."""
-    tensorrt_fp16: bool = False
-    """TensorRT: allow FP16 kernels."""
-    tensorrt_cache_dir: Path | None = None
-    """TensorRT: where built engines are cached, one folder per model hash and runtime
-    version (None: no cache, engines are rebuilt at every start)."""
-    io_binding: bool = True
-    """CUDA/TensorRT: run through an IOBinding (unused on CPU)."""
-    cuda_graphs: bool = False
-    """CUDA (not TensorRT): capture a CUDA graph per batch bucket and replay it (needs
-    io_binding and every node of the model on the CUDA provider)."""
-
-    @property
-    def graphs_requested(self) -> bool:
-        """Whether the CUDA provider is asked for CUDA graphs (never with TensorRT first)."""
-        return self.cuda_graphs and self.io_binding and self.providers != "tensorrt"
-
-    def __post_init__(self) -> None:
-        def check(ok: bool, message: str) -> None:
-            if not ok:
-                raise ValueError(f"invalid execution option: {message}")
-
-        check(
-            self.providers in PROVIDER_CHOICES,
-            f"providers must be one of {', '.join(PROVIDER_CHOICES)}, not {self.providers!r}",
-        )
-        check(self.gpu_id >= 0, f"gpu_id must be >= 0, not {self.gpu_id}")
-        check(self.intra_op_threads >= 0, "intra_op_threads must be >= 0")
-        check(self.inter_op_threads >= 0, "inter_op_threads must be >= 0")
-        check(
-            self.cudnn_conv_algo_search in CONV_ALGO_SEARCHES,
-            f"cudnn_conv_algo_search must be one of {', '.join(CONV_ALGO_SEARCHES)}, "
-            f"not {self.cudnn_conv_algo_search!r}",
-        )
-        check(self.gpu_mem_limit_bytes >= 0, "gpu_mem_limit_bytes must be >= 0")
-        check(
-            self.arena_extend_strategy in ARENA_EXTEND_STRATEGIES,
-            f"arena_extend_strategy must be one of {', '.join(ARENA_EXTEND_STRATEGIES)}, "
-            f"not {self.arena_extend_strategy!r}",
-        )
-        if isinstance(self.tensorrt_cache_dir, str):
-            object.__setattr__(self, "tensorrt_cache_dir", Path(self.tensorrt_cache_dir))
-
-
-def cuda_driver_present() -> bool:
-    """Whether the CUDA driver library (libcuda) can be loaded on this host."""
-    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
-        try:
-            ctypes.CDLL(name)
-        except OSError:
-            continue
-        return True
-    return False
-
-
-@functools.cache
-def tensorrt_version() -> str | None:
-    """The TensorRT version this host would run, when it can be found out cheaply."""
-    for dist in (
-        "tensorrt",
-        "tensorrt-cu13",
-        "tensorrt-cu12",
-        "tensorrt-cu13-libs",
-        "tensorrt-cu12-libs",
-    ):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            return importlib.metadata.version(dist)
-    for name in ("libnvinfer.so.10", "libnvinfer.so", "nvinfer_10.dll"):
-        try:
-            lib = ctypes.CDLL(name)
-        except OSError:
-            continue
-        get_version = getattr(lib, "getInferLibVersion", None)
-        if get_version is not None:
-            get_version.restype = ctypes.c_int
-            return f"lib{get_version()}"
-    return None
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def model_cache_key(path: Path, options: ExecutionOptions) -> str:
-    """Name of the TensorRT engine cache folder of this model under these options.
-
-    Keyed by the model's content, the ONNX Runtime version, the TensorRT version (or "trt"
-    when it cannot be found out) and the precision, so a changed model or runtime never
-    reuses a stale engine. (ONNX Runtime adds the GPU's compute capability to the file names.)
-    """
-    trt = tensorrt_version()
-    return "-".join(
-        [
-            file_sha256(path)[:16],
-            f"ort{ort.__version__}",
-            f"trt{trt}" if trt else "trt",
-            "fp16" if options.tensorrt_fp16 else "fp32",
-        ]
-    )
-
-
-def cuda_provider_options(options: ExecutionOptions) -> dict[str, str]:
-    opts = {
-        "device_id": str(options.gpu_id),
-        "cudnn_conv_algo_search": options.cudnn_conv_algo_search,
-        "arena_extend_strategy": options.arena_extend_strategy,
-        "do_copy_in_default_stream": "1",
-    }
-    if options.graphs_requested:
-        opts["enable_cuda_graph"] = "1"
-    if options.gpu_mem_limit_bytes:
-        opts["gpu_mem_limit"] = str(options.gpu_mem_limit_bytes)
-    return opts
-
-
-def tensorrt_provider_options(
-    options: ExecutionOptions, model_path: Path | None = None
-) -> dict[str, str]:
-    opts = {
-        "device_id": str(options.gpu_id),
-        "trt_fp16_enable": str(options.tensorrt_fp16),
-        "trt_engine_cache_enable": "False",
-    }
-    if options.tensorrt_cache_dir is not None:
-        if model_path is None:
-            raise ValueError("a TensorRT engine cache needs the model path to key it")
-        cache = options.tensorrt_cache_dir / model_cache_key(model_path, options)
-        opts |= {
-            "trt_engine_cache_enable": "True",
-            "trt_engine_cache_path": str(cache),
-            # The timing cache follows the engine cache path (never the working directory).
-            "trt_timing_cache_enable": "True",
-        }
-    return opts
-
-
-def choose_providers(
-    options: ExecutionOptions,
-    available: list[str] | None = None,
-    driver_present: bool | None = None,
-    *,
-    model_path: Path | None = None,
-) -> tuple[ProviderList, str]:
-    """The provider list to request (with option dicts), and a sentence saying why.
-
-    `available` defaults to what ONNX Runtime lists, `driver_present` to whether libcuda
-    loads; `model_path` keys the TensorRT engine cache. With auto, CUDA is requested only if
-    both hold, otherwise CPU with the cause; cuda and tensorrt raise RuntimeError instead.
-    """
-    if options.providers == "cpu":
-        return [CPU], "CPU requested"
-    available = ort.get_available_providers() if available is None else available
-    if CUDA not in available:
-        cause = "this ONNX Runtime build has no CUDA provider"
-    elif not (cuda_driver_present() if driver_present is None else driver_present):
-        cause = "CUDA provider installed but no CUDA driver (libcuda) on this host"
-    elif options.providers == "tensorrt" and TENSORRT not in available:
-        cause = "this ONNX Runtime build has no TensorRT provider"
-    else:
-        cause = ""
-    if cause:
-        if options.providers in ("cuda", "tensorrt"):
-            raise RuntimeError(f"{options.providers} execution required but unavailable: {cause}")
-        return [CPU], f"CPU fallback: {cause}"
-    cuda = (CUDA, cuda_provider_options(options))
-    if options.providers == "tensorrt":
-        trt = (TENSORRT, tensorrt_provider_options(options, model_path))
-        return [trt, cuda, CPU], f"TensorRT available (device {options.gpu_id})"
-    return [cuda, CPU], f"CUDA available (device {options.gpu_id})"
-
-
-def session_options(options: ExecutionOptions) -> ort.SessionOptions:
-    """ONNX Runtime session options: full graph optimisation, threads, spinning, quiet log."""
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = options.intra_op_threads
-    so.inter_op_num_threads = options.inter_op_threads
-    so.log_severity_level = 3
-    spin = "1" if options.allow_spinning else "0"
-    so.add_session_config_entry(INTRA_OP_SPINNING, spin)
-    so.add_session_config_entry(INTER_OP_SPINNING, spin)
-    return so
-
-
-@functools.cache
-def preload_cuda_libraries() -> None:
-    """Load CUDA/cuDNN from the nvidia-* pip packages when those are how they were installed
-    (ONNX Runtime's CUDA provider does not look there by itself). Once per process; what
-    ONNX Runtime prints about it goes to the debug log."""
-    preload = getattr(ort, "preload_dlls", None)
-    if preload is None:
-        return
-    printed = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(printed):
-            preload()
-    except Exception as e:  # the readback of the active provider tells whether CUDA works
-        log.warning("preloading the CUDA libraries failed: %s", e)
-    if printed.getvalue().strip():
-        log.debug("onnxruntime.preload_dlls: %s", printed.getvalue().strip())
 
 
 def run_with_binding(
@@ -310,10 +67,28 @@ class EngineInfo:
     """Whether the session captures and replays CUDA graphs (one per batch bucket)."""
 
 
-class Engine:
-    """One ONNX Runtime session for one model version. `run` is thread-safe."""
+def share_weights(path: Path, options: ExecutionOptions) -> SharedWeights | None:
+    """The weights every CPU session of the model at `path` can share (optimised once with
+    these options), or None when the sessions would not run on the CPU alone."""
+    requested, _ = choose_providers(options, model_path=path)
+    if requested != [CPU]:
+        return None
+    try:
+        return SharedWeights.build(path, session_options(options))
+    except Exception as e:  # e.g. an optimised model past protobuf's 2 GB: one copy each
+        log.warning("%s: weights not shared, each session loads its own: %s", path, e)
+        return None
 
-    def __init__(self, path: Path, options: ExecutionOptions) -> None:
+
+class Engine:
+    """One ONNX Runtime session for one model version. `run` is thread-safe.
+
+    With `shared` weights (service/sharedweights.py) a CPU session takes the model
+    version's one copy of its optimised weights and the process's shared arena."""
+
+    def __init__(
+        self, path: Path, options: ExecutionOptions, shared: SharedWeights | None = None
+    ) -> None:
         self.options = options
         requested, reason = choose_providers(options, model_path=path)
         names = [p if isinstance(p, str) else p[0] for p in requested]
@@ -322,9 +97,13 @@ class Engine:
                 Path(p[1]["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
         if CUDA in names:
             preload_cuda_libraries()
-        self._session = ort.InferenceSession(
-            str(path), session_options(options), providers=requested
-        )
+        self.shares_weights = shared is not None and names == [CPU]
+        if shared is not None and self.shares_weights:
+            self._session = shared.session(session_options(options))
+        else:
+            self._session = ort.InferenceSession(
+                str(path), session_options(options), providers=requested
+            )
         active = self._session.get_providers()[0]
         if active != names[0]:
             why = (
@@ -426,10 +205,3 @@ class Engine:
     def warmup(self, batch_sizes: list[int], sample_shape: tuple[int, ...]) -> None:
         for n in batch_sizes:
             self.run(np.zeros((n, *sample_shape), dtype=np.float32))
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float32, stable for large logits."""
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted, dtype=np.float32)
-    return exp / exp.sum(axis=1, keepdims=True)

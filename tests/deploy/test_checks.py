@@ -16,6 +16,7 @@ from deploy.checks.common import REPO
 from tests.deploy.conftest import require_binary
 
 K8S_VERSION = "1.37.0"
+WORKER_POD = ["spec", "pytorchReplicaSpecs", "Worker", "template", "spec"]
 
 
 def _rendered(kind: str, where: str = "base") -> dict[str, Any]:
@@ -46,6 +47,15 @@ def test_the_shipped_manifests_pass() -> None:
         ("ServingRuntime", "kserve", ["spec", "protocolVersions", 0], "grpc"),
         ("InferenceService", "kserve", ["spec", "predictor", "model", "port"], 8001),
         ("Job", "training", ["spec", "template", "spec", "restartPolicy"], 7),
+        ("PyTorchJob", "training/pytorchjob", ["spec", "elasticPolicy", "rdzvBackend"], "tcp"),
+        ("PyTorchJob", "training/pytorchjob", ["spec", "elasticPolicy", "nprocPerNode"], 1),
+        ("PyTorchJob", "training/pytorchjob", ["spec", "pytorchReplicaSpecs", "Chief"], {}),
+        ("PyTorchJob", "training/pytorchjob", ["spec", "nprocPerNode"], 4),
+        ("PyTorchJob", "training/pytorchjob", [*WORKER_POD, "containers", 0, "name"], "train"),
+        ("PyTorchJob", "training/pytorchjob", [*WORKER_POD, "containers", 0, "portz"], []),
+        ("PyTorchJob", "training/pytorchjob", [*WORKER_POD, "volumes", 0, "emptyDir"], 1),
+        ("Job", "training/indexed-job", ["spec", "completions"], "two"),
+        ("Service", "training/indexed-job", ["spec", "publishNotReadyAdresses"], True),
     ],
 )
 def test_strict_schemas_reject_unknown_fields_and_bad_types(
@@ -146,6 +156,71 @@ def test_the_gpu_overlay_renders_a_gpu_pod() -> None:
     assert hpa["spec"]["metrics"][0]["pods"]["target"]["averageValue"] == "64"
 
 
+def _set(doc: dict[str, Any], path: list[Any], value: Any) -> None:
+    for key in path[:-1]:
+        doc = doc[key]
+    doc[path[-1]] = value
+
+
+@pytest.mark.parametrize(
+    ("where", "kind", "path", "value", "problem"),
+    [
+        ("pytorchjob", "PyTorchJob", ["spec", "elasticPolicy", "maxReplicas"], 3,
+         "Worker replicas, minReplicas and maxReplicas differ"),
+        ("pytorchjob", "PyTorchJob", ["spec", "elasticPolicy", "rdzvPort"], 29500,
+         "rdzvPort 29500 is no port of the pytorch container"),
+        ("pytorchjob", "PyTorchJob", [*WORKER_POD, "containers", 0, "args", 0], "torchrun -m x",
+         "does not run `imgclf launch|torchrun ... imgclf train`"),
+        ("indexed-job", "Job", ["spec", "parallelism"], 3,
+         "completions and parallelism must both be --nnodes 2"),
+        ("indexed-job", "Job", ["spec", "template", "spec", "subdomain"], "rdzv",
+         "--rdzv-endpoint must be imgclf-train-indexed-0.rdzv:PORT"),
+        ("indexed-job", "Service", ["spec", "publishNotReadyAddresses"], False,
+         "must be headless and publish not-ready addresses"),
+        ("indexed-job", "Service", ["spec", "ports", 0, "port"], 29500,
+         "does not serve the rendezvous port 29400"),
+    ],
+)  # fmt: skip
+def test_the_rendezvous_wiring_must_agree(
+    tmp_path: Path, where: str, kind: str, path: list[Any], value: Any, problem: str
+) -> None:
+    root = _copy_k8s(tmp_path)
+    for manifest in (root / "training" / where).glob("*.yaml"):
+        docs = list(yaml.safe_load_all(manifest.read_text()))
+        if docs and docs[0].get("kind") == kind:
+            _edit(manifest, lambda d: _set(d[0], path, value))
+    problems, _ = k8s.check_all(root)
+    assert any(problem in p for p in problems), problems
+
+
+def test_the_gpu_training_overlay_runs_one_process_per_gpu(tmp_path: Path) -> None:
+    job = _rendered("PyTorchJob", "training/pytorchjob-gpu")
+    container = job["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]
+    gpus = container["resources"]["limits"]["nvidia.com/gpu"]
+    assert job["spec"]["nprocPerNode"] == gpus == "4"
+    assert "--device cuda" in container["args"][0] and container["image"] == "imgclf-train:latest"
+    root = _copy_k8s(tmp_path)
+    patch = root / "training" / "pytorchjob-gpu" / "pytorchjob-gpu.yaml"
+    patch.write_text(patch.read_text().replace('value: "4"', 'value: "2"', 1))
+    problems, _ = k8s.check_all(root)
+    assert any("nprocPerNode 2 is not the 4 GPUs per pod" in p for p in problems), problems
+
+
+def test_every_documented_kubectl_apply_path_is_checked() -> None:
+    """`kubectl apply -k PATH` in the docs and manifests names a kustomization the check renders."""
+    import re
+
+    sources = [REPO / "README.md", *(REPO / "docs").glob("*.md"), *k8s.K8S.rglob("*.yaml")]
+    documented = {
+        m.group(1).rstrip("/.")
+        for path in sources
+        for m in re.finditer(r"kubectl apply -k (deploy/k8s/[\w./-]*)", path.read_text())
+    }
+    assert "deploy/k8s/training/indexed-job" in documented
+    checked = {f"deploy/k8s/{k}" for k in k8s.KUSTOMIZATIONS}
+    assert documented <= checked, documented - checked
+
+
 def test_the_prometheusrule_is_the_alert_file() -> None:
     rule = _rendered("PrometheusRule")
     shipped = yaml.safe_load(prometheus.RULES.read_text())
@@ -199,7 +274,8 @@ def test_dockerignore_semantics(tmp_path: Path) -> None:
     assert "service/cli.py" in files and "models/digits/1/model.onnx" in files
     assert not any(f.startswith((".venv/", ".git/", "tests/")) for f in files)
     stages = dockerfile.copy_sources()
-    assert stages["serve-build"] == ["pyproject.toml", "README.md", "service/"]
+    # training/ is copied too (pyproject maps imgclf.training onto it); torch is not installed
+    assert stages["serve-build"] == ["pyproject.toml", "README.md", "service/", "training/"]
     assert "training/" in stages["train"] and "models/" in stages["serve"]
     assert list(dockerfile.check_context(files, stages)) == []
 

@@ -9,10 +9,13 @@ running, has logged no unmapped exception, and counted the rejects by reason.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
+import json
 import random
 import re
+import socket
 import struct
 import urllib.request
 import zlib
@@ -35,8 +38,9 @@ from imgclf._generated.imgclf.v1 import image_classifier_pb2 as pb
 from imgclf._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
 from imgclf._generated.inference import grpc_service_pb2 as oip_pb
 from imgclf._generated.inference import grpc_service_pb2_grpc as oip_grpc
-from imgclf.client import open_channel
+from imgclf.bytestensor import serialize_bytes_elements
 from imgclf.client.bench.launcher import ServerProcess, start_server
+from imgclf.client.channel import open_channel
 from imgclf.errors import MAX_MESSAGE_CHARS
 from imgclf.modelmeta import ModelMetadata
 from tests.images import encode
@@ -48,6 +52,7 @@ SIZE = 16
 MAX_PIXELS = 4_000_000
 MAX_IMAGES = 4
 MAX_MESSAGE = 1 << 20
+MEMORY_BUDGET = 32 << 20
 MAX_BATCH = 4
 MAX_TOP_K = 10
 TIMEOUT_S = 30.0
@@ -129,12 +134,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         "--max-pixels", str(MAX_PIXELS),
         "--max-images-per-request", str(MAX_IMAGES),
         "--max-message-bytes", str(MAX_MESSAGE),
+        "--memory-budget-bytes", str(MEMORY_BUDGET),
         "--max-batch-size", str(MAX_BATCH),
         "--max-top-k", str(MAX_TOP_K),
         "--max-queue-delay-ms", "1",
         "--instances", "1",
         "--intra-op-threads", "1",
         "--preprocess-threads", "2",
+        "--http-read-timeout-s", "1",
     )  # fmt: skip
     yield proc
     proc.stop()
@@ -240,6 +247,10 @@ ENCODED: dict[str, Callable[[], tuple[str, bytes]]] = {
     "webp-corrupt": lambda: ("tiny", webp_bad_frame_header()),
     "bomb-png-declared": lambda: ("tiny", png_declaring(100_000, 100_000)),
     "bomb-png-real": lambda: ("tiny", encode(Image.new("L", (2100, 2000), 0), "PNG")),
+    "rgba-over-memory-budget": lambda: (
+        "tiny",
+        encode(Image.new("RGBA", (2000, 2000), (*RED, 128)), "PNG"),
+    ),
     "bomb-jpeg-declared": lambda: ("tiny", jpeg_declaring(65535, 65535)),
     "bomb-gif-declared": lambda: ("tiny", gif_declaring(65535, 65535)),
     "bomb-webp-real": lambda: (
@@ -296,7 +307,8 @@ class Outcome:
 class Clients:
     """One channel per API, shared by every row."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, http_port: int = 0) -> None:
+        self.http_port = http_port
         self.channel = open_channel(target)
         self.ours = pb_grpc.ImageClassifierStub(self.channel)
         self.triton = triton.InferenceServerClient(target)
@@ -335,6 +347,116 @@ class Clients:
         except grpc.RpcError as exc:
             return Outcome(exc.code().name, exc.details() or "")
         return Outcome("OK", "")
+
+    # HTTP
+
+    def http(self, request: bytes, close_write: bool = False) -> Outcome:
+        """Send raw bytes to the HTTP port; the status, and the error message or the top-1
+        label. `close_write`: close the sending side after the bytes (a truncated body)."""
+        with socket.create_connection(("127.0.0.1", self.http_port), timeout=TIMEOUT_S) as sock:
+            # the server may answer and close before reading everything: read on
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                sock.sendall(request)
+            if close_write:
+                sock.shutdown(socket.SHUT_WR)
+            reply = b""
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := sock.recv(1 << 16):
+                    reply += chunk
+        head, _, body = reply.partition(b"\r\n\r\n")
+        status = head.split(b" ", 2)[1].decode() if head else "no answer"
+        if b"\r\ntransfer-encoding: chunked" in head.lower():
+            body = dechunk(body)
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            return Outcome(status, body.decode(errors="replace"))
+        if "error" in doc:
+            return Outcome(status, doc["error"])
+        if "results" in doc:  # /v1 classify
+            return Outcome(status, doc["results"][0]["predictions"][0]["label"])
+        data = doc["outputs"][0]["data"]  # JSON classification output: "score:index:label"
+        return Outcome(status, data[0].split(":", 2)[2])
+
+
+def dechunk(body: bytes) -> bytes:
+    out = b""
+    while body:
+        size_line, _, body = body.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if not size:
+            break
+        out, body = out + body[:size], body[size + 2 :]
+    return out
+
+
+def http_request(
+    path: str, body: bytes = b"", method: str = "POST", content_length: int | None = None,
+    **headers: str,
+) -> bytes:  # fmt: skip
+    """A raw HTTP/1.1 request (the connection closes after it); header names from kwargs
+    with "_" as "-"; Content-Length is the body's unless given (None with chunked)."""
+    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: close"]
+    if "Transfer_Encoding" not in headers:
+        lines.append(f"Content-Length: {len(body) if content_length is None else content_length}")
+    lines += [f"{k.replace('_', '-')}: {v}" for k, v in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def infer_body(inputs: list[dict], *blobs: bytes) -> tuple[bytes, dict[str, str]]:
+    """A binary-extension infer body asking for the top-1 class as JSON; its headers."""
+    head = json.dumps({
+        "inputs": inputs,
+        "outputs": [{"name": "probabilities", "parameters": {"classification": 1}}],
+    }).encode()  # fmt: skip
+    headers = {"Inference_Header_Content_Length": str(len(head))} if blobs else {}
+    return head + b"".join(blobs), headers
+
+
+def send_infer(c: Clients, inputs: list[dict], *blobs: bytes, model: str = "tiny",
+               **headers: str) -> Outcome:  # fmt: skip
+    body, extra = infer_body(inputs, *blobs)
+    return c.http(http_request(f"/v2/models/{model}/infer", body, **{**extra, **headers}))
+
+
+def fp32_input(size: int | None = None, **fields: object) -> dict:
+    spec: dict = {"name": "input", "datatype": "FP32", "shape": [1, 3, SIZE, SIZE], **fields}
+    if size is not None:
+        spec["parameters"] = {"binary_data_size": size}
+    return spec
+
+
+def multipart(*files: bytes, field_only: bool = False) -> tuple[bytes, str]:
+    boundary = "imgclfboundary"
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="note"\r\n\r\nhello\r\n'.encode()
+    ] if field_only else []  # fmt: skip
+    for i, data in enumerate(files):
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; '
+            f'filename="{i}.png"\r\nContent-Type: image/png\r\n\r\n'.encode()
+            + data
+            + b"\r\n"
+        )
+    return b"".join(
+        parts
+    ) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def classify_form(c: Clients, *files: bytes, field_only: bool = False) -> Outcome:
+    body, content_type = multipart(*files, field_only=field_only)
+    return c.http(http_request("/v1/models/tiny/classify", body, Content_Type=content_type))
+
+
+def slow_body(c: Clients) -> Outcome:
+    """Headers and 100 of 3072 declared bytes, then silence: the server answers 408."""
+    return c.http(http_request("/v2/models/tiny/infer", bytes(100), content_length=3072))
+
+
+def chunked(data: bytes, chunk: int = 1 << 16) -> bytes:
+    pieces = [b"%x\r\n%s\r\n" % (len(data[i : i + chunk]), data[i : i + chunk])
+              for i in range(0, len(data), chunk)]  # fmt: skip
+    return b"".join(pieces) + b"0\r\n\r\n"
 
 
 def tensor_msg(array: np.ndarray, dtype: int = pb.FLOAT32) -> pb.Image:
@@ -393,7 +515,7 @@ def raw_request(
 
 
 def bytes_elements(*elements: bytes) -> bytes:
-    return b"".join(struct.pack("<I", len(e)) + e for e in elements)
+    return serialize_bytes_elements(elements)
 
 
 def class_count_param(value: int) -> oip_pb.ModelInferRequest:
@@ -566,6 +688,75 @@ OIP: dict[str, Send] = {
 }
 
 
+def red_raw() -> bytes:
+    return red_tensor(1).astype("<f4").tobytes()
+
+
+HTTP: dict[str, Send] = {
+    "http-truncated-body": lambda c: c.http(
+        http_request("/v2/models/tiny/infer", bytes(100), content_length=3072), close_write=True
+    ),
+    "http-slow-body": slow_body,
+    "http-huge-header": lambda c: c.http(http_request("/v2", method="GET", X_Big="a" * 65536)),
+    "http-oversize-body": lambda c: c.http(
+        http_request("/v2/models/tiny/infer", content_length=3 * MAX_MESSAGE // 2)
+    ),
+    "http-oversize-chunked": lambda c: c.http(
+        http_request(
+            "/v2/models/tiny/infer",
+            chunked(bytes(3 * MAX_MESSAGE // 2)),
+            Transfer_Encoding="chunked",
+        )
+    ),
+    "http-header-length-past-body": lambda c: c.http(
+        http_request(
+            "/v2/models/tiny/infer", b"{" + b" " * 299, Inference_Header_Content_Length="5000"
+        )
+    ),
+    "http-header-length-not-int": lambda c: c.http(
+        http_request("/v2/models/tiny/infer", b"{}", Inference_Header_Content_Length="ten")
+    ),
+    "http-binary-size-past-body": lambda c: send_infer(c, [fp32_input(4000)], red_raw()),
+    "http-binary-size-short": lambda c: send_infer(c, [fp32_input(100)], red_raw()),
+    "http-binary-size-wrong-for-shape": lambda c: send_infer(c, [fp32_input(100)], bytes(100)),
+    "http-json-invalid": lambda c: c.http(http_request("/v2/models/tiny/infer", b'{"inputs": [')),
+    "http-json-count-mismatch": lambda c: send_infer(c, [fp32_input(data=[0.5] * 5)]),
+    "http-json-ragged": lambda c: send_infer(c, [fp32_input(data=[[1], [2, 3]])]),
+    "http-json-bytes-not-strings": lambda c: send_infer(
+        c, [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [1]}]
+    ),
+    "http-bytes-length-corrupt": lambda c: send_infer(
+        c,
+        [
+            {
+                "name": "image",
+                "datatype": "BYTES",
+                "shape": [1],
+                "parameters": {"binary_data_size": 14},
+            }
+        ],
+        struct.pack("<I", 1000) + bytes(10),
+    ),
+    "http-unknown-model": lambda c: send_infer(
+        c, [fp32_input(3072)], red_raw(), model="no-such-model"
+    ),
+    "http-wrong-method": lambda c: c.http(http_request("/v2/models/tiny/infer", method="GET")),
+    "http-binary-ok": lambda c: send_infer(c, [fp32_input(3072)], red_raw()),
+    "http-classify-not-image": lambda c: c.http(
+        http_request("/v1/models/tiny/classify", random.Random(1).randbytes(4096))
+    ),
+    "http-classify-empty": lambda c: c.http(http_request("/v1/models/tiny/classify")),
+    "http-classify-too-many-files": lambda c: classify_form(c, *[solid(RED, "PNG")] * 5),
+    "http-classify-no-file": lambda c: classify_form(c, field_only=True),
+    "http-classify-bad-top-k": lambda c: c.http(
+        http_request("/v1/models/tiny/classify?top_k=50", solid(RED, "PNG"))
+    ),
+    "http-classify-ok": lambda c: c.http(
+        http_request("/v1/models/tiny/classify", solid(RED, "PNG"), method="PUT")
+    ),
+}
+
+
 def unknown_output_parameter() -> oip_pb.ModelInferRequest:
     request = raw_request([1, 3, SIZE, SIZE], raw=[red_tensor(1).tobytes()])
     request.outputs.add(name="probabilities").parameters["format"].string_param = "json"
@@ -589,7 +780,7 @@ def sender(row: Row) -> Send:
     """How the row's request is built and sent."""
     if row.case in ENCODED:
         return functools.partial(send_encoded, row.case, row.api)
-    table = OURS if row.api == "ours" else OIP
+    table = {"ours": OURS, "oip": OIP, "http": HTTP}[row.api]
     return table[row.case]
 
 
@@ -598,7 +789,7 @@ def sender(row: Row) -> Send:
 
 @pytest.fixture(scope="module")
 def clients(server: ServerProcess) -> Iterator[Clients]:
-    c = Clients(server.target)
+    c = Clients(server.target, server.http_port)
     yield c
     c.close()
 
@@ -609,15 +800,19 @@ def assert_still_serving(clients: Clients) -> None:
     assert (good.code, good.text) == ("OK", "red")
     good = clients.infer("luma", [bytes_input(encode(Image.new("L", (20, 20), 240), "PNG"))])
     assert (good.code, good.text) == ("OK", "bright")
+    good = clients.http(http_request("/v1/models/tiny/classify", solid(RED, "PNG")))
+    assert (good.code, good.text) == ("200", "red")
 
 
 def test_catalogue_is_complete() -> None:
     """Every row has a sender, every sender a row, and the rows are unique."""
     assert len({r.id for r in ROWS}) == len(ROWS)
-    assert {r.api for r in ROWS} == {"ours", "oip"}
-    covered = set(ENCODED) | set(OURS) | set(OIP)
+    assert {r.api for r in ROWS} == {"ours", "oip", "http"}
+    covered = set(ENCODED) | set(OURS) | set(OIP) | set(HTTP)
     assert {r.case for r in ROWS} == covered
-    assert all(r.reason == "-" for r in ROWS if r.code in ("OK", "RESOURCE_EXHAUSTED"))
+    assert all(r.reason == "-" for r in ROWS if r.code in ("OK", "200"))
+    # RESOURCE_EXHAUSTED comes from gRPC's message limit (not counted) or the memory budget.
+    assert all(r.reason in ("-", "memory_budget") for r in ROWS if r.code == "RESOURCE_EXHAUSTED")
 
 
 SENT: list[Row] = []

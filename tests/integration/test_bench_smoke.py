@@ -16,12 +16,13 @@ from tests.tiny_model import make_tiny_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHORT = ["--duration", "1", "--warmup", "0.5"]
+ONE_ROUND = ["--rounds", "1"]  # imgclf bench runs 3 by default
 
 
 def bench(tmp_path: Path, *args: str) -> dict:
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "imgclf.client.bench", "--model", "tiny", *SHORT, *args,
+        [sys.executable, "-m", "imgclf.client.bench", "--model", "tiny", *SHORT, *ONE_ROUND, *args,
          "--json", str(out)],
         capture_output=True, text=True, timeout=240, cwd=REPO_ROOT,
     )  # fmt: skip
@@ -150,3 +151,65 @@ def test_models_benchmark_spreads_the_load_over_copies(tiny_repo: Path, tmp_path
         assert r["images_per_s"] > 0 and r["errors"] == 0
         assert r["idle_rss_mib"] > 0 and r["threads"] > 0
     assert rows[1]["threads"] > rows[0]["threads"]  # each model brings its own workers
+
+
+def test_start_server_serves_the_repository_the_limit_reads(tmp_path: Path) -> None:
+    """A relative --model-repository names the caller's files for the started server (and the
+    floor server) as for --limit: the server once ran in the source root, where `models` is
+    another repository."""
+    make_tiny_model(tmp_path / "models" / "tiny" / "1" / "model.onnx")
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "imgclf.client.bench", "--model", "tiny", *SHORT,
+         "--start-server", "--model-repository", "models", "--input", "tensor",
+         "--concurrency", "1", "--floor", "--limit", "--limit-duration", "0.5",
+         "--limit-batch", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=240, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    result = json.loads(out.read_text())
+    assert_served_cleanly(result, 1)
+    assert result["server_model"]["versions"] == [1]
+    assert result["limit"]["images_per_s"] > 0
+    assert result["points"][0]["floor"]["errors"] == 0
+
+
+@pytest.mark.parametrize("kind", ["tensor", "jpeg"])
+def test_bench_over_http_beside_grpc(
+    tiny_server: ServerProcess, tiny_repo: Path, tmp_path: Path, kind: str
+) -> None:
+    """--protocol grpc,http: each point over both ports, one after the other, and the ratio."""
+    result = bench(
+        tmp_path, "--target", tiny_server.target, "--metrics-url", tiny_server.metrics_url,
+        "--http-target", f"127.0.0.1:{tiny_server.http_port}", "--api", "oip",
+        "--protocol", "grpc,http", "--input", kind, "--concurrency", "2",
+        "--model-path", str(tiny_repo / "tiny" / "1" / "model.onnx"),
+    )  # fmt: skip
+    assert_served_cleanly(result, 2)
+    assert [p["protocol"] for p in result["points"]] == ["grpc", "http"]
+    for p in result["points"]:
+        assert p["server"]["requests_by_code"].keys() == {"OK"}
+    (ratio,) = result["protocol_ratios"]
+    assert ratio["load"] == "c=2" and ratio["http_over_grpc"] > 0
+
+
+def test_memory_benchmark_alternates_shared_and_unshared(tiny_repo: Path, tmp_path: Path) -> None:
+    out = tmp_path / "memory.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.memory_instances", "--model-repository",
+         str(tiny_repo), "--model", "tiny", "--instances", "1,2", "--rounds", "2",
+         "--concurrency", "2", *SHORT, "--json", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    rows = json.loads(out.read_text())
+    order = [(r["instances"], r["design"]) for r in rows]
+    assert order == [
+        (1, "shared"), (1, "unshared"), (1, "unshared"), (1, "shared"),
+        (2, "shared"), (2, "unshared"), (2, "unshared"), (2, "shared"),
+    ]  # fmt: skip
+    for r in rows:
+        assert r["images_per_s"] > 0 and r["errors"] == 0
+        assert r["loaded_rss_mib"] > 0 and r["peak_rss_mib"] >= r["loaded_rss_mib"]
+        assert r["model_memory_mib"] > 0 and r["cpu_ms_per_image"] > 0
+    assert "ratio" in proc.stdout

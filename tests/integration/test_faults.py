@@ -34,12 +34,12 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
-from benchmarks import Target
 from benchmarks import overload as overload_bench
 from imgclf._generated.imgclf.v1 import image_classifier_pb2 as pb
 from imgclf._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
-from imgclf.client import Client, open_channel, tensor_image
-from imgclf.client.bench.launcher import ServerProcess, free_port, start_server
+from imgclf.client import Client, tensor_image
+from imgclf.client.bench.launcher import ServerProcess, Target, free_port, start_server
+from imgclf.client.channel import open_channel
 from imgclf.modelmeta import ModelMetadata
 from tests.images import encode
 from tests.tiny_model import LABELS, make_tiny_model
@@ -256,7 +256,7 @@ def start_settled(repo: Path, workdir: Path, *args: str) -> ServerProcess:
     log_path = workdir / "server.log"
     cmd = [
         sys.executable, "-m", "imgclf.cli", "serve", "--model-repository", str(repo),
-        "--host", "127.0.0.1", "--grpc-port", str(grpc_port),
+        "--host", "127.0.0.1", "--grpc-port", str(grpc_port), "--http-port", "0",
         "--metrics-port", str(metrics_port), *args,
     ]  # fmt: skip
     with log_path.open("wb") as log_file:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import ssl
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -25,6 +29,27 @@ def health_cli(target: str, *args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
+def http_classify(
+    port: int, scheme: str = "http", ca: Path | None = None, cert: Path | None = None,
+    key: Path | None = None, token: str | None = None, path: str = "/v1/models/tiny/classify",
+) -> tuple[int, str]:  # fmt: skip
+    """POST the red PNG to the HTTP port: (status, top-1 label or error message)."""
+    context = None
+    if scheme == "https":
+        context = ssl.create_default_context(cafile=str(ca))
+        if cert is not None and key is not None:
+            context.load_cert_chain(cert, key)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(f"{scheme}://localhost:{port}{path}", data=RED,
+                                     headers=headers)  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=10, context=context) as reply:
+            doc = json.loads(reply.read())
+            return reply.status, doc["results"][0]["predictions"][0]["label"]
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())["error"]
+
+
 def test_tls_serves_tls_clients_and_refuses_plaintext(tiny_repo: Path, tmp_path: Path) -> None:
     pki = make_pki(tmp_path / "pki")
     server = start_server(
@@ -39,6 +64,10 @@ def test_tls_serves_tls_clients_and_refuses_plaintext(tiny_repo: Path, tmp_path:
             plain.classify([RED])
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "TLS" in server.log()
+        # the HTTP port speaks TLS with the same certificate
+        assert http_classify(server.http_port, "https", pki.ca) == (200, "red")
+        with pytest.raises((urllib.error.URLError, ConnectionError)):
+            http_classify(server.http_port, "http")
     finally:
         server.stop()
 
@@ -61,6 +90,11 @@ def test_mutual_tls_refuses_a_client_without_a_valid_certificate(
             with refused, pytest.raises(grpc.RpcError) as caught:
                 refused.classify([RED])
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert http_classify(server.http_port, "https", pki.ca, pki.client_cert,
+                             pki.client_key) == (200, "red")  # fmt: skip
+        for cert, key in ((None, None), (pki.rogue_cert, pki.rogue_key)):
+            with pytest.raises((urllib.error.URLError, ConnectionError, ssl.SSLError)):
+                http_classify(server.http_port, "https", pki.ca, cert, key)
         ok = health_cli(server.target, "--tls-ca", str(pki.ca), "--tls-cert",
                         str(pki.client_cert), "--tls-key", str(pki.client_key))  # fmt: skip
         assert (ok.returncode, ok.stdout.strip()) == (0, "SERVING")
@@ -100,5 +134,16 @@ def test_bearer_token_required_except_for_health(tiny_repo: Path, tmp_path: Path
                 oip.is_server_ready(headers={"authorization": value})
             assert refused.value.status() == "StatusCode.UNAUTHENTICATED", value
         oip.close()
+        # HTTP: the same token; health needs none
+        assert http_classify(server.http_port, token="s3cret-token") == (200, "red")
+        for token in (None, "wrong-token", "s3cret-token-but-longer"):
+            assert http_classify(server.http_port, token=token) == (
+                401,
+                "missing or invalid bearer token",
+            )
+        for probe in ("/v2/health/live", "/v2/health/ready"):
+            url = f"http://127.0.0.1:{server.http_port}{probe}"
+            with urllib.request.urlopen(url, timeout=10) as reply:
+                assert reply.status == 200
     finally:
         server.stop()

@@ -1,10 +1,14 @@
-"""SIGTERM under load: every request the server accepted is answered, then it exits 0."""
+"""SIGTERM under load: every request the server accepted, over gRPC or HTTP, is answered,
+then it exits 0."""
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,6 +26,12 @@ CLIENTS = 12
 ACCEPTED_MARGIN_S = 0.05
 
 
+def http_classify(port: int, image: bytes) -> str:
+    url = f"http://127.0.0.1:{port}/v1/models/tiny/classify"
+    with urllib.request.urlopen(urllib.request.Request(url, data=image), timeout=20) as reply:
+        return json.loads(reply.read())["results"][0]["predictions"][0]["label"]
+
+
 def test_sigterm_during_load_answers_every_accepted_request(
     tiny_repo: Path, tmp_path: Path
 ) -> None:
@@ -36,15 +46,23 @@ def test_sigterm_during_load_answers_every_accepted_request(
     outcomes: list[tuple[float, float, str]] = []  # (start, end, code)
     lock = threading.Lock()
 
-    def client_loop(_: int) -> None:
+    def client_loop(index: int) -> None:
+        over_http = index % 2 == 1  # half the clients over each port
         with Client(server.target, timeout=20) as client:
             while not stop_sending.is_set():
                 start = time.monotonic()
                 try:
-                    label = client.classify([image]).results[0].top[0].label
+                    if over_http:
+                        label = http_classify(server.http_port, image)
+                    else:
+                        label = client.classify([image]).results[0].top[0].label
                     code = "OK" if label == "red" else f"WRONG:{label}"
                 except grpc.RpcError as exc:
                     code = exc.code().name
+                except urllib.error.HTTPError as exc:
+                    code = {503: "UNAVAILABLE"}.get(exc.code, f"HTTP {exc.code}")
+                except (urllib.error.URLError, ConnectionError):
+                    code = "UNAVAILABLE"  # the port no longer accepts connections
                 with lock:
                     outcomes.append((start, time.monotonic(), code))
                 answered.set()
@@ -92,4 +110,11 @@ def test_pre_drain_delay_reports_not_serving_while_still_answering(
         # Readiness is off, but load balancers may still send for a while: still answered.
         with Client(server.target) as client:
             assert client.classify([image]).results[0].top[0].label == "red"
+        ready = f"http://127.0.0.1:{server.http_port}/v2/health/ready"
+        try:
+            urllib.request.urlopen(ready, timeout=5)
+            raise AssertionError("HTTP readiness still 200 while draining")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 503
+        assert http_classify(server.http_port, image) == "red"
     assert server.proc.wait(30) == 0

@@ -4,6 +4,8 @@ a stream whose client never reads is not read without bound, idle connections ar
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -20,6 +22,7 @@ from imgclf.client.bench.launcher import start_server
 from imgclf.grpc.inference import STREAM_WINDOW
 from tests.tiny_model import make_tiny_model
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SIZE = 128
 CLASSES = 4000
 """Answers of 2 x 16 KB (logits and probabilities): a few hundred fill a client's window."""
@@ -172,3 +175,21 @@ def test_idle_connection_is_closed(tmp_path: Path) -> None:
     finally:
         channel.close()
         server.stop()
+
+
+def test_streams_benchmark_short_run(tmp_path: Path) -> None:
+    """`python -m benchmarks.streams --check` for real, with small numbers on the tiny model:
+    both scenarios run and every bound it checks holds."""
+    labels = [f"class{i}" for i in range(CLASSES)]
+    make_tiny_model(tmp_path / "repo" / "tiny" / "1" / "model.onnx", size=SIZE, labels=labels)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.streams", "--check",
+         "--model-repository", str(tmp_path / "repo"), "--model", "tiny",
+         "--watches", "2", "--idle-streams", "2", "--readers", "2", "--requests", "400",
+         "--settle-s", "1"],
+        capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
+    )  # fmt: skip
+    print(proc.stdout)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert "Watch             x2: ended" in proc.stdout
+    assert "never-read  2 clients" in proc.stdout and "all bounds held" in proc.stdout

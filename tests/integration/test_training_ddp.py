@@ -38,7 +38,8 @@ def test_two_gloo_processes_train_like_one(tmp_path: Path) -> None:
     ddp_dir, single_dir = tmp_path / "ddp", tmp_path / "single"
     # The same global batch (2 x 16 = 32) and schedule as the single process.
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "imgclf.training.train", *COMMON, "-b", "16", "--output-dir", str(ddp_dir)]  # fmt: skip
+           "-m", "imgclf.training.train", *COMMON, "-b", "16",
+           "--output-dir", str(ddp_dir)]  # fmt: skip
     out = subprocess.run(
         cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=240, check=False
     )

@@ -1,6 +1,7 @@
 """Built-in labelled datasets of real images that ship inside installed packages (no download).
 
-- ``digits``: scikit-learn's 1797 handwritten digits (8x8), ten classes (see imgclf.training.data.digits).
+- ``digits``: scikit-learn's 1797 handwritten digits (8x8), ten classes
+  (see imgclf.training.data.digits).
 - ``lfw_faces``: scikit-image's ``lfw_subset``, 100 faces from Labeled Faces in the Wild and 100
   non-face patches of natural photos (25x25 grey), two classes ``face`` and ``not_face``.
 

@@ -1,7 +1,9 @@
 """Datasets for training: a built-in one (imgclf.training.data.builtin) or an image-folder tree.
 
 ``--data-path DIR`` with ``train/`` and ``val/`` subfolders uses those; a single tree is split
-(stratified, seeded). Class names are kept in order and go into the checkpoint and the ONNX.
+(stratified, seeded); tar shards (imgclf.training.data.shards) are read by the loader workers
+instead.
+Class names are kept in order and go into the checkpoint and the ONNX.
 Unreadable files are reported and left out before training (``skipped``); a file that still
 fails to decode during training is reported once and replaced by the next sample, so batches
 keep their size (which distributed training needs).
@@ -29,6 +31,7 @@ from imgclf.training.data.folders import (
     list_images,
     stratified_split,
 )
+from imgclf.training.data.shards import ShardSource, is_shard_source, open_shards
 
 DATASETS = (*BUILTIN_DATASETS, "folder")
 
@@ -104,6 +107,9 @@ class SplitData:
     val_labels: np.ndarray
     skipped: list[tuple[str, str]] = field(default_factory=list)
     """(file, reason) of the files left out because they are not readable images."""
+    shards: ShardSource | None = None
+    """Tar shards, read by the loaders; the sample lists are then empty and the label arrays
+    hold the manifest's class counts in class order."""
 
 
 def _without_corrupt(
@@ -143,6 +149,11 @@ def load_split(
         raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
     if data_path is None:
         raise ValueError("--dataset folder needs --data-path")
+    if is_shard_source(data_path):
+        source = open_shards(data_path)
+        return SplitData(
+            source.class_names, [], source.labels("train"), [], source.labels("val"), [], source
+        )
     root = Path(data_path)
     if (root / "train").is_dir() and (root / "val").is_dir():
         class_names = find_classes(root / "train")

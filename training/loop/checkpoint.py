@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
+from imgclf.usererror import UserError
+
 
 @dataclass
 class RunState:
@@ -92,8 +94,47 @@ def make_checkpoint(
     }
 
 
+CHECKPOINT_HINT = (
+    "pass the checkpoint.pth or best.pth that `imgclf train` wrote into its --output-dir "
+    "(default runs/train)"
+)
+
+
+IMAGE_MAGIC = {
+    b"\xff\xd8\xff": "JPEG",
+    b"\x89PNG": "PNG",
+    b"GIF8": "GIF",
+    b"BM": "BMP",
+    b"RIFF": "WebP",
+}
+
+
+def _looks_like(path: Path) -> str:
+    """'it is a JPEG image' (PNG, ...) when the file starts like one, else ''."""
+    with path.open("rb") as f:
+        head = f.read(8)
+    kind = next((k for magic, k in IMAGE_MAGIC.items() if head.startswith(magic)), "")
+    return f"it is a {kind} image" if kind else ""
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A checkpoint `imgclf train` wrote; UserError naming the file when it is missing or is
+    something else (an image, a bare state dict, a corrupt file)."""
+    path = Path(path)
+    if not path.is_file():
+        what = "a folder, not a checkpoint file" if path.is_dir() else "no such file"
+        raise UserError(f"{path}: {what}", CHECKPOINT_HINT)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError, RuntimeError, EOFError, ...: not a checkpoint
+        # torch's own text advises weights_only=False, which would run the file's code: not said
+        raise UserError(
+            f"{path} is not a PyTorch checkpoint ({_looks_like(path) or type(exc).__name__})",
+            CHECKPOINT_HINT,
+        ) from exc
+    if not isinstance(ckpt, dict) or "class_names" not in ckpt or "model" not in ckpt:
+        raise UserError(f"{path} is not a checkpoint of `imgclf train`", CHECKPOINT_HINT)
+    return ckpt
 
 
 def restore(

@@ -4,6 +4,7 @@ across processes."""
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -62,7 +63,7 @@ def split_output(
 
 
 def _batches(loader: DataLoader, desc: str, opts: StepOptions) -> tqdm:
-    show = opts.progress and opts.dist.is_main
+    show = opts.progress and opts.dist.is_main and sys.stderr.isatty()  # no bars in a log file
     return tqdm(loader, desc=desc, leave=False, disable=not show, dynamic_ncols=True)
 
 
@@ -127,7 +128,7 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(
+def validate_one_epoch(
     model: nn.Module, criterion: nn.Module, loader: DataLoader, opts: StepOptions, desc: str
 ) -> tuple[float, float]:
     """Validate `model` on `loader` (this process's shard); returns the global (loss, acc)."""

@@ -30,27 +30,37 @@ def read_history(path: Path) -> list[dict[str, float]]:
         ]
 
 
-def plot_history(rows: list[dict[str, float]], out_dir: Path, title: str = "") -> None:
-    """loss.png and accuracy.png: train and val (and EMA val) curves per epoch."""
+def history_figure(rows: list[dict[str, float]], metric: str, ylabel: str, title: str = "") -> Any:
+    """The figure of one metric ("loss" or "acc"): train and val (and EMA val) per epoch."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    ax.plot(epochs, [r[f"train_{metric}"] for r in rows], marker="o", label="train")
+    ax.plot(epochs, [r[f"val_{metric}"] for r in rows], marker="o", label="val")
+    if rows and f"ema_val_{metric}" in rows[0]:
+        ax.plot(epochs, [r[f"ema_val_{metric}"] for r in rows], marker=".", label="val (EMA)")
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_history(rows: list[dict[str, float]], out_dir: Path, title: str = "") -> None:
+    """loss.png and accuracy.png: train and val (and EMA val) curves per epoch."""
+    import matplotlib.pyplot as plt
+
     for metric, ylabel, name in (("loss", "loss", "loss.png"), ("acc", "accuracy", "accuracy.png")):
-        fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-        ax.plot(epochs, [r[f"train_{metric}"] for r in rows], marker="o", label="train")
-        ax.plot(epochs, [r[f"val_{metric}"] for r in rows], marker="o", label="val")
-        if rows and f"ema_val_{metric}" in rows[0]:
-            ax.plot(epochs, [r[f"ema_val_{metric}"] for r in rows], marker=".", label="val (EMA)")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(ylabel)
-        if title:
-            ax.set_title(title, fontsize=9)
-        ax.grid(True, alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
+        fig = history_figure(rows, metric, ylabel, title)
         fig.savefig(out_dir / name)
         plt.close(fig)
 

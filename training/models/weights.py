@@ -18,6 +18,8 @@ A download that fails (no network) raises WeightsUnavailable saying where the fi
 from __future__ import annotations
 
 import importlib.metadata
+import socket
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -170,9 +172,46 @@ def _torchvision_pretrained(name: str, weights: str, **kwargs: Any) -> nn.Module
         ) from exc
 
 
+HUB_CONNECT_TIMEOUT_S = 3.0
+HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def check_hub_weights_fetchable(name: str) -> None:
+    """Fail at once (WeightsUnavailable) when timm's weights for `name` are neither in the
+    Hugging Face cache nor fetchable: HF_HUB_OFFLINE is set, or the hub cannot be reached
+    within a few seconds (without this, huggingface_hub retries for about a minute)."""
+    from huggingface_hub import constants, try_to_load_from_cache
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(timm_name(name))
+    repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not repo:
+        return  # a plain URL download: torch.hub's own error is quick
+    for filename in HUB_WEIGHT_FILES:
+        if isinstance(try_to_load_from_cache(repo, filename), str):
+            return
+    where = f"{repo} is not in the Hugging Face cache ({constants.HF_HUB_CACHE})"
+    fix = (
+        "copy the weights there on a machine with a network (huggingface-cli download "
+        f"{repo}), or pass --weights /path/to/model.safetensors (or .pth)"
+    )
+    if constants.HF_HUB_OFFLINE:
+        raise WeightsUnavailable(f"{where} and HF_HUB_OFFLINE is set. Without a network: {fix}")
+    url = urllib.parse.urlsplit(constants.ENDPOINT)
+    host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=HUB_CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise WeightsUnavailable(
+            f"{where} and {constants.ENDPOINT} cannot be reached ({exc.strerror or exc}). "
+            f"Without a network: {fix}"
+        ) from None
+
+
 def _timm_pretrained(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     import timm
 
+    check_hub_weights_fetchable(name)
     try:
         return timm.create_model(
             timm_name(name), pretrained=True, num_classes=num_classes, **kwargs
@@ -210,3 +249,14 @@ def pretrained_model(name: str, num_classes: int, weights: str, **kwargs: Any) -
             raise ValueError(f"timm models take --weights pretrained or a file, got {weights!r}")
         return _timm_pretrained(name, num_classes, **kwargs)
     raise ValueError(f"{name} has no library weights; --weights takes a weights file for it")
+
+
+def build_model(
+    name: str, num_classes: int, weights: str | None = None, **kwargs: Any
+) -> nn.Module:
+    """A classifier with `num_classes` outputs: random (no `weights`), or initialised from
+    `weights` (see pretrained_model) with a new head for the
+    classes."""
+    if not weights or weights.lower() == "none":
+        return create_model(name, num_classes, **kwargs)
+    return pretrained_model(name, num_classes, weights, **kwargs)

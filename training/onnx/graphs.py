@@ -16,7 +16,10 @@ import onnx
 import torch
 from torch import nn
 
-from imgclf.training.onnx.parity import ExportError
+
+class ExportError(RuntimeError):
+    """The exported graph is not what the server expects."""
+
 
 INPUT_NAME = "input"
 LOGITS = "logits"

@@ -17,14 +17,12 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
+from imgclf.training.onnx.graphs import ExportError
+
 PARITY_ATOL = 1e-4
 PARITY_RTOL = 1e-3
 FP16_TIE_MARGIN = 1e-2
 """float16 carries ~3 decimal digits: top-1 flips below this relative margin are ties."""
-
-
-class ExportError(RuntimeError):
-    """The exported graph is not what the server expects."""
 
 
 class ParityError(ExportError):

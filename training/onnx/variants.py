@@ -3,8 +3,9 @@
 ``export_model`` writes the float32 model; ``export_variants`` writes several (float32,
 float16, uint8 NHWC with the normalisation baked in) only after every one of them passed:
 the exporter (dynamo, or legacy, or dynamo falling back to legacy when asked: never
-silently), ``onnx.checker`` (full check), the signature (imgclf.training.onnx.graphs) and parity against
-PyTorch (imgclf.training.onnx.parity). The metadata is ``ModelMetadata.to_props()`` plus provenance.
+silently), ``onnx.checker`` (full check), the signature (imgclf.training.onnx.graphs) and
+parity against PyTorch (imgclf.training.onnx.parity). The metadata is
+``ModelMetadata.to_props()`` plus provenance.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from imgclf.training.onnx.graphs import (
     PROBABILITIES,
     UINT8,
     BakedPreprocessing,
+    ExportError,
     Variant,
     WithSoftmax,
     check_signature,
@@ -44,7 +46,6 @@ from imgclf.training.onnx.graphs import (
 from imgclf.training.onnx.parity import (
     PARITY_ATOL,
     PARITY_RTOL,
-    ExportError,
     ParityError,
     check_parity,
 )

@@ -26,11 +26,30 @@ def _floats(text: str) -> list[float]:
     return values
 
 
+def _protocols(text: str) -> list[str]:
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if (
+        not values
+        or any(v not in ("grpc", "http") for v in values)
+        or len(set(values)) != len(values)
+    ):
+        raise argparse.ArgumentTypeError(f"grpc, http or grpc,http: {text!r}")
+    return values
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     t = parser.add_argument_group("target")
     t.add_argument("--target", default="127.0.0.1:8001", help="HOST:PORT of the gRPC server")
     t.add_argument("--api", choices=("imgclf", "oip"), default="imgclf",
                    help="imgclf: Classify; oip: Open Inference Protocol ModelInfer")  # fmt: skip
+    t.add_argument(
+        "--protocol", type=_protocols, default=["grpc"],
+        help="grpc, http (Open Inference over HTTP, binary tensor data; needs --api oip), or "
+        "grpc,http: both, each point measured over one then the other, round after round",
+    )  # fmt: skip
+    t.add_argument("--http-target", default=None,
+                   help="HOST:PORT of the HTTP port (default: the target host, port 8000, or "
+                   "the started server's)")  # fmt: skip
     t.add_argument("--model", default="efficientnet_lite0", help="model name")
     t.add_argument(
         "--input-name",
@@ -120,9 +139,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument(
         "--rounds",
         type=int,
-        default=1,
+        default=3,
         help="alternate limit and served measurements this many times; report "
-        "medians (steadier on a shared machine)",
+        "medians and the range of img/s (one round's figures move from run to run)",
     )
     m.add_argument(
         "--start-server",

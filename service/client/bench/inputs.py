@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import io
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from PIL import Image
 from imgclf.client.bench import BENCH_EXTRA, IMAGE_SIZES, MissingDependency
 from imgclf.imaging import Preprocessing, pixels_from_bytes, preprocess_bytes
 from imgclf.modelmeta import ModelMetadata
+from imgclf.repolayout import CONFIG_FILE, read_json, versions
 
 JPEG_QUALITY = 90
 SKIMAGE_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
@@ -146,8 +146,6 @@ class ModelSpec:
 
 def default_model_path(repository: Path, model: str) -> Path | None:
     """models/<model>/<newest version>/model.onnx, when it exists."""
-    from imgclf.models.repository import versions
-
     found = versions(repository / model)
     return found[0].path if found else None
 
@@ -158,9 +156,7 @@ def spec_from_onnx(name: str, path: Path) -> ModelSpec:
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     props = dict(session.get_modelmeta().custom_metadata_map)
-    sidecar = path.parent / "config.json"
-    overrides = json.loads(sidecar.read_text()) if sidecar.is_file() else None
-    meta = ModelMetadata.from_props(props, overrides)
+    meta = ModelMetadata.from_props(props, read_json(path.parent / CONFIG_FILE))
     inp, out = session.get_inputs()[0], session.get_outputs()[0]
     return ModelSpec(
         name, meta.sample_shape, meta.preprocessing, f"ONNX metadata of {path}", path,

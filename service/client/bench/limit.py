@@ -90,7 +90,7 @@ def _worker(job: Job, barrier: threading.Barrier, results: mp.Queue, index: int)
         import onnxruntime as ort
 
         from imgclf.imaging import normalize, pixels_from_bytes, preprocess_bytes
-        from imgclf.runtime.engine import ExecutionOptions, session_options
+        from imgclf.runtime.options import ExecutionOptions, session_options
 
         options = ExecutionOptions(
             providers="cpu", intra_op_threads=cfg.threads, allow_spinning=cfg.spinning

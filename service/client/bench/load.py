@@ -1,6 +1,7 @@
-"""The load generator: grpc.aio clients in one or more spawned processes, each with its own
-event loop, sending pre-serialised requests (no protobuf work per request on either side of
-the client: request bytes are built once, replies are not parsed).
+"""The load generator: grpc.aio clients (or HTTP/1.1 keep-alive connections, see
+service/client/bench/http_wire.py) in one or more spawned processes, each with its own event loop,
+sending pre-serialised requests (no protobuf work per request on either side of the client:
+request bytes are built once, replies are not parsed).
 
 Closed loop: C clients, each sending its next request as soon as the previous one answered.
 Open loop: arrivals on a clock at a target rate, each request timed from its scheduled
@@ -22,6 +23,7 @@ from dataclasses import dataclass, replace
 import grpc
 
 from imgclf.client.bench import scrape
+from imgclf.client.bench.http_wire import HttpPool
 from imgclf.client.bench.stats import CLIENT_ERROR, OK, Records, arrival_times, merge, split_evenly
 from imgclf.client.bench.wire import Connection
 
@@ -79,16 +81,23 @@ async def run_point(
     end: list[float] = []
     code: list[int] = []
     metadata = connection.metadata
-    channel = connection.aio_channel()
+    pool = HttpPool(connection.target) if connection.protocol == "http" else None
+    channel = connection.aio_channel() if pool is None else None
     try:
-        call = channel.unary_unary(method)
-        await asyncio.wait_for(channel.channel_ready(), timeout=30)
+        if channel is not None:
+            call = channel.unary_unary(method)
+            await asyncio.wait_for(channel.channel_ready(), timeout=30)
+
+        async def send(payload: bytes) -> int:
+            if pool is not None:
+                return await pool.call(payload, timeout)
+            await call(payload, timeout=timeout, metadata=metadata)
+            return OK
 
         async def one(payload: bytes, due: float) -> None:
             t = time.monotonic()
             try:
-                await call(payload, timeout=timeout, metadata=metadata)
-                c = OK
+                c = await send(payload)
             except grpc.aio.AioRpcError as exc:
                 c = exc.code().value[0]
             except Exception:
@@ -124,7 +133,10 @@ async def run_point(
             await asyncio.gather(*list(tasks))
         cpu_s = await cpu
     finally:
-        await channel.close()
+        if channel is not None:
+            await channel.close()
+        if pool is not None:
+            await pool.close()
     return Records.from_lists(sched, sent, end, code, cpu_s)
 
 

@@ -74,20 +74,26 @@ def errors_text(errors: dict[str, int]) -> str:
     return ",".join(f"{k}:{v}" for k, v in errors.items()) if errors else "0"
 
 
+def spread(point: dict) -> str:
+    """The lowest..highest img/s of a point's rounds ('-' for a single round)."""
+    rounds = [r["throughput_ips"] for r in point.get("rounds", [])]
+    return f"{fmt(min(rounds))}..{fmt(max(rounds))}" if len(rounds) > 1 else "-"
+
+
 def served_table(points: list[dict], limit: dict | None) -> str:
     rows = []
     for p in points:
         s, v = p["summary"], p["vs_limit"]
         lat = s["latency_ms"]
         rows.append([
-            p["load"], fmt(s["throughput_rps"]), fmt(s["throughput_ips"]),
+            p["load"], fmt(s["throughput_rps"]), fmt(s["throughput_ips"]), spread(p),
             fmt(lat["p50"], ".2f"), fmt(lat["p90"], ".2f"), fmt(lat["p99"], ".2f"),
             errors_text(s["errors"]),
             fmt(v["served_over_limit"], ".2f"), fmt(v["p50_minus_limit_p50_ms"], "+.2f"),
             fmt(v.get("images_per_server_cpu_s")), fmt(v.get("per_cpu_over_limit"), ".2f"),
             fmt(s["client_cpu_cores"], ".2f"),
         ])  # fmt: skip
-    head = ["load", "req/s", "img/s", "p50 ms", "p90 ms", "p99 ms", "errors",
+    head = ["load", "req/s", "img/s", "img/s range", "p50 ms", "p90 ms", "p99 ms", "errors",
             "served/limit", "p50-limit_p50 ms", "img/server-cpu-s", "per-cpu/limit",
             "client cores"]  # fmt: skip
     return table(head, rows)
@@ -196,7 +202,8 @@ def text(result: dict) -> str:
         f"\nmodel {result['model']['name']} | {result['api']} API | input {what} | "
         f"{inp['images_per_request']} image(s)/request | "
         f"{result['client_processes']} client process(es) | {result['machine']['cores']} cores"
-        + (f" | median of {result['rounds']} rounds" if result["rounds"] > 1 else "")
+        + (f" | median of {result['rounds']} rounds" if result["rounds"] > 1 else
+           " | one round: no spread measured (--rounds 3 gives medians and their range)")
     ]  # fmt: skip
     sm = result.get("server_model")
     if sm:
@@ -215,6 +222,15 @@ def text(result: dict) -> str:
         stages = stage_table(result["points"])
         if stages:
             lines += ["", stages]
+        ratios = result.get("protocol_ratios")
+        if ratios:
+            rows = [
+                [r["load"], fmt(r["http_over_grpc"], ".3f"),
+                 " ".join(fmt(x, ".3f") for x in r["rounds"])]
+                for r in ratios
+            ]  # fmt: skip
+            lines += ["\nHTTP / gRPC throughput (measured one after the other, each round):",
+                      table(["load", "median", "rounds"], rows)]  # fmt: skip
         floor = floor_table(result["points"])
         if floor:
             lines += ["\nfloor (a bare gRPC server, same options and requests, canned reply, "

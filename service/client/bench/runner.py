@@ -12,12 +12,14 @@ import platform
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
-from imgclf.client.bench import inputs, limit, load, report, stats, wire
+from imgclf.client.bench import http_wire, inputs, limit, load, report, stats, wire
 from imgclf.client.bench.floor import FloorServer
-from imgclf.client.bench.launcher import serving
+from imgclf.client.bench.launcher import server_or_target
 
 
 def say(msg: str) -> None:
@@ -43,8 +45,22 @@ def _server_models(connection: wire.Connection) -> dict[str, dict]:
     }  # fmt: skip
 
 
-def execute(args: argparse.Namespace) -> dict:
-    size = inputs.parse_size(args.image_size)
+@dataclass
+class Plan:
+    """What one run does, resolved from the arguments before anything starts."""
+
+    size: tuple[int, int] | None
+    concurrency: list[int]
+    rates: list[float]
+    serve: bool
+    draft: bool
+    photos: list[tuple[str, bytes]]
+    path: Path | None
+    spec: inputs.ModelSpec | None
+    cores: int
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
     concurrency = args.concurrency if args.concurrency is not None else (
         [] if args.rate else [1, 4, 16])  # fmt: skip
     rates = args.rate
@@ -52,12 +68,14 @@ def execute(args: argparse.Namespace) -> dict:
         args.limit, concurrency, rates = True, [], []
     if args.batch_size < 1 or args.client_processes < 1 or args.rounds < 1:
         raise ValueError("--batch-size, --client-processes and --rounds must be >= 1")
-    serve = bool(concurrency or rates)
+    if "http" in args.protocol and args.api != "oip":
+        raise ValueError("--protocol http sends Open Inference requests: add --api oip")
+    if "http" in args.protocol and (args.tls_ca or args.tls_cert):
+        raise ValueError("the bench's HTTP client speaks plaintext only")
     draft = args.limit_jpeg_draft
     if draft is None:
         draft = "--no-jpeg-draft" not in args.server_args.split()
-
-    photos = inputs.jpeg_images(size)
+    size = inputs.parse_size(args.image_size)
     path = args.model_path or inputs.default_model_path(args.model_repository, args.model)
     if args.model_path and not args.model_path.is_file():
         raise FileNotFoundError(f"--model-path {args.model_path} does not exist")
@@ -65,11 +83,19 @@ def execute(args: argparse.Namespace) -> dict:
     if args.limit and spec is None:
         raise ValueError(f"--limit runs the model file itself: no {args.model_repository}/"
                          f"{args.model}/<version>/model.onnx; give --model-path")  # fmt: skip
-    cores = args.limit_cores or limit.usable_cores()
-    result: dict = {
+    return Plan(
+        size, concurrency, rates, bool(concurrency or rates), draft, inputs.jpeg_images(size),
+        path, spec, args.limit_cores or limit.usable_cores(),
+    )  # fmt: skip
+
+
+def new_result(args: argparse.Namespace, plan: Plan) -> dict:
+    photos = plan.photos
+    return {
         "api": args.api, "target": args.target, "model": {"name": args.model},
+        "protocols": args.protocol,
         "inputs": {
-            "kind": args.input, "size": "x".join(map(str, size)) if size else "native",
+            "kind": args.input, "size": "x".join(map(str, plan.size)) if plan.size else "native",
             "photos": [n for n, _ in photos],
             "mean_jpeg_bytes": sum(len(b) for _, b in photos) / len(photos),
             "images_per_request": args.batch_size,
@@ -77,152 +103,214 @@ def execute(args: argparse.Namespace) -> dict:
         "machine": {"cores": limit.usable_cores(), "platform": platform.platform(),
                     "python": platform.python_version(), "pid": os.getpid()},
         "client_processes": args.client_processes, "rounds": args.rounds,
-        "started_server": args.start_server and serve, "limit": None, "points": [],
+        "started_server": args.start_server and plan.serve, "limit": None, "points": [],
     }  # fmt: skip
 
-    def items_for(model_spec: inputs.ModelSpec | None) -> list:
-        if args.input == "jpeg":
-            return [b for _, b in photos]
-        if args.input == "pixels":
-            return [t for _, t in inputs.pixels(photos, model_spec)]
-        return [t for _, t in inputs.tensors(photos, model_spec)]
 
-    if args.perf_analyzer_data:  # a utility: write the inputs for perf_analyzer, nothing else
-        if args.input != "jpeg" and spec is None:
-            raise ValueError(
-                "--perf-analyzer-data with tensors needs the model file (--model-path)"
-            )
-        name = args.input_name or (spec.input_name if spec else "input")
-        data = wire.perf_analyzer_data(
-            items_for(spec), input_name=name, image_input_name=args.image_input_name
-        )
-        args.perf_analyzer_data.write_text(json.dumps(data) + "\n")
-        say(f"wrote {args.perf_analyzer_data}: {len(data['data'])} {args.input} inputs for "
-            "perf_analyzer --input-data")  # fmt: skip
-        result["perf_analyzer_data"] = str(args.perf_analyzer_data)
-        if spec is not None:
-            result["model"] = spec.as_dict()
-        return result
+def items_for(args: argparse.Namespace, plan: Plan, spec: inputs.ModelSpec | None) -> list:
+    if args.input == "jpeg":
+        return [b for _, b in plan.photos]
+    if args.input == "pixels":
+        return [t for _, t in inputs.pixels(plan.photos, spec)]
+    return [t for _, t in inputs.tensors(plan.photos, spec)]
 
-    limit_rounds: list[dict] = []
 
-    def run_limit() -> dict:
-        configs = limit.limit_configs(cores, args.limit_batch)
-        if limit_rounds:  # later rounds: only the configs that set the limit in the first
-            first = limit_rounds[0]
+def write_perf_analyzer_data(args: argparse.Namespace, plan: Plan, result: dict) -> dict:
+    """A utility: write the inputs for perf_analyzer --input-data, nothing else."""
+    spec = plan.spec
+    if args.input != "jpeg" and spec is None:
+        raise ValueError("--perf-analyzer-data with tensors needs the model file (--model-path)")
+    name = args.input_name or (spec.input_name if spec else "input")
+    data = wire.perf_analyzer_data(
+        items_for(args, plan, spec), input_name=name, image_input_name=args.image_input_name
+    )
+    args.perf_analyzer_data.write_text(json.dumps(data) + "\n")
+    say(f"wrote {args.perf_analyzer_data}: {len(data['data'])} {args.input} inputs for "
+        "perf_analyzer --input-data")  # fmt: skip
+    result["perf_analyzer_data"] = str(args.perf_analyzer_data)
+    if spec is not None:
+        result["model"] = spec.as_dict()
+    return result
+
+
+class LimitRounds:
+    """The machine's limit, once per round; later rounds run only the configurations that
+    set the limit in the first."""
+
+    def __init__(self, args: argparse.Namespace, plan: Plan) -> None:
+        self.args, self.plan, self.rounds = args, plan, []
+
+    def run(self) -> dict:
+        args, plan = self.args, self.plan
+        configs = limit.limit_configs(plan.cores, args.limit_batch)
+        if self.rounds:
+            first = self.rounds[0]
             keep = {first["best_config"], first["p50_config"], first["best_cpu_config"]}
             configs = [c for c in configs if c.name in keep]
-        say(f"limit: {path} on CPUExecutionProvider, {cores} cores, no server work"
-            f"{', JPEG draft decoding' if draft and args.input == 'jpeg' else ''}")  # fmt: skip
+        draft = plan.draft and args.input == "jpeg"
+        say(f"limit: {plan.path} on CPUExecutionProvider, {plan.cores} cores, no server work"
+            f"{', JPEG draft decoding' if draft else ''}")  # fmt: skip
         got = limit.measure_limit(
-            path, items_for(spec), spec.preprocessing, configs=configs, jpeg_draft=draft,
-            pixel_input=spec.pixel_input, warmup=min(args.warmup, 2.0),
-            duration=args.limit_duration, progress=say,
+            plan.path, items_for(args, plan, plan.spec), plan.spec.preprocessing,
+            configs=configs, jpeg_draft=plan.draft, pixel_input=plan.spec.pixel_input,
+            warmup=min(args.warmup, 2.0), duration=args.limit_duration, progress=say,
         )  # fmt: skip
-        limit_rounds.append(got)
+        self.rounds.append(got)
         return got
 
+    @property
+    def last(self) -> dict | None:
+        return self.rounds[-1] if self.rounds else None
+
+
+def execute(args: argparse.Namespace) -> dict:
+    plan = make_plan(args)
+    result = new_result(args, plan)
+    if args.perf_analyzer_data:
+        return write_perf_analyzer_data(args, plan, result)
+    limits = LimitRounds(args, plan)
     if args.limit:
         import onnxruntime
 
         result["machine"]["onnxruntime"] = onnxruntime.__version__
-        run_limit()  # the first round's limit runs before any server starts
+        limits.run()  # the first round's limit runs before any server starts
     point_rounds: list[list[dict]] = []
-    server = None
-    with contextlib.ExitStack() as stack:
-        target, metrics_url = args.target, args.metrics_url
-        if serve:
-            if args.start_server:
-                say(f"starting imgclf serve {args.server_args}".rstrip())
-                server = stack.enter_context(serving(
-                    args.model_repository, args.server_args,
-                    tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
-                ))  # fmt: skip
-                target = server.target
-                metrics_url = server.metrics_url if metrics_url is None else metrics_url
-            connection = wire.Connection.from_files(
-                target, args.tls_ca, args.tls_cert, args.tls_key, args.token_file
-            )
-            if metrics_url is None:
-                metrics_url = f"http://{target.rsplit(':', 1)[0]}:8002/metrics"
-            if spec is None:
-                with connection.channel() as ch:
-                    found = inputs.remote_input_shape(
-                        ch, args.model, args.input_name or "input", connection.metadata
-                    )
-                if found is None and args.input != "jpeg":
-                    raise ValueError(
-                        f"cannot tell {args.model}'s input shape: no local model "
-                        "file and the server does not say; give --model-path"
-                    )
-                spec = inputs.spec_from_shape(args.model, found[1], found[0]) if found else None
-            for note in spec.notes if spec else []:
-                say(note)
-            result["server_model"] = _server_models(connection).get(args.model)
-            method, payloads = wire.build_payloads(
-                args.api, args.model, items_for(spec), args.batch_size,
-                input_name=args.input_name or (spec.input_name if spec else "input"),
-                image_input_name=args.image_input_name, output_name=args.output_name,
-                top_k=args.top_k,
-            )  # fmt: skip
-            try:
-                reply = wire.probe(connection, method, payloads[0], args.request_timeout)
-            except grpc.RpcError as exc:
-                raise RuntimeError(
-                    f"probe request failed: {exc.code().name}: {exc.details()}"
-                ) from None
-            problem = wire.check_reply(args.api, reply, args.batch_size)
-            if problem:
-                raise RuntimeError(f"probe reply is not a classification: {problem}")
-            if metrics_url and load.try_fetch(metrics_url) is None:
-                say(f"no metrics at {metrics_url}: no server stage breakdown")
-                metrics_url = None
-            result.update(target=target, metrics_url=metrics_url)
-            points = [load.Point("closed", args.warmup, args.duration, concurrency=c)
-                      for c in concurrency]  # fmt: skip
-            points += [load.Point("open", args.warmup, args.duration, rate=r,
-                                  arrival=args.arrival, seed=args.seed,
-                                  max_inflight=args.max_inflight) for r in rates]  # fmt: skip
-            runner = stack.enter_context(load.LoadRunner(
-                connection, method, payloads, args.client_processes, args.request_timeout
-            ))  # fmt: skip
-            floor_runner = None
-            if args.floor:
-                say("starting the floor server (bare gRPC answering the probe's reply)")
-                floor = stack.enter_context(FloorServer(method, reply))
-                floor_cpu = floor.cpu_seconds
-                floor_runner = stack.enter_context(load.LoadRunner(
-                    wire.Connection(floor.target), method, payloads, args.client_processes,
-                    args.request_timeout,
-                ))  # fmt: skip
-            for r in range(args.rounds):
-                if r and args.limit:
-                    run_limit()
-                lim = limit_rounds[-1] if limit_rounds else None
-                point_rounds.append([])
-                for point in points:
-                    tag = f" (round {r + 1}/{args.rounds})" if args.rounds > 1 else ""
-                    say(f"served {point.label}: {args.warmup:g}s warm-up + "
-                        f"{args.duration:g}s{tag} ...")  # fmt: skip
-                    measured = measure_point(runner, point, metrics_url, args, lim)
-                    if floor_runner is not None:
-                        say(f"floor {point.label} ...")
-                        measured["floor"] = measure_floor(
-                            floor_runner, point, args, measured, floor_cpu
-                        )
-                    point_rounds[-1].append(measured)
-        elif args.limit:
-            for _ in range(args.rounds - 1):
-                run_limit()
-    if server is not None:
-        result["server_exit_code"] = server.proc.returncode
-    if spec is not None:
-        result["model"] = spec.as_dict()
-    if limit_rounds:
-        result["limit"] = limit.combine_limits(limit_rounds)
+    if plan.serve:
+        serve_and_measure(args, plan, limits, result, point_rounds)
+    elif args.limit:
+        for _ in range(args.rounds - 1):
+            limits.run()
+    if plan.spec is not None:
+        result["model"] = plan.spec.as_dict()
+    if limits.rounds:
+        result["limit"] = limit.combine_limits(limits.rounds)
     result["points"] = [stats.combine_points(list(per)) for per in zip(*point_rounds, strict=True)]
+    if len(args.protocol) > 1 and point_rounds:
+        result["protocol_ratios"] = protocol_ratios(point_rounds)
     result["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     return result
+
+
+def serve_and_measure(
+    args: argparse.Namespace, plan: Plan, limits: LimitRounds, result: dict,
+    point_rounds: list[list[dict]],
+) -> None:  # fmt: skip
+    """The served part: the server (started or given), a probe, then every point per round
+    (the limit again before each later round), appended to `point_rounds`."""
+    tls = {"tls_ca": args.tls_ca, "tls_cert": args.tls_cert, "tls_key": args.tls_key}
+    with contextlib.ExitStack() as stack:
+        where = stack.enter_context(server_or_target(
+            None if args.start_server else args.target, args.model_repository,
+            args.server_args, say=say, **tls,
+        ))  # fmt: skip
+        target = where.address
+        metrics_url = args.metrics_url
+        if metrics_url is None:
+            metrics_url = where.metrics_url or f"http://{target.rsplit(':', 1)[0]}:8002/metrics"
+        connection = wire.Connection.from_files(
+            target, args.tls_ca, args.tls_cert, args.tls_key, args.token_file
+        )
+        plan.spec = resolve_spec(args, plan.spec, connection)
+        result["server_model"] = _server_models(connection).get(args.model)
+        method, payloads = wire.build_payloads(
+            args.api, args.model, items_for(args, plan, plan.spec), args.batch_size,
+            input_name=args.input_name or (plan.spec.input_name if plan.spec else "input"),
+            image_input_name=args.image_input_name, output_name=args.output_name,
+            top_k=args.top_k,
+        )  # fmt: skip
+        reply = probe(args, connection, method, payloads[0])
+        if metrics_url and load.try_fetch(metrics_url) is None:
+            say(f"no metrics at {metrics_url}: no server stage breakdown")
+            metrics_url = None
+        result.update(target=target, metrics_url=metrics_url)
+        runners = {}
+        if "grpc" in args.protocol:
+            runners["grpc"] = stack.enter_context(load.LoadRunner(
+                connection, method, payloads, args.client_processes, args.request_timeout
+            ))  # fmt: skip
+        if "http" in args.protocol:
+            http_target = args.http_target or (
+                f"{where.server.host}:{where.server.http_port}"
+                if where.server is not None and where.server.http_port
+                else f"{target.rsplit(':', 1)[0]}:8000"
+            )
+            runners["http"] = stack.enter_context(http_load_runner(
+                args, plan.spec, items_for(args, plan, plan.spec), http_target, connection.token
+            ))  # fmt: skip
+            result["http_target"] = http_target
+        floor = None
+        if args.floor:
+            say("starting the floor server (bare gRPC answering the probe's reply)")
+            floor = stack.enter_context(FloorServer(method, reply))
+            floor_runner = stack.enter_context(load.LoadRunner(
+                wire.Connection(floor.target), method, payloads, args.client_processes,
+                args.request_timeout,
+            ))  # fmt: skip
+        for r in range(args.rounds):
+            if r and args.limit:
+                limits.run()
+            point_rounds.append([])
+            for point in load_points(args, plan):
+                tag = f" (round {r + 1}/{args.rounds})" if args.rounds > 1 else ""
+                for protocol, runner in runners.items():  # A B A B: the same noise
+                    name = f" over {protocol}" if len(runners) > 1 else ""
+                    say(f"served {point.label}{name}: {args.warmup:g}s warm-up + "
+                        f"{args.duration:g}s{tag} ...")  # fmt: skip
+                    measured = measure_point(runner, point, metrics_url, args, limits.last)
+                    measured["protocol"] = protocol
+                    if len(runners) > 1:
+                        measured["load"] = f"{point.label} {protocol}"
+                    if floor is not None and protocol == "grpc":
+                        say(f"floor {point.label} ...")
+                        measured["floor"] = measure_floor(
+                            floor_runner, point, args, measured, floor.cpu_seconds
+                        )
+                    point_rounds[-1].append(measured)
+    if where.server is not None:
+        result["server_exit_code"] = where.server.proc.returncode
+
+
+def resolve_spec(
+    args: argparse.Namespace, spec: inputs.ModelSpec | None, connection: wire.Connection
+) -> inputs.ModelSpec | None:
+    """The model's inputs: from the local file, else as the server describes them."""
+    if spec is None:
+        with connection.channel() as ch:
+            found = inputs.remote_input_shape(
+                ch, args.model, args.input_name or "input", connection.metadata
+            )
+        if found is None and args.input != "jpeg":
+            raise ValueError(
+                f"cannot tell {args.model}'s input shape: no local model "
+                "file and the server does not say; give --model-path"
+            )
+        spec = inputs.spec_from_shape(args.model, found[1], found[0]) if found else None
+    for note in spec.notes if spec else []:
+        say(note)
+    return spec
+
+
+def probe(
+    args: argparse.Namespace, connection: wire.Connection, method: str, payload: bytes
+) -> bytes:
+    """One request before the load: it must succeed and be a classification."""
+    try:
+        reply = wire.probe(connection, method, payload, args.request_timeout)
+    except grpc.RpcError as exc:
+        raise RuntimeError(f"probe request failed: {exc.code().name}: {exc.details()}") from None
+    problem = wire.check_reply(args.api, reply, args.batch_size)
+    if problem:
+        raise RuntimeError(f"probe reply is not a classification: {problem}")
+    return reply
+
+
+def load_points(args: argparse.Namespace, plan: Plan) -> list[load.Point]:
+    points = [load.Point("closed", args.warmup, args.duration, concurrency=c)
+              for c in plan.concurrency]  # fmt: skip
+    points += [load.Point("open", args.warmup, args.duration, rate=r, arrival=args.arrival,
+                          seed=args.seed, max_inflight=args.max_inflight)
+               for r in plan.rates]  # fmt: skip
+    return points
 
 
 def measure_point(
@@ -268,3 +356,40 @@ def measure_floor(
 
 def per_request_ms(cores: object, rps: float) -> float | None:
     return 1000.0 * cores / rps if isinstance(cores, float) and rps else None
+
+
+def http_load_runner(
+    args: argparse.Namespace, spec: inputs.ModelSpec | None, items: list, target: str,
+    token: str | None,
+) -> load.LoadRunner:  # fmt: skip
+    """The same requests as HTTP/1.1 binary-extension requests, probed once, and the client
+    processes that send them."""
+    path, payloads = http_wire.build_http_payloads(
+        args.model, items, args.batch_size, target,
+        input_name=args.input_name or (spec.input_name if spec else "input"),
+        image_input_name=args.image_input_name, output_name=args.output_name, token=token,
+    )  # fmt: skip
+    status, body = http_wire.probe_http(target, payloads[0], args.request_timeout)
+    problem = http_wire.check_http_reply(status, body, args.batch_size)
+    if problem:
+        raise RuntimeError(f"HTTP probe reply from {target} is not a classification: {problem}")
+    connection = wire.Connection(target, token=token, protocol="http")
+    return load.LoadRunner(connection, path, payloads, args.client_processes, args.request_timeout)
+
+
+def protocol_ratios(point_rounds: list[list[dict]]) -> list[dict]:
+    """HTTP over gRPC throughput per load point: each round's ratio (the two measured one
+    after the other) and their median."""
+    out = []
+    labels = [p["load"].rsplit(" ", 1)[0] for p in point_rounds[0] if p["protocol"] == "grpc"]
+    for label in labels:
+        ratios = []
+        for points in point_rounds:
+            by = {p["protocol"]: p["summary"]["throughput_ips"] for p in points
+                  if p["load"].rsplit(" ", 1)[0] == label}  # fmt: skip
+            if by.get("grpc"):
+                ratios.append(by["http"] / by["grpc"])
+        if ratios:
+            out.append({"load": label, "http_over_grpc": stats.median(ratios),
+                        "rounds": ratios})  # fmt: skip
+    return out

@@ -6,16 +6,17 @@ parsed only by `check_reply`, on the probe request that precedes every run.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import numpy as np
 
+from imgclf.bytestensor import serialize_bytes_elements
+from imgclf.client.channel import auth_metadata, credentials, make_aio_channel, make_channel
+
 CLASSIFY = "/imgclf.v1.ImageClassifier/Classify"
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,8 @@ class Connection:
     tls_cert: bytes | None = None
     tls_key: bytes | None = None
     token: str | None = None
+    protocol: str = "grpc"
+    """grpc, or http (target is then the HTTP port; plaintext only)."""
 
     @classmethod
     def from_files(
@@ -45,35 +48,16 @@ class Connection:
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
-        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
-
-    def _args(self) -> dict[str, object]:
-        options = [
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ]
-        if not self.secure:
-            return {"options": options}
-        creds = grpc.ssl_channel_credentials(self.tls_ca, self.tls_key, self.tls_cert)
-        return {"options": options, "credentials": creds}
+        return auth_metadata(self.token)
 
     def channel(self) -> grpc.Channel:
-        a = self._args()
-        if "credentials" in a:
-            return grpc.secure_channel(self.target, a["credentials"], options=a["options"])
-        return grpc.insecure_channel(self.target, options=a["options"])
+        return make_channel(self.target, self._credentials())
 
     def aio_channel(self) -> grpc.aio.Channel:
-        a = self._args()
-        if "credentials" in a:
-            return grpc.aio.secure_channel(self.target, a["credentials"], options=a["options"])
-        return grpc.aio.insecure_channel(self.target, options=a["options"])
+        return make_aio_channel(self.target, self._credentials())
 
-
-def bytes_tensor(elements: list[bytes]) -> bytes:
-    """An Open Inference Protocol BYTES tensor: each element as a 4-byte little-endian
-    length, then its bytes (as imgclf.grpc.oip_tensors reads it)."""
-    return b"".join(struct.pack("<I", len(e)) + e for e in elements)
+    def _credentials(self) -> grpc.ChannelCredentials | None:
+        return credentials(self.tls_ca, self.tls_cert, self.tls_key)
 
 
 def build_payloads(
@@ -97,7 +81,7 @@ def build_payloads(
             req = pb.ClassifyRequest(model=model, images=images, top_k=top_k)
         elif api == "oip":
             if encoded:
-                raw = bytes_tensor(group)  # type: ignore[arg-type]
+                raw = serialize_bytes_elements(group)  # type: ignore[arg-type]
                 tensor = oip.ModelInferRequest.InferInputTensor(
                     name=image_input_name, datatype="BYTES", shape=[batch, 1]
                 )
@@ -160,7 +144,7 @@ def perf_analyzer_data(
     entries = []
     for item in items:
         if isinstance(item, bytes):
-            entries.append({image_input_name: {"b64": b64(bytes_tensor([item]))}})
+            entries.append({image_input_name: {"b64": b64(serialize_bytes_elements([item]))}})
         else:
             dtype = "u1" if item.dtype == np.uint8 else "<f4"
             entries.append({input_name: {"b64": b64(np.ascontiguousarray(item, dtype).tobytes())}})

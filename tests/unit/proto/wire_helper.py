@@ -235,13 +235,10 @@ PROBS = [[0.5, 0.25, 0.125], [0.0625, 0.75, -1.5]]
 LABELS = [[b"0.5:281:tabby", b"0.25:285:Egyptian cat"], [b"0.75:1:goldfish", "\u00e9:0:x".encode()]]
 
 
-def _bytes_tensor(items: list[bytes]) -> bytes:
-    """The BYTES raw layout: each element as a 4-byte little-endian length, then the bytes."""
-    return b"".join(len(b).to_bytes(4, "little") + b for b in items)
-
-
 def make_responses(workdir: Path) -> None:
     import struct
+
+    from imgclf.bytestensor import serialize_bytes_elements
 
     config, service = _modules("ours")
 
@@ -255,7 +252,7 @@ def make_responses(workdir: Path) -> None:
     probs.parameters["binary_data"].bool_param = True
     infer.raw_output_contents.append(struct.pack("<6f", *PROBS[0], *PROBS[1]))
     infer.outputs.add(name="labels", datatype="BYTES", shape=[2, 2])
-    infer.raw_output_contents.append(_bytes_tensor([b for row in LABELS for b in row]))
+    infer.raw_output_contents.append(serialize_bytes_elements([b for row in LABELS for b in row]))
 
     typed = service.ModelInferResponse(model_name="efficientnet_lite0", model_version="1")
     t = typed.outputs.add(name="labels", datatype="BYTES", shape=[2, 2])

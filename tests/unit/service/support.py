@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import struct
@@ -141,3 +142,25 @@ async def submit_until_closed(model: ServedModel, tensor: np.ndarray) -> None:
     while True:
         await model.batcher.submit(tensor)
         await asyncio.sleep(0.01)
+
+
+# --- repository folders (no real model inside) ----------------------------------------------
+
+
+def put_model(root: Path, name: str, version: str) -> Path:
+    """A version folder with a model file (scanning never opens it, so any bytes do)."""
+    path = root / name / version / "model.onnx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"onnx")
+    return path
+
+
+def write_json(path: Path, value: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value))
+
+
+def bump_mtime(path: Path, seconds: int = 10) -> None:
+    """Move a file's mtime forward, so a change is seen whatever the filesystem's resolution."""
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + seconds * 1_000_000_000))

@@ -16,7 +16,8 @@ import pytest
 from imgclf.dataplane import Core, ImageInput, deadline_passed, top_k
 from imgclf.errors import DeadlineExceeded, InvalidInput, ModelNotFound, ModelNotReady
 from imgclf.imaging import normalize
-from imgclf.runtime.engine import Engine, softmax
+from imgclf.models.loader import softmax
+from imgclf.runtime.engine import Engine
 from tests.images import encode
 from tests.tiny_model import LABELS
 from tests.unit.service.support import (

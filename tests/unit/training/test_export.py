@@ -20,7 +20,7 @@ from imgclf.training.data.digits import digits_split, load_digits_images  # noqa
 from imgclf.training.data.presets import EvalPreset  # noqa: E402
 from imgclf.training.evaluate import OnnxClassifier  # noqa: E402
 from imgclf.training.export import ExportOptions  # noqa: E402
-from imgclf.training.models.architectures import build_model  # noqa: E402
+from imgclf.training.models.weights import build_model  # noqa: E402
 from imgclf.training.onnx import parity  # noqa: E402
 from imgclf.training.onnx import variants as onnx_export  # noqa: E402
 from imgclf.training.onnx.graphs import FP16, FP32, UINT8  # noqa: E402

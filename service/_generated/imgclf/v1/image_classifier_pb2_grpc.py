@@ -5,7 +5,7 @@ import warnings
 
 from imgclf._generated.imgclf.v1 import image_classifier_pb2 as imgclf_dot_v1_dot_image__classifier__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.72.2'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in imgclf/v1/image_classifier_pb2_grpc.py depends on'
+        + f' but the generated code in imgclf/v1/image_classifier_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class ImageClassifierStub:
+class ImageClassifierStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -46,7 +46,7 @@ class ImageClassifierStub:
                 _registered_method=True)
 
 
-class ImageClassifierServicer:
+class ImageClassifierServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def Classify(self, request, context):
@@ -84,7 +84,7 @@ def add_ImageClassifierServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class ImageClassifier:
+class ImageClassifier(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod

@@ -15,13 +15,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from imgclf._generated.inference import grpc_service_pb2 as pb
+from imgclf.bytestensor import serialize_bytes_elements
 from imgclf.errors import InvalidInput
 from imgclf.grpc.oip_tensors import (
     IMAGE_INPUT,
     decode_tensor,
     parse_bytes_elements,
     request_images,
-    serialize_bytes_elements,
 )
 
 FUZZ = settings(

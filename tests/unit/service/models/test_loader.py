@@ -15,8 +15,10 @@ import pytest
 from imgclf.errors import ModelNotReady
 from imgclf.metrics.prometheus import Metrics
 from imgclf.models import loader as model_mod
-from imgclf.models.loader import ServedModel, execution_options, load_model
-from imgclf.models.repository import ModelConfig, read_model_config, versions
+from imgclf.models.loader import ServedModel, load_model, softmax
+from imgclf.models.repository import ModelConfig, read_model_config
+from imgclf.models.sessions import execution_options
+from imgclf.repolayout import versions
 from imgclf.runtime.cpuquota import cpus
 from imgclf.runtime.engine import Engine
 from tests.tiny_model import LABELS
@@ -68,7 +70,7 @@ def test_require_gpu_keeps_tensorrt():
 
 
 def test_intra_op_threads_split_across_instances(monkeypatch):
-    monkeypatch.setattr("imgclf.models.loader.cpus", lambda: 8)
+    monkeypatch.setattr("imgclf.models.sessions.cpus", lambda: 8)
     assert options(instances=2, intra_op_threads=0).intra_op_threads == 4
     assert options(instances=3, intra_op_threads=0).intra_op_threads == 2
     assert options(instances=16, intra_op_threads=0).intra_op_threads == 1  # at least one
@@ -76,7 +78,7 @@ def test_intra_op_threads_split_across_instances(monkeypatch):
 
 
 def test_intra_op_threads_set_explicitly_are_not_split(monkeypatch):
-    monkeypatch.setattr("imgclf.models.loader.cpus", lambda: 8)
+    monkeypatch.setattr("imgclf.models.sessions.cpus", lambda: 8)
     assert options({"instances": 2}, intra_op_threads=3).intra_op_threads == 3
     assert options({"instances": 2, "intra_op_threads": 5}).intra_op_threads == 5
 
@@ -367,14 +369,21 @@ def test_retire_waits_for_every_holder(tmp_path):
 
 
 def test_retire_without_holders_is_immediate(tmp_path):
+    """With no request holding the model, retiring does not wait for anything: within the
+    same few turns of the event loop the batcher already refuses new work."""
     make_repo(tmp_path)
     model = load(tmp_path, warmup=False)
+    tensor = logits_of(model, (1.0, 0.0, 0.0))
 
     async def main() -> None:
         model.start()
         with model.use():
             pass
-        await asyncio.wait_for(model.retire(), HANG)
+        retiring = asyncio.ensure_future(model.retire())
+        await let_run()
+        with pytest.raises(ModelNotReady):
+            await model.batcher.submit(tensor)
+        await asyncio.wait_for(retiring, HANG)
 
     asyncio.run(main())
 
@@ -389,7 +398,7 @@ def test_use_before_start_is_a_programming_error(tmp_path):
 @pytest.fixture
 def slow(monkeypatch) -> None:
     """Every model counts as slow enough for intra-op threads (the tiny one is not)."""
-    monkeypatch.setattr("imgclf.models.loader.BATCHING_PAYS_BELOW_S", 0.0)
+    monkeypatch.setattr("imgclf.models.sizing.BATCHING_PAYS_BELOW_S", 0.0)
 
 
 def test_auto_instances_one_single_threaded_session_per_core_and_a_solo(tmp_path, warmups, slow):
@@ -410,7 +419,7 @@ def test_auto_instances_one_single_threaded_session_per_core_and_a_solo(tmp_path
 
 def test_auto_on_many_cores(tmp_path, monkeypatch, slow):
     """Counted on a pretend 4-core machine: four 1-thread instances and a 4-thread solo."""
-    monkeypatch.setattr("imgclf.models.loader.cpus", lambda: 4)
+    monkeypatch.setattr("imgclf.models.sessions.cpus", lambda: 4)
     make_repo(tmp_path)
     model = load(tmp_path, instances=0, intra_op_threads=0, warmup=False, solo_session=True,
                  solo_spinning=False)  # fmt: skip
@@ -421,7 +430,7 @@ def test_auto_on_many_cores(tmp_path, monkeypatch, slow):
 
 
 def test_no_solo_when_an_instance_spans_every_core_or_when_off(tmp_path, monkeypatch, slow):
-    monkeypatch.setattr("imgclf.models.loader.cpus", lambda: 4)
+    monkeypatch.setattr("imgclf.models.sessions.cpus", lambda: 4)
     make_repo(tmp_path)
     wide = load(tmp_path, instances=1, intra_op_threads=0, warmup=False, solo_session=True)
     assert wide.engines.instances[0].options.intra_op_threads == 4
@@ -436,7 +445,7 @@ def test_no_solo_when_an_instance_spans_every_core_or_when_off(tmp_path, monkeyp
 
 def test_no_solo_for_a_fast_model(tmp_path, monkeypatch):
     """The tiny model runs an image in microseconds: intra-op threads cannot pay."""
-    monkeypatch.setattr("imgclf.models.loader.cpus", lambda: 4)
+    monkeypatch.setattr("imgclf.models.sessions.cpus", lambda: 4)
     make_repo(tmp_path)
     model = load(tmp_path, instances=0, intra_op_threads=0, warmup=False, solo_session=True)
     assert len(model.engines.instances) == 4
@@ -474,3 +483,32 @@ def test_a_lone_request_runs_on_the_solo_session_and_is_counted(tmp_path, slow):
     assert asyncio.run(main()).shape == (3,)
     labels = {"model": "tiny", "version": "1"}
     assert metrics.registry.get_sample_value("imgclf_solo_batches_total", labels) == 1.0
+
+
+# --- softmax --------------------------------------------------------------------------------
+
+
+def test_softmax_rows_sum_to_one():
+    logits = np.random.default_rng(0).normal(0, 3, (7, 10)).astype(np.float32)
+    probs = softmax(logits)
+    assert probs.dtype == np.float32
+    assert probs.shape == (7, 10)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+    exp = np.exp(logits.astype(np.float64))
+    np.testing.assert_allclose(probs, exp / exp.sum(axis=1, keepdims=True), atol=1e-6)
+    assert (probs.argmax(axis=1) == logits.argmax(axis=1)).all()
+
+
+def test_softmax_stable_for_large_logits():
+    logits = np.array([[1000.0, 1001.0, 1002.0], [-1000.0, -1001.0, -1002.0]], dtype=np.float32)
+    probs = softmax(logits)
+    assert np.isfinite(probs).all()
+    small = softmax(np.array([[0.0, 1.0, 2.0], [0.0, -1.0, -2.0]], dtype=np.float32))
+    np.testing.assert_allclose(probs, small, atol=1e-6)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_softmax_of_float64_is_float32():
+    probs = softmax(np.array([[1.0, 2.0]], dtype=np.float64))
+    assert probs.dtype == np.float32
+    np.testing.assert_allclose(probs[0], [1 / (1 + np.e), np.e / (1 + np.e)], atol=1e-6)

@@ -3,8 +3,6 @@ version policy."""
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import pydantic
@@ -21,29 +19,10 @@ from imgclf.models.repository import (
     read_model_config,
     relative_to_root,
     scan,
-    versions,
 )
+from imgclf.repolayout import versions
 from tests.traversal import LINKS, layout, traversal_names
-
-
-def put_model(root: Path, name: str, version: str) -> Path:
-    """A version folder with a model file (scanning never opens it, so any bytes do)."""
-    path = root / name / version / "model.onnx"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"onnx")
-    return path
-
-
-def write_json(path: Path, value: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value))
-
-
-def bump_mtime(path: Path, seconds: int = 10) -> None:
-    """Move a file's mtime forward, so a change is seen whatever the filesystem's resolution."""
-    st = path.stat()
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + seconds * 1_000_000_000))
-
+from tests.unit.service.support import bump_mtime, put_model, write_json
 
 # --- scanning -------------------------------------------------------------------------------
 
@@ -65,10 +44,6 @@ def test_versions_newest_first_in_numeric_order(tmp_path):
     assert newest.path == tmp_path / "resnet" / "10" / "model.onnx"
     assert newest.read_sidecar() == {}
     assert read_model_config(tmp_path / "resnet") == ModelConfig()
-
-
-def test_versions_of_a_missing_folder(tmp_path):
-    assert versions(tmp_path / "nowhere") == []
 
 
 def test_model_names_sorted_and_empty_ones_skipped(tmp_path):
@@ -161,28 +136,6 @@ def test_missing_repository(tmp_path):
         model_names(tmp_path / "nowhere")
 
 
-def test_zero_padded_version_folder(tmp_path):
-    """A version folder named "007" is version 7; the entry must point at that folder."""
-    model = put_model(tmp_path, "m", "007")
-    write_json(tmp_path / "m" / "007" / "config.json", {"labels": ["a"]})
-    (entry,) = versions(tmp_path / "m")
-    assert entry.version == 7
-    assert entry.path == model
-    assert entry.path.is_file()
-    assert entry.read_sidecar() == {"labels": ["a"]}
-
-
-def test_one_entry_per_version_number(tmp_path):
-    """Folders "7" and "007" both name version 7. Two entries for one version make the manager
-    compare the fingerprint of one folder with the model loaded from the other: in poll mode,
-    when the two files differ, version 7 is reloaded at every poll."""
-    put_model(tmp_path, "m", "7")
-    put_model(tmp_path, "m", "007")
-    put_model(tmp_path, "m", "3")
-    found = [e.version for e in versions(tmp_path / "m")]
-    assert found == [7, 3]
-
-
 def test_sidecar_belongs_to_its_version(tmp_path):
     put_model(tmp_path, "m", "1")
     put_model(tmp_path, "m", "2")
@@ -193,26 +146,6 @@ def test_sidecar_belongs_to_its_version(tmp_path):
     assert old.read_sidecar() == {"labels": ["old"]}
     # A version's config.json is metadata, never serving config.
     assert read_model_config(tmp_path / "m") == ModelConfig()
-
-
-def test_fingerprint_follows_the_model_file_and_its_sidecar(tmp_path):
-    model = put_model(tmp_path, "m", "1")
-    (entry,) = versions(tmp_path / "m")
-    first = entry.fingerprint()
-    assert first == entry.fingerprint()  # stable while nothing changes
-    assert first[2] == 0  # no sidecar
-
-    bump_mtime(model)
-    second = entry.fingerprint()
-    assert second != first
-
-    model.write_bytes(b"a longer model file")
-    third = entry.fingerprint()
-    assert third[1] == len(b"a longer model file")
-    assert third != second
-
-    write_json(model.parent / "config.json", {"labels": ["a"]})
-    assert entry.fingerprint()[2] != 0
 
 
 def test_config_fingerprint(tmp_path):

@@ -1,4 +1,5 @@
-"""imgclf.training.data.datasets / imgclf.training.data.folders: image-folder trees, the split, and a folder training run."""
+"""imgclf.training.data.datasets / .folders: image-folder trees, the split, and a folder
+training run."""
 
 from __future__ import annotations
 

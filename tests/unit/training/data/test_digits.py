@@ -47,7 +47,8 @@ def test_split_is_deterministic_disjoint_exhaustive_and_stratified() -> None:
 def test_datasets_and_evaluation_modules_do_not_import_torch() -> None:
     code = (
         "import sys\n"
-        "import imgclf.training.data.digits, imgclf.training.data.folders, imgclf.training.data.builtin, imgclf.training.evaluate\n"
+        "import imgclf.training.data.digits, imgclf.training.data.folders\n"
+        "import imgclf.training.data.builtin, imgclf.training.evaluate\n"
         "print(','.join(m for m in ('torch', 'torchvision', 'timm') if m in sys.modules))\n"
     )
     out = subprocess.run(

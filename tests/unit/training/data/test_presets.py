@@ -1,4 +1,5 @@
-"""imgclf.training.data.presets: the eval preset is imgclf.imaging; the train presets end the same way."""
+"""imgclf.training.data.presets: the eval preset is imgclf.imaging; the train presets end the
+same way."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""imgclf.training.models.architectures / transfer / weights / models_list: models by name, generic head
-replacement, freezing, weights from files/packages/libraries (and the clear offline error)."""
+"""imgclf.training.models.architectures / transfer / weights / models_list: models by name,
+generic head replacement, freezing, weights from files/packages/libraries (and the clear offline
+error)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from torch import nn  # noqa: E402
 
 from imgclf.training import models_list  # noqa: E402
 from imgclf.training.models.architectures import (  # noqa: E402
-    build_model,
     create_model,
     model_defaults,
     model_family,
@@ -31,6 +31,7 @@ from imgclf.training.models.transfer import (  # noqa: E402
 from imgclf.training.models.weights import (  # noqa: E402
     EFFICIENTNET_LITE0_PACKAGE,
     WeightsUnavailable,
+    build_model,
     efficientnet_lite0_weights_path,
     load_weights_file,
     map_state_dict,
@@ -202,7 +203,7 @@ def test_library_weights_without_a_network_fail_clearly(tmp_path: Path, monkeypa
         raise LocalEntryNotFoundError("cannot find the requested files in the local cache")
 
     monkeypatch.setattr(timm, "create_model", offline)
-    with pytest.raises(WeightsUnavailable, match="Hugging Face cache or the network"):
+    with pytest.raises(WeightsUnavailable, match="Hugging Face cache"):
         build_model("timm:resnet10t", 3, "pretrained")
 
 
@@ -218,7 +219,10 @@ def test_models_command_lists_families(capsys) -> None:
     assert models_list.main(["--timm", "tf_efficientnet_lite0"]) == 0
     out = capsys.readouterr().out
     assert "timm:tf_efficientnet_lite0" in out and EFFICIENTNET_LITE0_PACKAGE in out
-    assert "digits_cnn" in out and "googlenet" in out
+    assert "digits_cnn" not in out  # --timm PATTERN: only those timm models
+    assert models_list.main(["--filter", "efficientnet_lite0"]) == 0
+    out = capsys.readouterr().out  # timm models are listed without --timm
+    assert "timm:tf_efficientnet_lite0" in out and "timm:efficientnet_lite0 " in out
 
 
 def test_unused_layers_are_not_heads() -> None:
@@ -229,3 +233,19 @@ def test_unused_layers_are_not_heads() -> None:
             self.out = nn.Linear(4, 7)
 
     assert find_heads(Odd()) == ["out"]  # the fallback: the last Linear layer
+
+
+def test_hub_offline_fails_before_any_download_attempt(tmp_path, monkeypatch) -> None:
+    """HF_HUB_OFFLINE and nothing cached: refused at once, naming the repo and the cache."""
+    from huggingface_hub import constants
+
+    from imgclf.training.models.weights import check_hub_weights_fetchable
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(WeightsUnavailable) as info:
+        check_hub_weights_fetchable("timm:resnet10t")
+    assert str(info.value).startswith(
+        f"timm/resnet10t.c3_in1k is not in the Hugging Face cache ({tmp_path}) and "
+        "HF_HUB_OFFLINE is set"
+    )

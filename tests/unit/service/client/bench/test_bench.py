@@ -400,3 +400,12 @@ def test_perf_analyzer_data_holds_the_same_inputs():
     (entry,) = wire.perf_analyzer_data([arr], input_name="input")["data"]
     raw = base64.b64decode(entry["input"]["b64"])
     np.testing.assert_array_equal(np.frombuffer(raw, "<f4").reshape(3, 2, 2), arr)
+
+
+def test_the_served_table_shows_the_spread_of_the_rounds():
+    several = stats.combine_points([point(100, 5, 0.9), point(300, 9, 0.7), point(200, 7, 0.8)])
+    single = point(150, 6, 0.8)
+    lines = report.served_table([several, single], None).splitlines()
+    assert lines[0].split()[:4] == ["load", "req/s", "img/s", "img/s"]  # "img/s range"
+    assert lines[2].split()[1:4] == ["200.0", "200.0", "100.0..300.0"]
+    assert lines[3].split()[1:4] == ["150.0", "150.0", "-"]

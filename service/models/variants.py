@@ -19,8 +19,8 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
-from imgclf.models.repository import INT8_FILE
-from imgclf.models.repository import MODEL_FILE as FLOAT_FILE
+from imgclf.repolayout import INT8_FILE
+from imgclf.repolayout import MODEL_FILE as FLOAT_FILE
 
 VARIANT_FILES = {"float": FLOAT_FILE, "int8": INT8_FILE}
 """Variant name -> file in the version folder, in order of preference when nothing decides."""
@@ -84,3 +84,27 @@ def choose_variant(
         return Choice(present["int8"], "int8", "CPU with VNNI: INT8 kernels pay")
     why = "this CPU has no VNNI" if cpu else f"{provider} gains nothing from INT8 QDQ graphs"
     return Choice(present["float"], "float", f"{why}: float model")
+
+
+def variant_precision(choice: Choice, input_type: str) -> str:
+    """The precision served: int8 for the INT8 file, else what the float model takes."""
+    if choice.variant == "int8":
+        return "int8"
+    return "fp16" if input_type == "tensor(float16)" else "fp32"
+
+
+def describe_gate(provenance: dict) -> str:
+    """For the load log line: an INT8 model's calibration and measured accuracies."""
+    gate, calibration = provenance.get("accuracy_gate"), provenance.get("calibration")
+    if not isinstance(gate, dict) or not isinstance(calibration, dict):
+        return ""
+    text = (
+        f"calibrated {calibration.get('method')} on {calibration.get('images')} images "
+        f"(seed {calibration.get('seed')}), gate on {gate.get('images')} images: "
+        f"top-1 agreement {gate.get('agreement', float('nan')):.2f} %"
+    )
+    if gate.get("float_accuracy") is not None:
+        text += (
+            f", top-1 {gate['float_accuracy']:.2f} % float -> {gate['int8_accuracy']:.2f} % int8"
+        )
+    return text

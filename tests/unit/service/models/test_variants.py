@@ -1,4 +1,4 @@
-"""imgclf.variants and load_model's choice between model.onnx and model.int8.onnx, over the
+"""imgclf.models.variants and load_model's choice between model.onnx and model.int8.onnx, over the
 real tiny model and its real static INT8 quantisation (ONNX Runtime on CPU)."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import pytest
 from imgclf.metrics.prometheus import Metrics
 from imgclf.models.loader import load_model
 from imgclf.models.repository import INT8_FILE, MODEL_FILE, read_model_config, versions
+from imgclf.models.variants import choose_variant, cpu_flags, has_vnni
 from imgclf.training.quantize import Calibration, quantize_int8
-from imgclf.variants import choose_variant, cpu_flags, has_vnni
 from tests.unit.service.support import TINY_SIZE, make_repo, server_settings
 
 VNNI = frozenset({"avx2", "avx512_vnni"})
