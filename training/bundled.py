@@ -3,7 +3,7 @@
 - ``digits/1``: ``digits_cnn`` trained from scratch on the built-in digits with our train loop
   (run directory ``runs/digits``), the last epoch exported. Fails below 97 % accuracy on the
   held-out split, measured again on the ONNX file through ONNX Runtime + imgclf.imaging.
-  ``digits/1/model.int8.onnx``: its INT8 variant (imgclf.training.quantize), calibrated on 300
+  ``digits/1/model.int8.onnx``: its INT8 variant (imgclf.training.onnx.quantize), calibrated on 300
   training images, refused unless it passes the accuracy gate on the held-out split
   (``--only digits_int8`` redoes this step alone, on the model.onnx already there).
 - ``efficientnet_lite0/1``: timm's ``tf_efficientnet_lite0`` with the ImageNet-1k weights of the
@@ -12,7 +12,8 @@
   top 3, through ONNX Runtime + imgclf.imaging.
   Its INT8 variant (``--only efficientnet_lite0_int8``, not part of the default run): there is
   no ImageNet validation set here, so it is calibrated on crops and mirror images of real
-  photos shipped in pip packages (imgclf.training.photos) and gated on top-1 agreement with the float
+  photos shipped in pip packages (imgclf.training.data.photos) and gated on top-1 agreement with
+  the float
   model (and the largest probability difference, reported) on crops of *other* photos. That
   is not an ImageNet accuracy. Written only if it passes.
 
@@ -36,7 +37,6 @@ from imgclf.training import train as train_mod
 from imgclf.training.data.digits import DIGITS_SEED, DIGITS_VAL_FRACTION
 from imgclf.training.data.presets import EvalPreset
 from imgclf.training.evaluate import MODEL_FILE, OnnxClassifier, evaluate_images, load_eval_set
-from imgclf.training.export_int8 import gate_failure, int8_defaults, quantize_on_split
 from imgclf.training.models.architectures import imagenet_categories
 from imgclf.training.models.weights import (
     EFFICIENTNET_LITE0,
@@ -44,7 +44,8 @@ from imgclf.training.models.weights import (
     efficientnet_lite0_weights_path,
     load_efficientnet_lite0_imagenet,
 )
-from imgclf.training.quantize import QuantizeResult
+from imgclf.training.onnx.export_int8 import gate_failure, int8_defaults, quantize_on_split
+from imgclf.training.onnx.quantize import QuantizeResult
 
 DIGITS_MIN_ACCURACY = 0.97
 DIGITS_TARGET_ACCURACY = 0.985
@@ -179,8 +180,8 @@ def quantize_efficientnet(
     """EfficientNet-Lite0's INT8 variant, calibrated and gated on disjoint sets of real photos
     (agreement with the float model only: no labels)."""
     from imgclf.imaging import preprocess_image
-    from imgclf.training.photos import CALIBRATION_PHOTOS, EVALUATION_PHOTOS, photo_set
-    from imgclf.training.quantize import Calibration, quantize_gated
+    from imgclf.training.data.photos import CALIBRATION_PHOTOS, EVALUATION_PHOTOS, photo_set
+    from imgclf.training.onnx.quantize import Calibration, quantize_gated
 
     float_model = model_repository / "efficientnet_lite0" / "1" / MODEL_FILE
     spec = OnnxClassifier(float_model).metadata.preprocessing

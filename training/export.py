@@ -15,7 +15,8 @@ also writes ``<name>_fp16`` (float16 weights and input; the server casts float32
 ``--bake-preprocessing`` also writes ``<name>_uint8`` (uint8 NHWC input of input_size pixels,
 normalisation in the graph: the server resizes and crops, the model normalises).
 ``--precision int8`` also writes ``model.int8.onnx`` into the same version folder, only if it
-passed the accuracy gate against the float model (imgclf.training.export_int8, imgclf.training.quantize);
+passed the accuracy gate against the float model (imgclf.training.onnx.export_int8,
+imgclf.training.onnx.quantize);
 ``--precision fp16`` is ``--fp16``.
 """
 
@@ -34,7 +35,8 @@ from imgclf.helpformat import DefaultsHelpFormatter
 from imgclf.modelmeta import ModelMetadata
 from imgclf.training.data.builtin import BUILTIN_DATASETS
 from imgclf.training.data.datasets import load_image, load_split
-from imgclf.training.export_int8 import (
+from imgclf.training.loop.checkpoint import export_state, load_checkpoint
+from imgclf.training.onnx.export_int8 import (
     PRECISIONS,
     add_int8_arguments,
     gate_failure,
@@ -42,7 +44,6 @@ from imgclf.training.export_int8 import (
     quantize_checkpoint_model,
     staging_dir,
 )
-from imgclf.training.loop.checkpoint import export_state, load_checkpoint
 from imgclf.training.onnx.graphs import EXPORTERS, FP16, FP32, UINT8, ExportError
 from imgclf.training.onnx.parity import PARITY_ATOL, PARITY_RTOL, ParityError
 from imgclf.training.onnx.variants import (

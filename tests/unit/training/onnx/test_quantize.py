@@ -1,4 +1,5 @@
-"""imgclf.training.quantize: the INT8 recipe and its accuracy gate, on the bundled digits model and
+"""imgclf.training.onnx.quantize: the INT8 recipe and its accuracy gate, on the bundled digits
+model and
 the real digits data (calibration from the training split, the gate on the validation split,
 both through imgclf.imaging as the server preprocesses)."""
 
@@ -13,9 +14,9 @@ import pytest
 
 from imgclf.imaging import preprocess_image
 from imgclf.modelmeta import ModelMetadata
-from imgclf.training.accuracy_gate import accuracy_gate
 from imgclf.training.data.datasets import load_image, load_split
-from imgclf.training.quantize import (
+from imgclf.training.onnx.accuracy_gate import accuracy_gate
+from imgclf.training.onnx.quantize import (
     Calibration,
     quantize_gated,
     run_probabilities,

@@ -1,11 +1,11 @@
-"""imgclf.training.accuracy_gate: each threshold, on probabilities built by hand."""
+"""imgclf.training.onnx.accuracy_gate: each threshold, on probabilities built by hand."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from imgclf.training.accuracy_gate import GateThresholds, accuracy_gate
+from imgclf.training.onnx.accuracy_gate import GateThresholds, accuracy_gate
 
 
 def test_the_gate_thresholds():

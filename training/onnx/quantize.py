@@ -11,7 +11,8 @@ Calibration images are a class-stratified sample of the training split (disjoint
 validation images the gate measures on), preprocessed exactly as the server does
 (imgclf.imaging, the eval preset). Methods: MinMax, Percentile, Entropy.
 
-Gate (imgclf.training.accuracy_gate): the INT8 model against the float model on the same images through
+Gate (imgclf.training.onnx.accuracy_gate): the INT8 model against the float model on the same
+images through
 ONNX Runtime: top-1 accuracy drop, top-1 agreement with float, the largest per-class recall
 drop (with labels), and the largest probability difference (reported). A model that fails is
 never written; the report names the tensors whose quantisation hurt most
@@ -32,7 +33,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from imgclf.training.accuracy_gate import GateReport, GateThresholds, accuracy_gate, softmax
+from imgclf.training.onnx.accuracy_gate import GateReport, GateThresholds, accuracy_gate, softmax
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 DEFAULT_CALIBRATION_METHOD = "minmax"

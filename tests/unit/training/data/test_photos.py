@@ -1,4 +1,5 @@
-"""imgclf.training.photos: the calibration and evaluation photo sets are real, RGB and disjoint."""
+"""imgclf.training.data.photos: the calibration and evaluation photo sets are real, RGB and
+disjoint."""
 
 from __future__ import annotations
 
@@ -9,7 +10,13 @@ import pytest
 pytest.importorskip("skimage")
 pytest.importorskip("sklearn")
 
-from imgclf.training.photos import CALIBRATION_PHOTOS, CROPS, EVALUATION_PHOTOS, photo, photo_set
+from imgclf.training.data.photos import (
+    CALIBRATION_PHOTOS,
+    CROPS,
+    EVALUATION_PHOTOS,
+    photo,
+    photo_set,
+)
 
 
 def digests(names: tuple[str, ...]) -> set[str]:

@@ -2,7 +2,7 @@
 
 The float model is exported (and parity-tested) into a hidden staging folder of the model
 repository; its INT8 variant is calibrated on a class-stratified sample of the run's training
-split and gated against it on the validation split (imgclf.training.quantize). Only if the gate
+split and gated against it on the validation split (imgclf.training.onnx.quantize). Only if the gate
 passes do both files move into the version folder (``model.onnx``, ``model.int8.onnx``): a
 model that failed is never written, and the report names the tensors that hurt most.
 """
@@ -19,15 +19,15 @@ import numpy as np
 from imgclf.imaging import preprocess_image
 from imgclf.modelmeta import ModelMetadata
 from imgclf.models.repository import INT8_FILE, MODEL_FILE
-from imgclf.training.accuracy_gate import (
+from imgclf.training.data.datasets import load_image, load_split
+from imgclf.training.onnx.accuracy_gate import (
     MAX_CLASS_RECALL_DROP,
     MAX_TOP1_DROP,
     MIN_AGREEMENT,
     GateThresholds,
 )
-from imgclf.training.data.datasets import load_image, load_split
 from imgclf.training.onnx.parity import ExportError
-from imgclf.training.quantize import (
+from imgclf.training.onnx.quantize import (
     CALIBRATION_METHODS,
     DEFAULT_CALIBRATION_IMAGES,
     DEFAULT_CALIBRATION_METHOD,
