@@ -250,8 +250,12 @@ def _models(args: argparse.Namespace) -> int:
         shape = "x".join(str(d) for d in m.input_shape)
         print(
             f"{m.name}  versions={list(m.versions)}  classes={len(m.labels)}  input={shape}  "
-            f"provider={m.provider}  max_batch={m.max_batch_size}"
+            f"provider={m.provider}  precision={m.metadata.get('precision', '?')}  "
+            f"max_batch={m.max_batch_size}"
         )
+        if "accuracy_gate" in m.metadata:
+            print(f"  calibration: {m.metadata.get('calibration')}")
+            print(f"  accuracy gate: {m.metadata['accuracy_gate']}")
     return 0
 
 

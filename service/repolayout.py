@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 MODEL_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
+"""A version folder may hold an INT8 variant beside model.onnx, or only that
+(imgclf.models.variants)."""
 CONFIG_FILE = "config.json"
 
 
@@ -25,17 +28,22 @@ class ModelEntry:
     name: str
     version: int
     path: Path
-    """The model.onnx file."""
+    """The model.onnx file, or model.int8.onnx in a folder holding only that (the variant
+    served is chosen at load: imgclf.models.variants)."""
 
     def read_sidecar(self) -> dict[str, Any]:
         """Metadata overrides from the version's config.json (foreign models)."""
         return read_json(self.path.parent / CONFIG_FILE)
 
     def fingerprint(self) -> tuple[int, int, int]:
-        """Changes when the model file or its sidecar changes (for polling)."""
+        """Changes when a model file or its sidecar changes (for polling)."""
         stat = self.path.stat()
         sidecar = self.path.parent / CONFIG_FILE
         sidecar_mtime = sidecar.stat().st_mtime_ns if sidecar.exists() else 0
+        int8 = self.path.parent / INT8_FILE
+        if int8 != self.path and int8.exists():
+            int8_stat = int8.stat()
+            sidecar_mtime += int8_stat.st_mtime_ns + int8_stat.st_size
         return (stat.st_mtime_ns, stat.st_size, sidecar_mtime)
 
 
@@ -66,12 +74,15 @@ def versions(model_dir: Path) -> list[ModelEntry]:
     root = model_dir.parent
     found: dict[int, ModelEntry] = {}
     for p in sorted(model_dir.iterdir()):
-        if not (p.is_dir() and p.name.isdigit() and (p / MODEL_FILE).is_file()):
+        if not (p.is_dir() and p.name.isdigit()):
             continue
-        if not (inside(p / MODEL_FILE, root) and inside(p / CONFIG_FILE, root)):
+        model_file = next((p / f for f in (MODEL_FILE, INT8_FILE) if (p / f).is_file()), None)
+        if model_file is None or not all(
+            inside(p / f, root) for f in (MODEL_FILE, INT8_FILE, CONFIG_FILE)
+        ):
             continue
         version = int(p.name)
         # "7" and "007" are both version 7: the canonical name wins, else the first in order.
         if version not in found or p.name == str(version):
-            found[version] = ModelEntry(model_dir.name, version, p / MODEL_FILE)
+            found[version] = ModelEntry(model_dir.name, version, model_file)
     return sorted(found.values(), key=lambda e: e.version, reverse=True)

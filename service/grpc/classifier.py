@@ -97,7 +97,11 @@ class ImageClassifierServicer(pb_grpc.ImageClassifierServicer):
                     input_shape=list(model.sample_shape),
                     provider=model.engine.info.provider,
                     max_batch_size=model.max_batch_size,
-                    metadata={k: str(v) for k, v in meta.provenance.items()},
+                    metadata={
+                        **{k: str(v) for k, v in meta.provenance.items()},
+                        "precision": model.precision,
+                        "served_file": model.served_file,
+                    },
                 )
             )
         return pb.ListModelsResponse(models=infos)

@@ -123,9 +123,10 @@ def model_config(model: ServedModel, max_request_images: int) -> mc.ModelConfig:
         optimization=mc.ModelOptimizationPolicy(
             cuda=mc.ModelOptimizationPolicy.Cuda(graphs=model.engine.info.cuda_graphs)
         ),
-        default_model_filename="model.onnx",
+        default_model_filename=model.served_file,
         parameters={
             "provider": mc.ModelParameter(string_value=provider),
+            "precision": mc.ModelParameter(string_value=model.precision),
             **{
                 k: mc.ModelParameter(string_value=str(v))
                 for k, v in model.metadata.provenance.items()

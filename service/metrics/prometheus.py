@@ -108,8 +108,9 @@ class Metrics:
         )
         self.model_info = Gauge(
             "imgclf_model_info",
-            "1 for each loaded model version, labelled with the provider that runs it.",
-            (*MV, "provider"), registry=r,
+            "1 for each loaded model version, labelled with the provider that runs it and the "
+            "precision of the variant served (fp32, fp16, int8).",
+            (*MV, "provider", "precision"), registry=r,
         )  # fmt: skip
         self.model_state = Gauge(
             "imgclf_model_state",

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -22,43 +20,30 @@ from imgclf.metrics.prometheus import Metrics, ModelSeries
 from imgclf.metrics.statistics import ModelStats
 from imgclf.modelmeta import ModelMetadata
 from imgclf.models.repository import ModelConfig
+from imgclf.models.sessions import (
+    Engines,
+    create_engines,
+    served_variant,
+    solo_options,
+    wants_solo,
+)
 from imgclf.models.sizing import (
     AUTO_MAX_BATCH,
     auto_batch_size,
     seconds_per_image,
     solo_pays,
 )
+from imgclf.models.variants import describe_gate, variant_precision
 from imgclf.repolayout import ModelEntry
 from imgclf.runtime.batcher import Batcher, BatchStats
 from imgclf.runtime.buckets import bucket_sizes
 from imgclf.runtime.cores import Cores
-from imgclf.runtime.cpuquota import cpus
-from imgclf.runtime.engine import Engine, share_weights
+from imgclf.runtime.engine import Engine
 from imgclf.runtime.memory import rss_bytes, trim_heap
-from imgclf.runtime.options import ExecutionOptions
 from imgclf.runtime.providers import CPU
-from imgclf.runtime.sharedweights import SharedWeights
 from imgclf.settings import ServerSettings
 
 log = logging.getLogger(__name__)
-
-PROVIDER_OF_KIND = {"cpu": "cpu", "gpu": "cuda"}
-
-
-@dataclass
-class Engines:
-    """A model version's ONNX Runtime sessions."""
-
-    instances: list[Engine]
-    """One batch at a time each."""
-    solo: Engine | None = None
-    """CPU only: a session over every core for a batch that is all the work there is."""
-    shared: SharedWeights | None = None
-    """CPU only (unless `share_weights` is off): the weights every session above takes."""
-
-    @property
-    def all(self) -> list[Engine]:
-        return self.instances + ([self.solo] if self.solo is not None else [])
 
 
 @dataclass
@@ -74,6 +59,12 @@ class ServedModel:
     fingerprint: tuple[int, int, int]
     series: ModelSeries
     stats: ModelStats = field(default_factory=ModelStats)
+    precision: str = "fp32"
+    """The variant served: fp32, fp16 or int8 (imgclf.models.variants)."""
+    served_file: str = "model.onnx"
+    """The file of the version folder that runs (model.onnx or model.int8.onnx)."""
+    variant_reason: str = ""
+    """Why that file (imgclf.models.variants), for the load log line."""
     memory_bytes: int | None = None
     """Resident memory the process gained loading this version (None: not measurable)."""
     _users: int = 0
@@ -134,79 +125,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
-def execution_options(
-    config: ModelConfig, settings: ServerSettings, instance: int, instances: int
-) -> ExecutionOptions:
-    """The ONNX Runtime options of one of a model's `instances`."""
-    providers = config.providers or PROVIDER_OF_KIND.get(config.instance_kind)
-    if providers is None:
-        providers = settings.providers
-    if settings.require_gpu and providers in ("auto", "cpu"):
-        providers = "cuda"
-    gpus = config.gpus or [settings.gpu_id]
-    threads = config.intra_op_threads
-    if threads is None:
-        threads = settings.intra_op_threads or max(1, cpus() // instances)
-    extra = {
-        key: value
-        for key in ("cudnn_conv_algo_search", "gpu_mem_limit_bytes", "arena_extend_strategy")
-        if (value := getattr(config, key)) is not None
-    }
-    return ExecutionOptions(
-        providers=providers,
-        gpu_id=gpus[instance % len(gpus)],
-        intra_op_threads=threads,
-        tensorrt_fp16=config.tensorrt_fp16,
-        tensorrt_cache_dir=settings.tensorrt_cache_dir,
-        allow_spinning=settings.allow_spinning,
-        io_binding=settings.io_binding,
-        cuda_graphs=settings.cuda_graphs if config.cuda_graphs is None else config.cuda_graphs,
-        **extra,
-    )
-
-
-def create_engines(path: Path, config: ModelConfig, settings: ServerSettings) -> Engines:
-    """The model's instances (the solo session comes later in load_model: see
-    `wants_solo`).
-
-    Configured (`instances` N): N sessions, the cores divided among them. Auto: on a GPU one
-    session; on CPU one single-threaded session per core, which the limit measurements show
-    gives the most images per second under concurrent load (docs/performance.md). (A GPU
-    session's CPU threads only run the few nodes left on the CPU.)"""
-    count = config.instances or settings.instances
-    options = execution_options(config, settings, 0, count or cpus())
-    shared = share_weights(path, options) if settings.share_weights else None
-    first = Engine(path, options, shared)
-    if not count:
-        count = cpus() if first.info.provider == CPU else 1
-    rest = [
-        Engine(path, execution_options(config, settings, i, count), shared) for i in range(1, count)
-    ]
-    return Engines([first, *rest], shared=shared)
-
-
-def solo_options(config: ModelConfig, settings: ServerSettings) -> ExecutionOptions:
-    """The solo session's options: one intra-op thread per core, spinning as configured."""
-    options = execution_options(config, settings, 0, 1)
-    return dataclasses.replace(
-        options,
-        intra_op_threads=cpus(),
-        allow_spinning=options.allow_spinning or settings.solo_spinning,
-    )
-
-
-def wants_solo(engine: Engine, settings: ServerSettings) -> bool:
-    """Whether a solo session could pay: on CPU with more than one core, unless an instance
-    already spans every core. It is then added for models slow enough that intra-op threads
-    pay (BATCHING_PAYS_BELOW_S per image or more on one instance); it runs a request that
-    arrives alone at the latency of every core. `engine` is the model's first instance."""
-    return (
-        settings.solo_session
-        and engine.info.provider == CPU
-        and engine.options.intra_op_threads < cpus()
-    )
-
-
 def describe_buckets(engine: Engine) -> str:
     """For the load log line: the batch buckets and whether CUDA graphs replay them."""
     if not engine.buckets:
@@ -247,13 +165,16 @@ def load_model(
     h, w = model.metadata.input_size
     log.info(
         "model %s version %s loaded in %.2fs: %d classes, input %dx%d, max batch %d, "
-        "%d instance(s) x %d intra-op thread(s)%s on %s (%s)%s; %s",
+        "%d instance(s) x %d intra-op thread(s)%s, precision %s (%s: %s) on %s (%s)%s; %s",
         entry.name, entry.version, elapsed, model.num_classes, h, w, model.max_batch_size,
         len(engines.instances), engine.options.intra_op_threads,
         f" + solo session x {engines.solo.options.intra_op_threads}" if engines.solo else "",
+        model.precision, model.served_file, model.variant_reason,
         engine.info.provider, engine.info.reason, describe_buckets(engine),
         describe_memory(model),
     )  # fmt: skip
+    if gate := describe_gate(model.metadata.provenance):
+        log.info("model %s version %s %s: %s", entry.name, entry.version, model.precision, gate)
     return model
 
 
@@ -270,24 +191,19 @@ def describe_memory(model: ServedModel) -> str:
     return f"{model.memory_bytes / 1e6:.1f} MB resident{weights}"
 
 
-def _load_model(
-    entry: ModelEntry,
-    config: ModelConfig,
+def check_shapes(
+    entry: ModelEntry, engine: Engine, metadata: ModelMetadata, config: ModelConfig,
     settings: ServerSettings,
-    metrics: Metrics,
-    cores: Cores | None,
-) -> ServedModel:
-    fingerprint = entry.fingerprint()
-    engines = create_engines(entry.path, config, settings)
-    engine = engines.instances[0]
-    metadata = ModelMetadata.from_props(engine.metadata_props, overrides=entry.read_sidecar())
-    sample = metadata.sample_shape
+) -> int:  # fmt: skip
+    """Check the model's input and output against its metadata; its largest batch before
+    auto sizing (1 for a graph whose batch axis is fixed at 1)."""
     if metadata.pixel_input != (engine.info.input_type == "tensor(uint8)"):
         raise ValueError(
             f"{entry.path}: input {engine.info.input_type} with layout {metadata.input_layout}; "
             "a uint8 input takes NHWC pixels (input_layout NHWC, normalisation in the graph), "
             "a float input NCHW tensors"
         )
+    sample = metadata.sample_shape
     engine.check_sample_shape(sample)
     max_batch = config.max_batch_size or settings.max_batch_size or AUTO_MAX_BATCH
     batch_dim = engine.info.input_shape[0]
@@ -306,26 +222,11 @@ def _load_model(
             f"model output has shape {list(shape)} for one image, but the metadata names "
             f"{len(metadata.labels)} labels"
         )
-    auto_batch = not (config.max_batch_size or settings.max_batch_size)
-    solo = wants_solo(engine, settings)
-    per_image = None
-    if engine.info.provider == CPU and (auto_batch or solo):
-        per_image = seconds_per_image(engine, sample)
-    if auto_batch:
-        max_batch = auto_batch_size(per_image, max_batch)
-    if solo and solo_pays(per_image):
-        engines.solo = Engine(entry.path, solo_options(config, settings), engines.shared)
-    if engines.shared is not None:
-        engines.shared.release()  # every session exists
-    if engine.info.io_binding:  # GPU: device buffers (and CUDA graphs) per batch bucket
-        for e in engines.instances:
-            e.prepare_buckets(bucket_sizes(max_batch), sample)
-    if settings.warmup:
-        sizes = list(range(1, max_batch + 1))
-        for e in engines.all:
-            e.warmup(sizes, sample)
-    series = metrics.series(entry.name, str(entry.version))
-    stats = ModelStats()
+    return max_batch
+
+
+def batch_recorder(stats: ModelStats, series: ModelSeries) -> Callable[[BatchStats], None]:
+    """What the batcher calls after each batch: statistics and metric series."""
 
     def on_batch(b: BatchStats) -> None:
         stats.record_batch(b.size, b.queue_seconds, b.input_seconds, b.inference_seconds)
@@ -339,6 +240,44 @@ def _load_model(
         for seconds in b.prepare_seconds:
             series.preprocess_duration.observe(seconds)
 
+    return on_batch
+
+
+def _load_model(
+    entry: ModelEntry,
+    config: ModelConfig,
+    settings: ServerSettings,
+    metrics: Metrics,
+    cores: Cores | None,
+) -> ServedModel:
+    fingerprint = entry.fingerprint()
+    choice = served_variant(entry, config, settings)
+    engines = create_engines(choice.path, config, settings)
+    engine = engines.instances[0]
+    metadata = ModelMetadata.from_props(engine.metadata_props, overrides=entry.read_sidecar())
+    precision = variant_precision(choice, engine.info.input_type)
+    sample = metadata.sample_shape
+    max_batch = check_shapes(entry, engine, metadata, config, settings)
+    auto_batch = not (config.max_batch_size or settings.max_batch_size)
+    solo = wants_solo(engine, settings)
+    per_image = None
+    if engine.info.provider == CPU and (auto_batch or solo):
+        per_image = seconds_per_image(engine, sample)
+    if auto_batch:
+        max_batch = auto_batch_size(per_image, max_batch)
+    if solo and solo_pays(per_image):
+        engines.solo = Engine(choice.path, solo_options(config, settings), engines.shared)
+    if engines.shared is not None:
+        engines.shared.release()  # every session exists
+    if engine.info.io_binding:  # GPU: device buffers (and CUDA graphs) per batch bucket
+        for e in engines.instances:
+            e.prepare_buckets(bucket_sizes(max_batch), sample)
+    if settings.warmup:
+        sizes = list(range(1, max_batch + 1))
+        for e in engines.all:
+            e.warmup(sizes, sample)
+    series = metrics.series(entry.name, str(entry.version))
+    stats = ModelStats()
     delay_ms = config.max_queue_delay_ms
     if delay_ms is None:
         delay_ms = settings.max_queue_delay_ms
@@ -353,7 +292,7 @@ def _load_model(
         preferred_batch_sizes=config.preferred_batch_sizes,
         priority_levels=config.priority_levels,
         default_priority_level=config.default_priority_level,
-        on_batch=on_batch,
+        on_batch=batch_recorder(stats, series),
         on_depth=series.queue_depth.set,
         name=entry.name,
         solo=engines.solo.run if engines.solo is not None else None,
@@ -372,4 +311,7 @@ def _load_model(
         fingerprint=fingerprint,
         series=series,
         stats=stats,
+        precision=precision,
+        served_file=choice.path.name,
+        variant_reason=choice.reason,
     )

@@ -245,7 +245,7 @@ class ModelManager:
             self._set_status(model.name, model.version, "UNAVAILABLE", why)
             with contextlib.suppress(KeyError):
                 self.metrics.model_info.remove(
-                    model.name, str(model.version), model.engine.info.provider
+                    model.name, str(model.version), model.engine.info.provider, model.precision
                 )
             with contextlib.suppress(KeyError):
                 self.metrics.model_memory.remove(model.name, str(model.version))
@@ -278,7 +278,10 @@ class ModelManager:
         model.start()
         self._set_status(name, entry.version, "READY")
         self.metrics.model_info.labels(
-            model=name, version=str(entry.version), provider=model.engine.info.provider
+            model=name,
+            version=str(entry.version),
+            provider=model.engine.info.provider,
+            precision=model.precision,
         ).set(1)
         return model
 

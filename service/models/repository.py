@@ -96,6 +96,9 @@ class ModelConfig(BaseModel):
     """TensorRT: build FP16 engines."""
     cuda_graphs: bool | None = None
     """CUDA: capture and replay a CUDA graph per batch size bucket (unset: --cuda-graphs)."""
+    precision: Literal["auto", "float", "int8"] = "auto"
+    """Which variant of a version folder to serve: model.onnx (float) or model.int8.onnx;
+    auto: INT8 on a CPU with VNNI, the float model elsewhere (imgclf.models.variants)."""
     image_input: bool = False
     """Open Inference Protocol: advertise a BYTES input `image` (encoded images) instead of
     the tensor input, so load tools drive the server-side decode path."""

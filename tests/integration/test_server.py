@@ -147,7 +147,10 @@ def test_metrics_parse_and_move_with_traffic(tiny_server: ServerProcess) -> None
         sample(after, "imgclf_request_failures_total", **undecodable)
         >= sample(before, "imgclf_request_failures_total", **undecodable) + 1
     )
-    assert sample(after, "imgclf_model_info", provider="CPUExecutionProvider", **mv) == 1.0
+    assert (
+        sample(after, "imgclf_model_info", provider="CPUExecutionProvider", precision="fp32", **mv)
+        == 1.0
+    )
     assert sample(after, "imgclf_model_state", state="READY", **mv) == 1.0
     assert ("imgclf_queue_depth", tuple(sorted(mv.items()))) in after
     assert sample(after, "process_resident_memory_bytes") > 0

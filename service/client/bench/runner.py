@@ -38,8 +38,11 @@ def _server_models(connection: wire.Connection) -> dict[str, dict]:
             )
     except grpc.RpcError:
         return {}
-    return {m.name: {"provider": m.provider, "max_batch_size": m.max_batch_size,
-                     "versions": list(m.versions)} for m in reply.models}  # fmt: skip
+    return {
+        m.name: {"provider": m.provider, "max_batch_size": m.max_batch_size,
+                 "versions": list(m.versions), "precision": m.metadata.get("precision", "")}
+        for m in reply.models
+    }  # fmt: skip
 
 
 @dataclass

@@ -328,7 +328,12 @@ def test_deadline_passed(core):
 
 def test_metrics_count_requests_by_code(core):
     r = core.metrics.registry
-    info = {"model": "tiny", "version": "1", "provider": "CPUExecutionProvider"}
+    info = {
+        "model": "tiny",
+        "version": "1",
+        "provider": "CPUExecutionProvider",
+        "precision": "fp32",
+    }
 
     async def main():
         async with serving(core):

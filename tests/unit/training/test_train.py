@@ -214,3 +214,30 @@ def test_export_then_evaluate_cli(runs: tuple[Path, Path], tmp_path: Path) -> No
     assert (out / "confusion_matrix.png").stat().st_size > 0
     args = [str(model), "--dataset", "lfw_faces", "--output-dir", str(out), "--no-plot"]
     assert evaluate.main([*args, "--min-accuracy", "1.01"]) == 1
+
+
+def test_export_precision_int8_writes_a_gated_variant_or_nothing(
+    runs: tuple[Path, Path], tmp_path: Path, capsys
+) -> None:
+    repo = tmp_path / "models"
+    ckpt = str(runs[0] / "checkpoint.pth")
+    argv = [ckpt, "--name", "faces", "--model-repository", str(repo), "--num-samples", "4",
+            "--legacy-exporter", "--precision", "int8", "--calibration-images", "40",
+            "--gate-max-top1-drop", "20", "--gate-max-class-recall-drop", "40"]  # fmt: skip
+    # (a 3-epoch model near chance: its near-ties flip; the digits model has the real bars,
+    # tests/unit/training/test_quantize.py)
+    assert export.main([*argv, "--gate-min-agreement", "100.1"]) == 1  # an impossible bar
+    out = capsys.readouterr().out
+    assert "failed the accuracy gate, nothing written" in out and "dB of SQNR" in out
+    assert not repo.exists() or not any(repo.iterdir())  # no version, no staging folder left
+
+    assert export.main([*argv, "--gate-min-agreement", "80"]) == 0
+    version = repo / "faces" / "1"
+    assert sorted(p.name for p in version.iterdir()) == ["model.int8.onnx", "model.onnx"]
+    assert [p.name for p in repo.iterdir()] == ["faces"]
+    int8 = evaluate.OnnxClassifier(version / "model.int8.onnx").metadata.provenance
+    assert int8["precision"] == "int8"
+    assert int8["calibration"]["images"] == 40 and int8["calibration"]["seed"] == 0
+    gate = int8["accuracy_gate"]
+    assert gate["passed"] and gate["images"] == 40 and gate["thresholds"]["min_agreement"] == 80
+    assert gate["float_accuracy"] == pytest.approx(100 * load(Path(ckpt))["val_acc"])

@@ -261,7 +261,11 @@ def test_list_models_servicer(tiny_repo):
     assert list(info.input_shape) == [3, TINY_SIZE, TINY_SIZE]
     assert info.provider == "CPUExecutionProvider"
     assert info.max_batch_size == 8
-    assert dict(info.metadata) == {"architecture": "tiny-test"}
+    assert dict(info.metadata) == {
+        "architecture": "tiny-test",
+        "precision": "fp32",
+        "served_file": "model.onnx",
+    }
 
 
 def test_list_models_servicer_lists_every_served_version(tmp_path):

@@ -15,8 +15,9 @@ import pytest
 from imgclf.errors import ModelNotReady
 from imgclf.metrics.prometheus import Metrics
 from imgclf.models import loader as model_mod
-from imgclf.models.loader import ServedModel, execution_options, load_model, softmax
+from imgclf.models.loader import ServedModel, load_model, softmax
 from imgclf.models.repository import ModelConfig, read_model_config
+from imgclf.models.sessions import execution_options
 from imgclf.repolayout import versions
 from imgclf.runtime.cpuquota import cpus
 from imgclf.runtime.engine import Engine
@@ -69,7 +70,7 @@ def test_require_gpu_keeps_tensorrt():
 
 
 def test_intra_op_threads_split_across_instances(monkeypatch):
-    monkeypatch.setattr("imgclf.models.loader.cpus", lambda: 8)
+    monkeypatch.setattr("imgclf.models.sessions.cpus", lambda: 8)
     assert options(instances=2, intra_op_threads=0).intra_op_threads == 4
     assert options(instances=3, intra_op_threads=0).intra_op_threads == 2
     assert options(instances=16, intra_op_threads=0).intra_op_threads == 1  # at least one
@@ -77,7 +78,7 @@ def test_intra_op_threads_split_across_instances(monkeypatch):
 
 
 def test_intra_op_threads_set_explicitly_are_not_split(monkeypatch):
-    monkeypatch.setattr("imgclf.models.loader.cpus", lambda: 8)
+    monkeypatch.setattr("imgclf.models.sessions.cpus", lambda: 8)
     assert options({"instances": 2}, intra_op_threads=3).intra_op_threads == 3
     assert options({"instances": 2, "intra_op_threads": 5}).intra_op_threads == 5
 
@@ -418,7 +419,7 @@ def test_auto_instances_one_single_threaded_session_per_core_and_a_solo(tmp_path
 
 def test_auto_on_many_cores(tmp_path, monkeypatch, slow):
     """Counted on a pretend 4-core machine: four 1-thread instances and a 4-thread solo."""
-    monkeypatch.setattr("imgclf.models.loader.cpus", lambda: 4)
+    monkeypatch.setattr("imgclf.models.sessions.cpus", lambda: 4)
     make_repo(tmp_path)
     model = load(tmp_path, instances=0, intra_op_threads=0, warmup=False, solo_session=True,
                  solo_spinning=False)  # fmt: skip
@@ -429,7 +430,7 @@ def test_auto_on_many_cores(tmp_path, monkeypatch, slow):
 
 
 def test_no_solo_when_an_instance_spans_every_core_or_when_off(tmp_path, monkeypatch, slow):
-    monkeypatch.setattr("imgclf.models.loader.cpus", lambda: 4)
+    monkeypatch.setattr("imgclf.models.sessions.cpus", lambda: 4)
     make_repo(tmp_path)
     wide = load(tmp_path, instances=1, intra_op_threads=0, warmup=False, solo_session=True)
     assert wide.engines.instances[0].options.intra_op_threads == 4
@@ -444,7 +445,7 @@ def test_no_solo_when_an_instance_spans_every_core_or_when_off(tmp_path, monkeyp
 
 def test_no_solo_for_a_fast_model(tmp_path, monkeypatch):
     """The tiny model runs an image in microseconds: intra-op threads cannot pay."""
-    monkeypatch.setattr("imgclf.models.loader.cpus", lambda: 4)
+    monkeypatch.setattr("imgclf.models.sessions.cpus", lambda: 4)
     make_repo(tmp_path)
     model = load(tmp_path, instances=0, intra_op_threads=0, warmup=False, solo_session=True)
     assert len(model.engines.instances) == 4

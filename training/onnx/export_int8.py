@@ -1,0 +1,187 @@
+"""``imgclf export --precision int8``: an INT8 variant beside the float model, gated.
+
+The float model is exported (and parity-tested) into a hidden staging folder of the model
+repository; its INT8 variant is calibrated on a class-stratified sample of the run's training
+split and gated against it on the validation split (imgclf.training.onnx.quantize). Only if the gate
+passes do both files move into the version folder (``model.onnx``, ``model.int8.onnx``): a
+model that failed is never written, and the report names the tensors that hurt most.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imgclf.imaging import preprocess_image
+from imgclf.modelmeta import ModelMetadata
+from imgclf.models.repository import INT8_FILE, MODEL_FILE
+from imgclf.training.data.datasets import load_image, load_split
+from imgclf.training.onnx.accuracy_gate import (
+    MAX_CLASS_RECALL_DROP,
+    MAX_TOP1_DROP,
+    MIN_AGREEMENT,
+    GateThresholds,
+)
+from imgclf.training.onnx.parity import ExportError
+from imgclf.training.onnx.quantize import (
+    CALIBRATION_METHODS,
+    DEFAULT_CALIBRATION_IMAGES,
+    DEFAULT_CALIBRATION_METHOD,
+    DEFAULT_PERCENTILE,
+    Calibration,
+    QuantizeResult,
+    describe_worst,
+    quantize_gated,
+    stratified_sample,
+)
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+class GateError(ExportError):
+    """The INT8 variant failed the accuracy gate; nothing was written."""
+
+
+def add_int8_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("INT8 (--precision int8)")
+    group.add_argument(
+        "--calibration-images", type=int, default=DEFAULT_CALIBRATION_IMAGES,
+        help="training images to calibrate on, class-stratified",
+    )  # fmt: skip
+    group.add_argument("--calibration-seed", type=int, default=0, help="seed of that sample")
+    group.add_argument(
+        "--calibration-method", nargs="+", choices=CALIBRATION_METHODS,
+        default=[DEFAULT_CALIBRATION_METHOD],
+        help="tried in order until one passes the gate",
+    )  # fmt: skip
+    group.add_argument("--calibration-percentile", type=float, default=DEFAULT_PERCENTILE)
+    group.add_argument(
+        "--keep-float", nargs="+", default=[], metavar="NODE",
+        help="node names left in float (the gate's report names candidates)",
+    )  # fmt: skip
+    group.add_argument(
+        "--gate-images", type=int, default=0,
+        help="validation images the gate measures on, class-stratified (0: all)",
+    )  # fmt: skip
+    group.add_argument("--gate-max-top1-drop", type=float, default=MAX_TOP1_DROP,
+                       help="points of top-1 accuracy INT8 may lose")  # fmt: skip
+    group.add_argument("--gate-min-agreement", type=float, default=MIN_AGREEMENT,
+                       help="percent of images with the float model's top-1")  # fmt: skip
+    group.add_argument("--gate-max-class-recall-drop", type=float, default=MAX_CLASS_RECALL_DROP,
+                       help="points of recall any class may lose")  # fmt: skip
+
+
+def calibrations(args: argparse.Namespace) -> list[Calibration]:
+    return [
+        Calibration(m, args.calibration_percentile, tuple(args.keep_float))
+        for m in args.calibration_method
+    ]
+
+
+def thresholds(args: argparse.Namespace) -> GateThresholds:
+    return GateThresholds(
+        args.gate_max_top1_drop, args.gate_min_agreement, args.gate_max_class_recall_drop
+    )
+
+
+def preprocess(samples: list[Any], metadata: ModelMetadata) -> np.ndarray:
+    """Images through the server's preprocessing (imgclf.imaging, the eval preset)."""
+    spec = metadata.preprocessing
+    return np.stack([preprocess_image(load_image(s), spec) for s in samples])
+
+
+def staging_dir(model_repository: Path, name: str, version: int) -> Path:
+    """A hidden folder of the repository (the server skips hidden folders)."""
+    return model_repository / f".staging-{name}-{version}"
+
+
+def quantize_checkpoint_model(
+    ckpt: dict[str, Any],
+    float_model: Path,
+    metadata: ModelMetadata,
+    args: argparse.Namespace,
+) -> QuantizeResult:
+    """Calibrate the INT8 variant of `float_model` on the checkpoint's training split and gate
+    it on its validation split; writes ``model.int8.onnx`` beside it only if it passed."""
+    run = ckpt["args"]
+    return quantize_on_split(
+        float_model, metadata, args, run["dataset"], run.get("data_path"),
+        run["val_fraction"], run["split_seed"],
+    )  # fmt: skip
+
+
+def quantize_on_split(
+    float_model: Path,
+    metadata: ModelMetadata,
+    args: argparse.Namespace,
+    dataset: str,
+    data_path: str | None,
+    val_fraction: float,
+    split_seed: int,
+) -> QuantizeResult:
+    """`float_model`'s INT8 variant, calibrated on a class-stratified sample of the dataset's
+    training split and gated on its validation split (`args`: the options of
+    add_int8_arguments); ``model.int8.onnx`` is written beside it only if it passed."""
+    split = load_split(dataset, data_path, val_fraction, split_seed)
+    cal_idx = stratified_sample(split.train_labels, args.calibration_images, args.calibration_seed)
+    gate_idx = np.arange(len(split.val_labels))
+    if args.gate_images:
+        gate_idx = stratified_sample(split.val_labels, args.gate_images, args.calibration_seed)
+    calibration_inputs = preprocess([split.train_samples[i] for i in cal_idx], metadata)
+    gate_inputs = preprocess([split.val_samples[i] for i in gate_idx], metadata)
+    source = {
+        "images": len(cal_idx),
+        "seed": args.calibration_seed,
+        "from": "training split, class-stratified (disjoint from the validation split)",
+    }
+    return quantize_gated(
+        float_model,
+        float_model.parent / INT8_FILE,
+        calibration_inputs,
+        gate_inputs,
+        split.val_labels[gate_idx],
+        split.class_names,
+        calibrations(args),
+        source,
+        f"validation split ({len(gate_idx)} images)",
+        thresholds(args),
+    )
+
+
+def int8_defaults(**overrides: Any) -> argparse.Namespace:
+    """The INT8 options at their defaults (as ``imgclf export`` parses them), with overrides."""
+    parser = argparse.ArgumentParser()
+    add_int8_arguments(parser)
+    args = parser.parse_args([])
+    for key, value in overrides.items():
+        setattr(args, key, value)
+    return args
+
+
+def publish(staging: Path, out_dir: Path, force: bool) -> list[Path]:
+    """Move the staged files into the version folder (replacing them only with `force`)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    moved = []
+    for name in (MODEL_FILE, INT8_FILE):
+        target = out_dir / name
+        if target.exists() and not force:
+            raise FileExistsError(f"{target} exists (use --force or another --version)")
+    for name in (MODEL_FILE, INT8_FILE):
+        if (staging / name).exists():
+            moved.append((staging / name).replace(out_dir / name))
+    shutil.rmtree(staging, ignore_errors=True)
+    return moved
+
+
+def gate_failure(result: QuantizeResult) -> GateError:
+    tried = "; ".join(f"{c.method}: {r}" for c, r in result.attempts)
+    return GateError(
+        f"the INT8 variant failed the accuracy gate, nothing written ({tried}).\n"
+        f"Tensors whose quantisation hurt most (keep their nodes in float with --keep-float, "
+        f"or try --calibration-method {' '.join(CALIBRATION_METHODS)}):\n"
+        f"{describe_worst(result.worst)}"
+    )
