@@ -20,7 +20,7 @@ from imgclf._generated.inference import grpc_service_pb2 as pb
 from imgclf._generated.inference import grpc_service_pb2_grpc as pb_grpc
 from imgclf.bytestensor import serialize_bytes_elements
 from imgclf.dataplane import Core
-from imgclf.errors import ImgclfError, InvalidInput, Unsupported
+from imgclf.errors import ImgclfError, InvalidInput, Unsupported, redact
 from imgclf.grpc import deadline_of
 from imgclf.grpc.errors import GENERIC_INTERNAL, maps_errors, public_message
 from imgclf.grpc.oip_config import (
@@ -344,7 +344,10 @@ class InferenceServicer(SharedMemoryServicer, pb_grpc.GRPCInferenceServiceServic
     def _stream_error(request: pb.ModelInferRequest, message: str) -> pb.ModelStreamInferResponse:
         return pb.ModelStreamInferResponse(
             error_message=message,
+            # the request's own fields, echoed no longer than any other client text
             infer_response=pb.ModelInferResponse(
-                model_name=request.model_name, model_version=request.model_version, id=request.id
+                model_name=redact(request.model_name),
+                model_version=redact(request.model_version),
+                id=redact(request.id),
             ),
         )

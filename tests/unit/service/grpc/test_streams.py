@@ -89,3 +89,16 @@ def test_an_idle_stream_stops_being_read_when_draining_starts():
         assert window._value == 3  # the slot taken for the read that never came is back
 
     asyncio.run(main())
+
+
+def test_a_stream_error_echoes_no_megabyte_model_name() -> None:
+    """A failed ModelStreamInfer request is answered in the stream with its own fields; a
+    1 MB model name comes back cut to the length of any other client text (issue 12, 8)."""
+    from imgclf._generated.inference import grpc_service_pb2 as oip_pb
+    from imgclf.errors import MAX_MESSAGE_CHARS
+    from imgclf.grpc.inference import InferenceServicer
+
+    request = oip_pb.ModelInferRequest(model_name="m" * (1 << 20), id="7")
+    reply = InferenceServicer._stream_error(request, "unknown model")
+    assert len(reply.infer_response.model_name) <= MAX_MESSAGE_CHARS
+    assert reply.infer_response.id == "7" and reply.error_message == "unknown model"
