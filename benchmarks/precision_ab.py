@@ -30,7 +30,7 @@ import onnx
 from imgclf.client.bench import cli as bench_cli
 from imgclf.client.bench import runner
 from imgclf.client.bench.launcher import serving
-from imgclf.models.repository import INT8_FILE, MODEL_FILE, versions
+from imgclf.repolayout import INT8_FILE, MODEL_FILE, versions
 
 VARIANTS = (("fp32", "float"), ("int8", "int8"))
 

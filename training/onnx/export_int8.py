@@ -18,7 +18,7 @@ import numpy as np
 
 from imgclf.imaging import preprocess_image
 from imgclf.modelmeta import ModelMetadata
-from imgclf.models.repository import INT8_FILE, MODEL_FILE
+from imgclf.repolayout import INT8_FILE, MODEL_FILE
 from imgclf.training.data.datasets import load_image, load_split
 from imgclf.training.onnx.accuracy_gate import (
     MAX_CLASS_RECALL_DROP,
