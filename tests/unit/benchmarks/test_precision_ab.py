@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks.precision_ab import make_repository
-from imgclf.models.repository import INT8_FILE, MODEL_FILE, read_model_config
+from imgclf.models.repository import read_model_config
+from imgclf.repolayout import INT8_FILE, MODEL_FILE
 
 DIGITS = Path(__file__).parents[3] / "models" / "digits"
 

@@ -13,8 +13,9 @@ import pytest
 
 from imgclf.metrics.prometheus import Metrics
 from imgclf.models.loader import load_model
-from imgclf.models.repository import INT8_FILE, MODEL_FILE, read_model_config, versions
+from imgclf.models.repository import read_model_config
 from imgclf.models.variants import choose_variant, cpu_flags, has_vnni
+from imgclf.repolayout import INT8_FILE, MODEL_FILE, versions
 from imgclf.training.onnx.quantize import Calibration, quantize_int8
 from tests.unit.service.support import TINY_SIZE, make_repo, server_settings
 
