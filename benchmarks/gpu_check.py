@@ -183,7 +183,7 @@ def server(env: Env, repo: Path, *extra: str) -> Iterator[object]:
 
 
 LOAD_LINE = re.compile(
-    r"model (\S+) version (\d+) loaded in .* on (\S+) \((.*?)\)(?:; IO binding.*)?$"
+    r"model (\S+) version (\d+) loaded in .* on (\S+) \((.*?)\)(?:; IO binding[^;]*)?(?:; .*)?$"
 )
 """imgclf.models.loader's load log line: model, version, provider, reason (then the buckets)."""
 

@@ -441,8 +441,9 @@ def trap_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc
         # encoded red images are slow here (std 0.1 puts red at 8.6 > 5): ~150 products/batch
         "burst": ({"std": 0.1, "scale": 40.0},
                   {"max_batch_size": 2, "max_queue_size": 4, "max_queue_delay_ms": 0}),
-        # red is slow here too (~36 products per image), one image per batch, 64 may wait
-        "slowred": ({"std": 0.1, "scale": 10.0},
+        # red is slow here too (~150 products per image: a few per 0.5 s even on an idle
+        # machine), one image per batch, 64 may wait
+        "slowred": ({"std": 0.1, "scale": 40.0},
                     {"max_batch_size": 1, "max_queue_size": 64, "max_queue_delay_ms": 0}),
     }  # fmt: skip
     for name, (model_args, config) in configs.items():

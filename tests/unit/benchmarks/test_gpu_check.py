@@ -25,6 +25,20 @@ def test_load_lines_read_the_provider_and_reason_of_each_model() -> None:
     assert line.startswith("2026-12-06 INFO imgclf.models.loader: model digits")
 
 
+def test_load_lines_read_the_line_with_its_precision_and_memory_parts() -> None:
+    """The line as the loader prints it since it names the precision and the memory taken."""
+    log = (
+        "2026-12-06 INFO imgclf.models.loader: model e version 1 loaded in 1.15s: 1000 "
+        "classes, input 224x224, max batch 4, 2 instance(s) x 1 intra-op thread(s), precision "
+        "fp32 (model.onnx: the only variant (model.onnx)) on CPUExecutionProvider (CPU "
+        "fallback: no CUDA driver (libcuda) on this host); 110.9 MB resident, weights 18.5 MB "
+        "shared by 3 sessions\n"
+    )
+    _line, provider, reason = gpu_check.load_lines(log)["e"]
+    assert provider == "CPUExecutionProvider"
+    assert reason == "CPU fallback: no CUDA driver (libcuda) on this host"
+
+
 def bucket(model: str, le: str) -> tuple[str, tuple[tuple[str, str], ...]]:
     return ("imgclf_batch_size_bucket", (("le", le), ("model", model), ("version", "1")))
 

@@ -227,7 +227,8 @@ def test_export_precision_int8_writes_a_gated_variant_or_nothing(
     # (a 3-epoch model near chance: its near-ties flip; the digits model has the real bars,
     # tests/unit/training/test_quantize.py)
     assert export.main([*argv, "--gate-min-agreement", "100.1"]) == 1  # an impossible bar
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()  # the report of a failed command is on stderr
+    out = captured.out + captured.err
     assert "failed the accuracy gate, nothing written" in out and "dB of SQNR" in out
     assert not repo.exists() or not any(repo.iterdir())  # no version, no staging folder left
 

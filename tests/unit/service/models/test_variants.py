@@ -114,7 +114,7 @@ def test_the_int8_variant_computes_what_the_float_one_does(both):
 
 
 def test_the_bundled_digits_int8_variant_loads_and_logs_its_gate(tmp_path, caplog):
-    bundled = Path(__file__).parents[3] / "models" / "digits"
+    bundled = Path(__file__).parents[4] / "models" / "digits"
     shutil.copytree(bundled, tmp_path / "digits")
     (tmp_path / "digits" / "config.json").write_text(json.dumps({"precision": "int8"}))
     (entry,) = versions(tmp_path / "digits")

@@ -23,7 +23,7 @@ from imgclf.training.onnx.quantize import (
     stratified_sample,
 )
 
-DIGITS = Path(__file__).parents[3] / "models" / "digits" / "1" / "model.onnx"
+DIGITS = Path(__file__).parents[4] / "models" / "digits" / "1" / "model.onnx"
 
 
 @pytest.fixture(scope="module")
