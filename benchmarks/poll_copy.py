@@ -47,6 +47,8 @@ TIMEOUT_S = 30.0
 
 
 def copy_slowly(data: bytes, target: Path, chunks: int, pause: float) -> None:
+    """Write `data` to `target` in `chunks`, `pause` seconds apart, then give it an older
+    mtime as `cp -p` does (one more change of the fingerprint after its bytes are done)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     step = -(-len(data) // chunks)
     with target.open("wb") as f:

@@ -6,7 +6,6 @@ the repository is never served."""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import urllib.request
@@ -18,6 +17,7 @@ import pytest
 import tritonclient.grpc as triton
 from prometheus_client.parser import text_string_to_metric_families
 
+from benchmarks import poll_copy
 from imgclf._generated.imgclf.v1 import image_classifier_pb2 as pb
 from imgclf._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
 from imgclf.client import open_channel
@@ -37,15 +37,9 @@ RED = encode(np.full((20, 20, 3), (230, 10, 10), dtype=np.uint8), "PNG")
 
 def copy_slowly(data: bytes, target: Path, chunks: int = CHUNKS) -> None:
     """Write `data` to `target` in chunks, CHUNK_PAUSE_S apart, then give it an older mtime
-    as `cp -p` does (one more change of the file's fingerprint after its bytes are done)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    step = -(-len(data) // chunks)
-    with target.open("wb") as f:
-        for i in range(0, len(data), step):
-            f.write(data[i : i + step])
-            f.flush()
-            time.sleep(CHUNK_PAUSE_S)
-    os.utime(target, ns=(1_600_000_000 * 10**9,) * 2)
+    as `cp -p` does (one more change of the file's fingerprint after its bytes are done): the
+    copy of benchmarks/poll_copy.py."""
+    poll_copy.copy_slowly(data, target, chunks, CHUNK_PAUSE_S)
 
 
 def wait_for(check: Callable[[], bool], timeout: float = 30.0) -> None:
