@@ -68,4 +68,7 @@ def test_unauthenticated_messages_are_not_read(server: ServerProcess) -> None:
         memory_bench.measure_unauthenticated(target, args("--message-mib", "3.9"), log=print)
     )
     assert phase.codes == {"UNAUTHENTICATED": 8}, phase.codes
-    assert phase.peak_mib - before < 12, (before, phase)
+    # Read, the bodies alone would add their 31 MiB (and the copies made of them); refused
+    # unread, what grows is gRPC's flow-control windows (seen: 11-12.3 MiB).
+    carried_mib = phase.payload_bytes * phase.calls / 2**20
+    assert phase.peak_mib - before < carried_mib / 2, (before, carried_mib, phase)
