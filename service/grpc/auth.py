@@ -42,22 +42,25 @@ def server_credentials(
     )
 
 
-def _denying(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
-    """A handler that refuses with UNAUTHENTICATED before reading the request: served as a
+def refusing(
+    handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str
+) -> grpc.RpcMethodHandler:
+    """A handler that refuses with `code` before reading the request: served as a
     request-streaming method (the same bytes on the wire) that never reads, so a refused
-    call's message is not received into memory, let alone parsed."""
+    call's message is not received into memory, let alone parsed (the token check here, the
+    memory budget in imgclf.grpc.budget)."""
 
-    async def deny(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+    async def refuse(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(code, message)
 
-    async def deny_stream(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+    async def refuse_stream(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(code, message)
         yield  # pragma: no cover - makes this an async generator
 
     serializer = handler.response_serializer
     if handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(deny_stream, response_serializer=serializer)
-    return grpc.stream_unary_rpc_method_handler(deny, response_serializer=serializer)
+        return grpc.stream_stream_rpc_method_handler(refuse_stream, response_serializer=serializer)
+    return grpc.stream_unary_rpc_method_handler(refuse, response_serializer=serializer)
 
 
 class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
@@ -89,4 +92,4 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
         if self._authorized(handler_call_details.invocation_metadata):
             return handler
         log.warning("refused %s: missing or wrong bearer token", method)
-        return _denying(handler, "missing or invalid bearer token")
+        return refusing(handler, grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")

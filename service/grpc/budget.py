@@ -29,6 +29,7 @@ import grpc
 
 from imgclf.budget import MESSAGE_COPIES, MemoryBudget
 from imgclf.errors import ImgclfError, MemoryExhausted
+from imgclf.grpc.auth import refusing
 
 log = logging.getLogger(__name__)
 
@@ -71,17 +72,6 @@ def _drop_frames(exc: BaseException | None) -> None:
         exc = exc.__context__ or exc.__cause__
 
 
-def _refusing(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
-    """RESOURCE_EXHAUSTED from a handler that never reads the request."""
-
-    async def refuse(_requests: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
-
-    return grpc.stream_unary_rpc_method_handler(
-        refuse, response_serializer=handler.response_serializer
-    )
-
-
 class MessageBudgetInterceptor(grpc.aio.ServerInterceptor):
     """Holds each unary request's message inside the memory budget (see the module doc)."""
 
@@ -113,7 +103,7 @@ class MessageBudgetInterceptor(grpc.aio.ServerInterceptor):
             )
             self._on_refused(error)
             self._budget.trim_soon()
-            return _refusing(handler, str(error))
+            return refusing(handler, grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
         return _accounted(handler, _Hold(self._budget, self._worst))
 
 
