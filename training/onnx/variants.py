@@ -27,6 +27,7 @@ from torch import nn
 
 from imgclf.imaging import resize_and_crop, to_rgb
 from imgclf.modelmeta import ModelMetadata
+from imgclf.models import cam
 from imgclf.training.data.presets import EvalPreset
 from imgclf.training.onnx.graphs import (
     DEFAULT_OPSET,
@@ -86,6 +87,8 @@ class _Built:
     parity: Any
     exporter: str
     fallback_reason: str = ""
+    explains: str = ""
+    """What `class_activation_maps` says: the head imgclf.models.cam found, or why none."""
 
 
 def library_versions() -> dict[str, str]:
@@ -166,7 +169,9 @@ def _build(
             print(f"{variant.name} ({exporter}, opset {opset}): {parity}")
             if not parity.ok:
                 raise ParityError(f"ONNX Runtime disagrees with PyTorch: {parity}")
-            return _Built(variant, proto, parity, exporter, failure)
+            explains = activation_head(raw)
+            print(f"{variant.name}: class activation maps: {explains}")
+            return _Built(variant, proto, parity, exporter, failure, explains)
         except (ExportError, onnx.checker.ValidationError) as exc:
             if exporter == exporters[-1]:
                 hint = (
@@ -182,6 +187,17 @@ def _build(
                 "falling back to the legacy TorchScript exporter (--fallback-to-legacy)"
             )
     raise AssertionError("unreachable")
+
+
+def activation_head(model_bytes: bytes) -> str:
+    """Whether a server can draw class activation maps for the model (imgclf.models.cam): the
+    feature tensor its global pooling + linear head reads, or why the head is not one."""
+    try:
+        head = cam.find_head(model_bytes)
+    except cam.HeadNotSupported as exc:
+        return f"none: {exc}"
+    classes, channels = head.weight.shape
+    return f"from {head.feature} ({channels} features, {classes} classes)"
 
 
 def _props(
@@ -204,6 +220,7 @@ def _props(
         "parity_rtol": None if parity.top1_only else options.rtol,
         "parity_batch_sizes": list(options.batch_sizes),
         "parity_images": parity.num_images,
+        "class_activation_maps": built.explains,
         "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     output = PROBABILITIES if options.softmax else "logits"

@@ -57,30 +57,37 @@ def test_raw_map_means_plus_bias_are_the_logits() -> None:
     )
 
 
-def test_each_class_map_points_at_its_own_half_of_a_composite() -> None:
-    from skimage import data
+def composite(halves: list[Image.Image], side: int) -> Image.Image:
+    """A side x side image: the two photos squeezed into its left and right halves."""
+    out = Image.new("RGB", (side, side))
+    for i, half in enumerate(halves):
+        out.paste(half.convert("RGB").resize((side // 2, side)), (i * side // 2, 0))
+    return out
 
-    side = 448
-    halves = [
-        Image.fromarray(data.chelsea()).resize((side // 2, side)),
-        Image.fromarray(data.coffee()).resize((side // 2, side)),
-    ]
-    composite = Image.new("RGB", (side, side))
-    composite.paste(halves[0], (0, 0))
-    composite.paste(halves[1], (side // 2, 0))
-    classes = [int(np.argmax(run(half)[0][0])) for half in halves]
-    assert classes[0] != classes[1]
-    _, features = run(composite)
-    head, spec = bundled()[1], bundled()[3]
-    maps = cam.class_maps(features, head.weight, np.array([classes]))[0]
-    assert maps.min() >= 0.0 and np.allclose(maps.max(axis=(1, 2)), 1.0)
-    # Each feature column covers an equal strip of the crop box; weigh the mass by the
-    # share of each strip left of the composite's middle.
+
+def share_on_left(maps: np.ndarray, side: int, spec: Preprocessing) -> np.ndarray:
+    """[k]: the share of each map's mass [k, h, w] on the left half of a side x side image.
+    Each feature column covers an equal strip of the crop box; a strip's mass counts by the
+    share of the strip left of the middle."""
     left, _, right, _ = cam.crop_box(side, side, spec)
     edges = np.linspace(left, right, maps.shape[2] + 1)
     left_share = np.clip((side / 2 - edges[:-1]) / (edges[1:] - edges[:-1]), 0.0, 1.0)
     columns = maps.sum(axis=1)  # [k, w]
-    on_left = (columns * left_share).sum(axis=1) / columns.sum(axis=1)
+    return (columns * left_share).sum(axis=1) / columns.sum(axis=1)
+
+
+def test_each_class_map_points_at_its_own_half_of_a_composite() -> None:
+    from skimage import data
+
+    side = 448
+    halves = [Image.fromarray(data.chelsea()), Image.fromarray(data.coffee())]
+    classes = [int(np.argmax(run(half.resize((side // 2, side)))[0][0])) for half in halves]
+    assert classes[0] != classes[1]
+    _, features = run(composite(halves, side))
+    head, spec = bundled()[1], bundled()[3]
+    maps = cam.class_maps(features, head.weight, np.array([classes]))[0]
+    assert maps.min() >= 0.0 and np.allclose(maps.max(axis=(1, 2)), 1.0)
+    on_left = share_on_left(maps, side, spec)
     print("share of each map on the left half:", on_left)
     assert on_left[0] > 0.7 and 1.0 - on_left[1] > 0.7, on_left
 
