@@ -129,6 +129,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     repo = tmp_path_factory.mktemp("bad-inputs-repo")
     make_tiny_model(repo / "tiny" / "1" / "model.onnx", size=SIZE)
     make_luma_model(repo / "luma" / "1" / "model.onnx")
+    make_tiny_model(repo / "flat" / "1" / "model.onnx", size=SIZE, head="flatten")
     proc = start_server(
         repo, tmp_path_factory.mktemp("bad-inputs-server"),
         "--max-pixels", str(MAX_PIXELS),
@@ -443,9 +444,10 @@ def multipart(*files: bytes, field_only: bool = False) -> tuple[bytes, str]:
     ) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
-def classify_form(c: Clients, *files: bytes, field_only: bool = False) -> Outcome:
+def classify_form(c: Clients, *files: bytes, field_only: bool = False, query: str = "") -> Outcome:
     body, content_type = multipart(*files, field_only=field_only)
-    return c.http(http_request("/v1/models/tiny/classify", body, Content_Type=content_type))
+    path = f"/v1/models/tiny/classify{query}"
+    return c.http(http_request(path, body, Content_Type=content_type))
 
 
 def slow_body(c: Clients) -> Outcome:
@@ -525,6 +527,21 @@ def class_count_param(value: int) -> oip_pb.ModelInferRequest:
     return request
 
 
+def cam_request(model: str = "tiny", classes: int | None = None) -> oip_pb.ModelInferRequest:
+    """A red tensor asking for the `cam` output (with `classes` when given)."""
+    request = raw_request([1, 3, SIZE, SIZE], model=model, raw=[red_tensor(1).tobytes()])
+    out = request.outputs.add(name="cam")
+    if classes is not None:
+        out.parameters["classes"].int64_param = classes
+    return request
+
+
+def explained(model: str = "tiny", **explain: object) -> pb.ClassifyRequest:
+    """A red PNG asking for class activation maps."""
+    image = pb.Image(encoded=solid(RED, "PNG"))
+    return classify([image], model=model, explain=pb.Explain(**explain))
+
+
 Send = Callable[[Clients], Outcome]
 
 OURS: dict[str, Send] = {
@@ -591,6 +608,10 @@ OURS: dict[str, Send] = {
     "top-k-huge": lambda c: c.classify(
         classify([pb.Image(encoded=solid(RED, "PNG"))], top_k=2**32 - 1)
     ),
+    "explain-unsupported": lambda c: c.classify(explained("flat", top_k=1)),
+    "explain-too-many-classes": lambda c: c.classify(explained(top_k=6)),
+    "explain-unknown-class": lambda c: c.classify(explained(classes=[3])),
+    "explain-top-k-and-classes": lambda c: c.classify(explained(top_k=1, classes=[0])),
 }
 
 OIP: dict[str, Send] = {
@@ -651,6 +672,9 @@ OIP: dict[str, Send] = {
         "tiny", [infer_input("input", red_tensor(1), "FP32")], priority=5
     ),
     "oip-class-count-zero": lambda c: c.raw_infer(class_count_param(0)),
+    "oip-cam-unsupported": lambda c: c.raw_infer(cam_request("flat")),
+    "oip-cam-too-many-classes": lambda c: c.raw_infer(cam_request(classes=6)),
+    "oip-cam-classes-zero": lambda c: c.raw_infer(cam_request(classes=0)),
     "oip-image-not-bytes": lambda c: c.infer("tiny", [infer_input("image", red_tensor(1), "FP32")]),
     "oip-image-bad-shape": lambda c: c.raw_infer(
         raw_request(
@@ -750,6 +774,18 @@ HTTP: dict[str, Send] = {
     "http-classify-no-file": lambda c: classify_form(c, field_only=True),
     "http-classify-bad-top-k": lambda c: c.http(
         http_request("/v1/models/tiny/classify?top_k=50", solid(RED, "PNG"))
+    ),
+    "http-classify-explain-unsupported": lambda c: c.http(
+        http_request("/v1/models/flat/classify?explain=1", solid(RED, "PNG"))
+    ),
+    "http-classify-explain-too-many": lambda c: c.http(
+        http_request("/v1/models/tiny/classify?explain=6", solid(RED, "PNG"))
+    ),
+    "http-classify-explain-unknown-class": lambda c: c.http(
+        http_request("/v1/models/tiny/classify?explain_class=7", solid(RED, "PNG"))
+    ),
+    "http-classify-png-two-images": lambda c: classify_form(
+        c, solid(RED, "PNG"), solid(RED, "PNG"), query="?format=png"
     ),
     "http-classify-ok": lambda c: c.http(
         http_request("/v1/models/tiny/classify", solid(RED, "PNG"), method="PUT")
