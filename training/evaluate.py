@@ -5,7 +5,10 @@ version), or through a running imgclf server (``--server HOST:PORT``, MODEL: the
 Torch-free: images go through ``imgclf.imaging`` exactly as the server preprocesses them, and
 the labels and preprocessing come from the model's own metadata (plus a ``config.json`` beside
 the file, as the server reads it). Prints accuracy, top-5 accuracy and per-class
-precision/recall/F1; writes ``metrics.json``, ``confusion_matrix.csv`` and ``.png``.
+precision/recall/F1; writes ``metrics.json``, ``confusion_matrix.csv`` and ``.png``, and for an
+ONNX model ``confident_mistakes.png``: the most confidently wrong images with the class
+activation maps of the predicted and the true class (imgclf.training.gallery; ``--gallery 0``
+turns it off).
 
     imgclf evaluate models/digits --dataset digits
     imgclf evaluate models/flowers/2/model.onnx --data-path data/flowers --split all
@@ -34,6 +37,7 @@ from imgclf.repolayout import CONFIG_FILE, read_json
 from imgclf.training.data.builtin import BUILTIN_DATASETS, load_builtin_split
 from imgclf.training.data.digits import DIGITS_SEED, DIGITS_VAL_FRACTION
 from imgclf.training.data.folders import find_classes, list_images, stratified_split
+from imgclf.training.gallery import GALLERY_FILE, write_gallery
 from imgclf.training.report import EvalReport, evaluate_images, write_outputs
 from imgclf.usererror import UserError, run_main
 
@@ -79,6 +83,7 @@ class OnnxClassifier:
 
     def __init__(self, path: str | Path, providers: Sequence[str] = ("CPUExecutionProvider",)):
         self.path = resolve_model_path(path)
+        self.providers = list(providers)
         try:
             self.session = ort.InferenceSession(str(self.path), providers=list(providers))
         except Exception as exc:  # ONNX Runtime's InvalidProtobuf, Fail, ...
@@ -230,9 +235,28 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", type=Path, help="default: runs/evaluate/<name>-v<version>")
     parser.add_argument("--no-plot", action="store_true", help="skip confusion_matrix.png")
     parser.add_argument(
+        "--gallery", type=int, default=8, metavar="N",
+        help=f"{GALLERY_FILE}: the N most confidently wrong images with the maps of the "
+        "predicted and the true class (0: none; ONNX models with a pooling + linear head)",
+    )  # fmt: skip
+    parser.add_argument(
         "--min-accuracy", type=float, help="exit 1 when the accuracy is below this (for CI)"
     )
     return parser
+
+
+def gallery_note(
+    args: argparse.Namespace, classifier: Any, images: list[Image.Image], report: EvalReport,
+    out_dir: Path,
+) -> str:  # fmt: skip
+    """Write the gallery of confident mistakes when the model file is here; the line to print."""
+    if not isinstance(classifier, OnnxClassifier):
+        return "no gallery of mistakes through --server: evaluate the model file for it"
+    assert report.probabilities is not None and report.truth is not None
+    return write_gallery(
+        classifier, images, report.probabilities, report.truth, out_dir / GALLERY_FILE,
+        args.gallery,
+    )  # fmt: skip
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -256,6 +280,8 @@ def run(argv: list[str] | None = None) -> int:
     print(
         f"wrote {out_dir}/metrics.json, confusion_matrix.csv" + ("" if args.no_plot else ", .png")
     )
+    if args.gallery > 0:
+        print(gallery_note(args, classifier, images, report, out_dir))
     if args.min_accuracy is not None and report.accuracy < args.min_accuracy:
         print(f"accuracy {report.accuracy:.4f} is below --min-accuracy {args.min_accuracy}")
         return 1

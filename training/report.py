@@ -42,6 +42,10 @@ class EvalReport:
     confusion: np.ndarray
     """Rows: true class; columns: predicted class, plus '(other)' when the model names others."""
     confusion_columns: list[str] = field(default_factory=list)
+    probabilities: np.ndarray | None = field(default=None, repr=False)
+    """(N, model classes): what the model answered for each image, in order."""
+    truth: np.ndarray | None = field(default=None, repr=False)
+    """(N,): each image's true class as the model's class index."""
 
     def format(self) -> str:
         width = max(12, *(len(n) for n in self.class_names))
@@ -109,6 +113,8 @@ def evaluate_images(
         support=[int(x) for x in support],
         confusion=confusion,
         confusion_columns=names + (["(other)"] if other else []),
+        probabilities=probs,
+        truth=truth,
     )
 
 
