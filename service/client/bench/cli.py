@@ -63,6 +63,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="oip output to ask for ('' = every output; 'logits' for Triton)",
     )
     t.add_argument("--top-k", type=int, default=0, help="imgclf API top_k (0: server default)")
+    t.add_argument(
+        "--explain", type=int, default=0, metavar="K",
+        help="also send explained requests (the class activation maps of each image's top K "
+        "classes: Classify explain.top_k, or the oip output 'cam'): each point measured plain "
+        "then explained, round after round, and their cost per image compared",
+    )  # fmt: skip
     t.add_argument("--metrics-url", default=None,
                    help="Prometheus endpoint for the stage breakdown ('' = off; default: "
                    "http://HOST:8002/metrics, or the started server's)")  # fmt: skip

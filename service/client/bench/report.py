@@ -136,6 +136,29 @@ def floor_table(points: list[dict]) -> str | None:
                  rows)  # fmt: skip
 
 
+def explain_table(costs: list[dict]) -> str | None:
+    """Plain and explained ms per image (wall: 1000 / img/s at that load; server CPU), and
+    explained/plain: median (lowest..highest round)."""
+
+    def cell(spread: dict | None, spec: str) -> str:
+        if not spread:
+            return "-"
+        low, high = fmt(spread["min"], spec), fmt(spread["max"], spec)
+        return f"{fmt(spread['median'], spec)} ({low}..{high})"
+
+    rows = []
+    for c in costs:
+        ms, ratio = c["ms_per_image"], c["explained_over_plain"]
+        for kind, what in (("wall", "wall ms/img"), ("cpu", "server cpu ms/img")):
+            if kind in ratio:
+                plain, explained = ms["plain"].get(kind), ms["explained"].get(kind)
+                rows.append([c["load"], what, cell(plain, ".2f"), cell(explained, ".2f"),
+                             cell(ratio[kind], ".3f")])  # fmt: skip
+    if not rows:
+        return None
+    return table(["load", "cost", "plain", "explained", "explained/plain"], rows)
+
+
 def write_json(path: Path, report: dict) -> None:
     def default(o: object) -> object:
         if hasattr(o, "item"):
@@ -231,6 +254,10 @@ def text(result: dict) -> str:
             ]  # fmt: skip
             lines += ["\nHTTP / gRPC throughput (measured one after the other, each round):",
                       table(["load", "median", "rounds"], rows)]  # fmt: skip
+        costs = explain_table(result.get("explain_costs") or [])
+        if costs:
+            lines += ["\nexplained / plain cost per image (measured one after the other at "
+                      "each point, each round; median, range of the rounds):", costs]  # fmt: skip
         floor = floor_table(result["points"])
         if floor:
             lines += ["\nfloor (a bare gRPC server, same options and requests, canned reply, "

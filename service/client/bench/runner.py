@@ -20,6 +20,7 @@ import grpc
 from imgclf.client.bench import http_wire, inputs, limit, load, report, stats, wire
 from imgclf.client.bench.floor import FloorServer
 from imgclf.client.bench.launcher import server_or_target
+from imgclf.client.bench.ratios import PLAIN, explain_arm, explain_costs, protocol_ratios
 
 
 def say(msg: str) -> None:
@@ -40,7 +41,8 @@ def _server_models(connection: wire.Connection) -> dict[str, dict]:
         return {}
     return {
         m.name: {"provider": m.provider, "max_batch_size": m.max_batch_size,
-                 "versions": list(m.versions), "precision": m.metadata.get("precision", "")}
+                 "versions": list(m.versions), "precision": m.metadata.get("precision", ""),
+                 "explain": m.explain}
         for m in reply.models
     }  # fmt: skip
 
@@ -70,6 +72,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
         raise ValueError("--batch-size, --client-processes and --rounds must be >= 1")
     if "http" in args.protocol and args.api != "oip":
         raise ValueError("--protocol http sends Open Inference requests: add --api oip")
+    if args.explain and (args.explain < 0 or args.protocol != ["grpc"]):
+        raise ValueError("--explain K (K >= 1) measures gRPC requests: drop --protocol http")
     if "http" in args.protocol and (args.tls_ca or args.tls_cert):
         raise ValueError("the bench's HTTP client speaks plaintext only")
     draft = args.limit_jpeg_draft
@@ -187,6 +191,8 @@ def execute(args: argparse.Namespace) -> dict:
     result["points"] = [stats.combine_points(list(per)) for per in zip(*point_rounds, strict=True)]
     if len(args.protocol) > 1 and point_rounds:
         result["protocol_ratios"] = protocol_ratios(point_rounds)
+    if args.explain and point_rounds:
+        result["explain_costs"] = explain_costs(point_rounds)
     result["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     return result
 
@@ -212,31 +218,31 @@ def serve_and_measure(
         )
         plan.spec = resolve_spec(args, plan.spec, connection)
         result["server_model"] = _server_models(connection).get(args.model)
-        method, payloads = wire.build_payloads(
-            args.api, args.model, items_for(args, plan, plan.spec), args.batch_size,
-            input_name=args.input_name or (plan.spec.input_name if plan.spec else "input"),
-            image_input_name=args.image_input_name, output_name=args.output_name,
-            top_k=args.top_k,
-        )  # fmt: skip
+        method, payloads = grpc_payloads(args, plan)
         reply = probe(args, connection, method, payloads[0])
         if metrics_url and load.try_fetch(metrics_url) is None:
             say(f"no metrics at {metrics_url}: no server stage breakdown")
             metrics_url = None
         result.update(target=target, metrics_url=metrics_url)
-        runners = {}
-        if "grpc" in args.protocol:
-            runners["grpc"] = stack.enter_context(load.LoadRunner(
-                connection, method, payloads, args.client_processes, args.request_timeout
-            ))  # fmt: skip
+        runners = {}  # arm -> (protocol, runner)
+        arms = {"grpc": payloads} if "grpc" in args.protocol else {}
+        if args.explain:
+            _, explained = grpc_payloads(args, plan, args.explain)
+            probe(args, connection, method, explained[0], args.explain)
+            arms = {PLAIN: payloads, explain_arm(args.explain): explained}
+        for arm, requests in arms.items():
+            runners[arm] = ("grpc", stack.enter_context(load.LoadRunner(
+                connection, method, requests, args.client_processes, args.request_timeout
+            )))  # fmt: skip
         if "http" in args.protocol:
             http_target = args.http_target or (
                 f"{where.server.host}:{where.server.http_port}"
                 if where.server is not None and where.server.http_port
                 else f"{target.rsplit(':', 1)[0]}:8000"
             )
-            runners["http"] = stack.enter_context(http_load_runner(
+            runners["http"] = ("http", stack.enter_context(http_load_runner(
                 args, plan.spec, items_for(args, plan, plan.spec), http_target, connection.token
-            ))  # fmt: skip
+            )))  # fmt: skip
             result["http_target"] = http_target
         floor = None
         if args.floor:
@@ -252,15 +258,15 @@ def serve_and_measure(
             point_rounds.append([])
             for point in load_points(args, plan):
                 tag = f" (round {r + 1}/{args.rounds})" if args.rounds > 1 else ""
-                for protocol, runner in runners.items():  # A B A B: the same noise
-                    name = f" over {protocol}" if len(runners) > 1 else ""
+                for arm, (protocol, runner) in runners.items():  # A B A B: the same noise
+                    name = f" {arm}" if len(runners) > 1 else ""
                     say(f"served {point.label}{name}: {args.warmup:g}s warm-up + "
                         f"{args.duration:g}s{tag} ...")  # fmt: skip
                     measured = measure_point(runner, point, metrics_url, args, limits.last)
-                    measured["protocol"] = protocol
+                    measured["protocol"], measured["arm"] = protocol, arm
                     if len(runners) > 1:
-                        measured["load"] = f"{point.label} {protocol}"
-                    if floor is not None and protocol == "grpc":
+                        measured["load"] = f"{point.label} {arm}"
+                    if floor is not None and arm in ("grpc", PLAIN):
                         say(f"floor {point.label} ...")
                         measured["floor"] = measure_floor(
                             floor_runner, point, args, measured, floor.cpu_seconds
@@ -290,15 +296,27 @@ def resolve_spec(
     return spec
 
 
+def grpc_payloads(args: argparse.Namespace, plan: Plan, explain: int = 0) -> tuple[str, list]:
+    """The method and requests of the run (asking for `explain` maps per image)."""
+    return wire.build_payloads(
+        args.api, args.model, items_for(args, plan, plan.spec), args.batch_size,
+        input_name=args.input_name or (plan.spec.input_name if plan.spec else "input"),
+        image_input_name=args.image_input_name, output_name=args.output_name,
+        top_k=args.top_k, explain=explain,
+    )  # fmt: skip
+
+
 def probe(
-    args: argparse.Namespace, connection: wire.Connection, method: str, payload: bytes
-) -> bytes:
-    """One request before the load: it must succeed and be a classification."""
+    args: argparse.Namespace, connection: wire.Connection, method: str, payload: bytes,
+    explain: int = 0,
+) -> bytes:  # fmt: skip
+    """One request before the load: it must succeed and be a classification (with its maps,
+    for an explained request)."""
     try:
         reply = wire.probe(connection, method, payload, args.request_timeout)
     except grpc.RpcError as exc:
         raise RuntimeError(f"probe request failed: {exc.code().name}: {exc.details()}") from None
-    problem = wire.check_reply(args.api, reply, args.batch_size)
+    problem = wire.check_reply(args.api, reply, args.batch_size, explain)
     if problem:
         raise RuntimeError(f"probe reply is not a classification: {problem}")
     return reply
@@ -375,21 +393,3 @@ def http_load_runner(
         raise RuntimeError(f"HTTP probe reply from {target} is not a classification: {problem}")
     connection = wire.Connection(target, token=token, protocol="http")
     return load.LoadRunner(connection, path, payloads, args.client_processes, args.request_timeout)
-
-
-def protocol_ratios(point_rounds: list[list[dict]]) -> list[dict]:
-    """HTTP over gRPC throughput per load point: each round's ratio (the two measured one
-    after the other) and their median."""
-    out = []
-    labels = [p["load"].rsplit(" ", 1)[0] for p in point_rounds[0] if p["protocol"] == "grpc"]
-    for label in labels:
-        ratios = []
-        for points in point_rounds:
-            by = {p["protocol"]: p["summary"]["throughput_ips"] for p in points
-                  if p["load"].rsplit(" ", 1)[0] == label}  # fmt: skip
-            if by.get("grpc"):
-                ratios.append(by["http"] / by["grpc"])
-        if ratios:
-            out.append({"load": label, "http_over_grpc": stats.median(ratios),
-                        "rounds": ratios})  # fmt: skip
-    return out

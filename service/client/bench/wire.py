@@ -17,6 +17,8 @@ from imgclf.client.channel import auth_metadata, credentials, make_aio_channel, 
 
 CLASSIFY = "/imgclf.v1.ImageClassifier/Classify"
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+CAM_OUTPUT = "cam"
+"""The Open Inference output of class activation maps (parameter `classes`: the top k)."""
 
 
 @dataclass(frozen=True)
@@ -63,10 +65,11 @@ class Connection:
 def build_payloads(
     api: str, model: str, items: list[bytes] | list[np.ndarray], batch: int, *,
     input_name: str = "input", image_input_name: str = "image", output_name: str = "",
-    top_k: int = 0,
+    top_k: int = 0, explain: int = 0,
 ) -> tuple[str, list[bytes]]:  # fmt: skip
     """(method path, serialised requests): one request per starting item, each carrying
-    `batch` consecutive items (encoded images as bytes, or float32 CHW tensors)."""
+    `batch` consecutive items (encoded images as bytes, or float32 CHW tensors); with
+    `explain`, asking for the class activation maps of each image's top `explain` classes."""
     from imgclf._generated.imgclf.v1 import image_classifier_pb2 as pb
     from imgclf._generated.inference import grpc_service_pb2 as oip
     from imgclf.client import tensor_image
@@ -79,6 +82,8 @@ def build_payloads(
         if api == "imgclf":
             images = [pb.Image(encoded=g) if encoded else tensor_image(g) for g in group]
             req = pb.ClassifyRequest(model=model, images=images, top_k=top_k)
+            if explain:
+                req.explain.top_k = explain
         elif api == "oip":
             if encoded:
                 raw = serialize_bytes_elements(group)  # type: ignore[arg-type]
@@ -92,19 +97,23 @@ def build_payloads(
                 tensor = oip.ModelInferRequest.InferInputTensor(
                     name=input_name, datatype="UINT8" if pixels else "FP32", shape=list(arr.shape)
                 )
-            outputs = [oip.ModelInferRequest.InferRequestedOutputTensor(name=output_name)]
+            output = oip.ModelInferRequest.InferRequestedOutputTensor
+            outputs = [output(name=output_name)] if output_name else []
+            if explain:
+                outputs.append(output(name=CAM_OUTPUT))
+                outputs[-1].parameters["classes"].int64_param = explain
             req = oip.ModelInferRequest(
-                model_name=model, inputs=[tensor], outputs=outputs if output_name else [],
-                raw_input_contents=[raw],
-            )  # fmt: skip
+                model_name=model, inputs=[tensor], outputs=outputs, raw_input_contents=[raw]
+            )
         else:
             raise ValueError(f"api must be imgclf or oip, got {api!r}")
         payloads.append(req.SerializeToString())
     return (CLASSIFY if api == "imgclf" else MODEL_INFER), payloads
 
 
-def check_reply(api: str, reply: bytes, batch: int) -> str | None:
-    """Why a reply is not a classification of `batch` images (None: it is)."""
+def check_reply(api: str, reply: bytes, batch: int, explain: int = 0) -> str | None:
+    """Why a reply is not a classification of `batch` images, with `explain` maps each when
+    asked (None: it is)."""
     from imgclf._generated.imgclf.v1 import image_classifier_pb2 as pb
     from imgclf._generated.inference import grpc_service_pb2 as oip
 
@@ -112,12 +121,18 @@ def check_reply(api: str, reply: bytes, batch: int) -> str | None:
         msg = pb.ClassifyResponse.FromString(reply)
         if len(msg.results) != batch:
             return f"{len(msg.results)} results for {batch} images"
+        maps = {len(r.maps) for r in msg.results}
+        if explain and maps != {explain}:
+            return f"{sorted(maps)} maps per image, not {explain}"
         return None
     infer = oip.ModelInferResponse.FromString(reply)
     if not infer.outputs:
         return "no outputs"
     if infer.outputs[0].shape and infer.outputs[0].shape[0] != batch:
         return f"output {infer.outputs[0].name} has shape {list(infer.outputs[0].shape)}"
+    cams = [list(o.shape) for o in infer.outputs if o.name == CAM_OUTPUT]
+    if explain and not (cams and cams[0][:2] == [batch, explain]):
+        return f"no {CAM_OUTPUT} output of [{batch}, {explain}, h, w] (got {cams})"
     return None
 
 
