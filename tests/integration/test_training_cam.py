@@ -1,11 +1,14 @@
-"""Class activation maps of a second architecture: a torchvision ResNet-18 trained from scratch
-by `imgclf train` on crops of two real photos (scikit-image's cat, chelsea, and cup of
-coffee), exported by `imgclf export` (dynamo; and the legacy exporter with a softmax, another
-graph layout of the same head), its maps computed from the ONNX graph alone
+"""Class activation maps of a second architecture: torchvision's ShuffleNet V2 (x0.5) trained
+from scratch by `imgclf train` on crops of two real photos (scikit-image's cat, chelsea, and
+cup of coffee), exported by `imgclf export` (dynamo; and the legacy exporter with a softmax
+baked in: another graph of the same head), its maps computed from the ONNX graph alone
 (imgclf.models.cam).
 
-At 128x128 the last feature map is 4x4. Five epochs of AdamW on 32 crops per class take about
-25 s on one core and reach 12/12 on the held-out crops.
+At 224x224 its last feature map is 7x7, as EfficientNet-Lite0's. Five epochs of AdamW on 64
+crops per class (batches of 8) reach 12/12 on the held-out crops. ShuffleNet rather than
+ResNet-18: at the same training time ResNet-18 (at 128x128, a 4x4 map) gave maps that depended
+on the training seed (one seed of four left a class with no positive map on the composite);
+ShuffleNet's stayed above 0.8 on its own half for each seed tried (0, 1, 2).
 """
 
 from __future__ import annotations
@@ -33,10 +36,11 @@ from tests.unit.training.trees import one_torch_thread, photo  # noqa: E402
 pytestmark = pytest.mark.slow
 
 PHOTOS = ("chelsea", "coffee")
-SIZE = 128
-OWN_HALF = 0.75
+MODEL = "shufflenet_v2_x0_5"
+SIZE = 224
+OWN_HALF = 0.7
 """Share of a class's map mass on its own photo's half of the composite that the test asks
-for (0.5 is a map that ignores where the photo is; seen: 0.89 and above)."""
+for (0.5: a map that ignores where the photo is; seen with training seeds 0 to 2: 0.80 to 1)."""
 one_thread = contextlib.contextmanager(one_torch_thread)
 
 
@@ -68,10 +72,10 @@ def write_crops_tree(root: Path, per_class: int, val: int, seed: int = 0) -> Pat
 
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Exported:
-    root = tmp_path_factory.mktemp("cam_resnet18")
-    tree = write_crops_tree(root / "photos", per_class=32, val=6)
-    argv = ["--data-path", str(tree), "--model", "resnet18", "--input-size", str(SIZE)]
-    argv += ["--epochs", "5", "-b", "16", "--opt", "adamw", "--lr", "0.001", "-j", "0"]
+    root = tmp_path_factory.mktemp("cam_" + MODEL)
+    tree = write_crops_tree(root / "photos", per_class=64, val=6)
+    argv = ["--data-path", str(tree), "--model", MODEL, "--input-size", str(SIZE)]
+    argv += ["--epochs", "5", "-b", "8", "--opt", "adamw", "--lr", "0.003", "-j", "0"]
     with one_thread():
         assert train.main([*argv, "--no-progress", "--output-dir", str(root / "run")]) == 0
         checkpoint = root / "run" / "best.pth"
@@ -106,15 +110,16 @@ class Explainer:
 
 
 def test_the_export_records_the_head_it_found(exported: Exported) -> None:
-    """Both exporters' graphs (dynamo: ReduceMean, Reshape, Gemm; legacy: GlobalAveragePool,
-    Flatten, Gemm, Softmax) are read as the same head, and the export says so in the metadata."""
+    """Both exporters' graphs (dynamo: ReduceMean with axes as an input, Gemm; legacy:
+    ReduceMean with axes as an attribute, Gemm, Softmax) are read as the same head, and the
+    export says so in the metadata."""
     dynamo, legacy = Explainer(exported.model), Explainer(exported.legacy)
-    assert dynamo.head.weight.shape == (2, 512)
+    assert dynamo.head.weight.shape == (2, 1024)
     np.testing.assert_array_equal(dynamo.head.weight, legacy.head.weight)
     np.testing.assert_array_equal(dynamo.head.bias, legacy.head.bias)
     for model in (dynamo, legacy):
         recorded = json.loads(model.props["class_activation_maps"])
-        assert recorded == f"from {model.head.feature} (512 features, 2 classes)"
+        assert recorded == f"from {model.head.feature} (1024 features, 2 classes)"
     assert json.loads(legacy.props["output"]) == "probabilities"
 
 
@@ -126,7 +131,7 @@ def test_each_class_map_points_at_its_own_half(exported: Exported, order: tuple[
     classes = [int(np.argmax(model.run(h.resize((side // 2, side)))[0][0])) for h in halves]
     assert [model.meta.labels[c] for c in classes] == list(order)
     _, features = model.run(composite(halves, side))
-    assert features.shape[2:] == (4, 4)
+    assert features.shape[2:] == (7, 7)
     maps = cam.class_maps(features, model.head.weight, np.array([classes]))[0]
     on_left = share_on_left(maps, side, model.spec)
     print(f"{'|'.join(order)}: share of each map on the left half: {on_left}")
@@ -134,8 +139,9 @@ def test_each_class_map_points_at_its_own_half(exported: Exported, order: tuple[
 
 
 def test_the_map_is_grad_cam_of_the_trained_checkpoint(exported: Exported) -> None:
-    """Grad-CAM on the checkpoint's torch model (layer4's output weighed by the spatial mean
-    of the class logit's gradient, ReLU, normalised) equals the ONNX map within 1e-4."""
+    """Grad-CAM on the checkpoint's torch model (conv5's output, the last feature maps,
+    weighed by the spatial mean of the class logit's gradient, ReLU, normalised) equals the
+    ONNX map within 1e-4."""
     model = Explainer(exported.model)
     image = composite([photo(name) for name in PHOTOS], 2 * SIZE)
     _, features = model.run(image)
@@ -145,7 +151,7 @@ def test_the_map_is_grad_cam_of_the_trained_checkpoint(exported: Exported) -> No
     net = create_model(ckpt["architecture"], len(ckpt["class_names"])).eval()
     net.load_state_dict(ckpt["model"])
     held: dict[str, torch.Tensor] = {}
-    hook = net.layer4.register_forward_hook(lambda _m, _i, out: held.__setitem__("f", out))
+    hook = net.conv5.register_forward_hook(lambda _m, _i, out: held.__setitem__("f", out))
     try:
         logits = net(torch.from_numpy(preprocess_image(image, model.spec)[None]))
     finally:
