@@ -193,6 +193,42 @@ def test_bench_over_http_beside_grpc(
     assert ratio["load"] == "c=2" and ratio["http_over_grpc"] > 0
 
 
+@pytest.mark.parametrize("api", ["imgclf", "oip"])
+def test_bench_explained_beside_plain(
+    tiny_server: ServerProcess, tiny_repo: Path, tmp_path: Path, api: str
+) -> None:
+    """--explain 2: each point plain then explained, the probe checked the maps, and the
+    explained/plain cost per image of each round."""
+    args = ["--target", tiny_server.target, "--metrics-url", tiny_server.metrics_url,
+            "--api", api, "--explain", "2", "--concurrency", "2", "--rounds", "2"]  # fmt: skip
+    if api == "oip":
+        args += ["--model-path", str(tiny_repo / "tiny" / "1" / "model.onnx")]
+    result = bench(tmp_path, *args)
+    assert_served_cleanly(result, 2)
+    assert [p["arm"] for p in result["points"]] == ["plain", "explain=2"]
+    (cost,) = result["explain_costs"]
+    assert cost["load"] == "c=2"
+    for kind in ("wall", "cpu"):
+        assert len(cost["explained_over_plain"][kind]["rounds"]) == 2
+        assert cost["explained_over_plain"][kind]["median"] > 0
+
+
+def test_explain_cost_benchmark_serves_a_maps_off_copy(tiny_repo: Path, tmp_path: Path) -> None:
+    out = tmp_path / "explain_cost.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.explain_cost", "--model-repository", str(tiny_repo),
+         "--model", "tiny", "--explain", "2", "--rounds", "1", "--duration", "1",
+         "--warmup", "0.5", "--concurrency", "2", "--json", str(out)],
+        capture_output=True, text=True, timeout=240, cwd=REPO_ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    (row,) = json.loads(out.read_text())["rounds"]
+    assert list(row) == ["A plain, maps off", "B plain, maps on", "C explained"]
+    for arm in row.values():
+        assert arm["images_per_s"] > 0 and arm["errors"] == 0
+    assert "| C/B: explained / plain |" in proc.stdout
+
+
 def test_memory_benchmark_alternates_shared_and_unshared(tiny_repo: Path, tmp_path: Path) -> None:
     out = tmp_path / "memory.json"
     proc = subprocess.run(
