@@ -23,7 +23,7 @@ from imgclf.training.export import ExportOptions  # noqa: E402
 from imgclf.training.models.weights import build_model  # noqa: E402
 from imgclf.training.onnx import parity  # noqa: E402
 from imgclf.training.onnx import variants as onnx_export  # noqa: E402
-from imgclf.training.onnx.graphs import FP16, FP32, UINT8  # noqa: E402
+from imgclf.training.onnx.graphs import FP16, FP32, UINT8, export_graph  # noqa: E402
 
 METADATA = ModelMetadata(
     labels=[str(d) for d in range(10)],
@@ -109,6 +109,21 @@ def test_metadata_round_trips(exported: export_mod.ExportResult) -> None:
     assert prov["onnx_version"] == onnx.__version__ and "exported_at" in prov
     assert prov["parity_atol"] == parity.PARITY_ATOL and prov["parity_batch_sizes"] == [1, 7, 32]
     assert prov["input_dtype"] == "float32" and meta.output == "logits"
+    assert prov["class_activation_maps"] == "from relu_4 (16 features, 10 classes)"
+
+
+def test_a_head_without_maps_is_recorded_with_the_reason(val_inputs: torch.Tensor) -> None:
+    """A hidden layer after the pooling (as MobileNet V3's head): the metadata says why no
+    class activation maps."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+        torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 10),
+    ).eval()  # fmt: skip
+    raw = export_graph(model, val_inputs[:2], 17, "legacy", "logits")
+    said = onnx_export.activation_head(raw)
+    assert said.startswith("none: head is not global pooling + one linear layer: "), said
+    assert "the layer before the linear one is Relu" in said
 
 
 def test_impossible_tolerance_fails_and_writes_nothing(
@@ -196,6 +211,9 @@ def test_variants_softmax_float16_and_uint8(
     assert props["input_layout"] == '"NHWC"' and props["input_dtype"] == '"uint8"'
     served = ModelMetadata.from_props(props)  # what the server reads: a pixel-input model
     assert served.pixel_input and served.sample_shape == (*served.input_size, 3)
+    for r in results:  # a softmax after the head, float16 weights, normalisation in front
+        said = r.metadata.provenance["class_activation_maps"]
+        assert said.startswith("from ") and said.endswith(" (16 features, 10 classes)"), said
 
     # Every variant classifies the real digits as PyTorch does (probabilities summing to 1).
     with torch.no_grad():
