@@ -6,9 +6,9 @@ baked in: another graph of the same head), its maps computed from the ONNX graph
 
 At 224x224 its last feature map is 7x7, as EfficientNet-Lite0's. Five epochs of AdamW on 64
 crops per class (batches of 8) reach 12/12 on the held-out crops. ShuffleNet rather than
-ResNet-18: at the same training time ResNet-18 (at 128x128, a 4x4 map) gave maps that depended
-on the training seed (one seed of four left a class with no positive map on the composite);
-ShuffleNet's stayed above 0.8 on its own half for each seed tried (0, 1, 2).
+ResNet-18: at about the same training time ResNet-18 (at 128x128, a 4x4 map) gave maps that
+depended on the training seed (with seeds 1 and 3 of 0 to 3 one class had no positive map on
+the composite); ShuffleNet's kept 0.80 or more on its own half with each seed tried (0, 1, 2).
 """
 
 from __future__ import annotations
