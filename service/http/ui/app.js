@@ -247,7 +247,14 @@ function select(index) {
     button.setAttribute("aria-pressed", String(Number(button.dataset.index) === index));
   }
   const maps = (state.reply && state.reply.maps) || [];
-  drawMap(maps.find((m) => m.index === index));
+  const entry = maps.find((m) => m.index === index);
+  drawMap(entry);
+  if (entry && state.bitmap) {
+    ui.note.textContent = `The map of ${entry.label}: where the network found it in the ` +
+      "photo (red strongest, blue weak, nothing shown where there is no evidence).";
+  } else if (maps.length && state.bitmap) {
+    ui.note.textContent = "No map shown.";
+  }
 }
 
 // --- input ------------------------------------------------------------------------------
