@@ -40,7 +40,7 @@ function headers(extra) {
 }
 
 // The server's error document {"error": message} in words, with the status.
-async function explain(response) {
+async function inWords(response) {
   let message = "";
   try {
     message = (await response.json()).error || "";
@@ -63,7 +63,7 @@ async function call(path, init) {
   } catch (e) {
     throw new ApiError(`Cannot reach the server: ${e.message}`);
   }
-  if (!response.ok) throw new ApiError(await explain(response));
+  if (!response.ok) throw new ApiError(await inWords(response));
   return response.json();
 }
 
