@@ -20,7 +20,16 @@ import numpy as np
 
 from imgclf.budget import MemoryBudget
 from imgclf.errors import DeadlineExceeded, ImgclfError, InvalidInput, ModelNotReady
+from imgclf.explain import (
+    NO_EXPLAIN,
+    ExplainRequest,
+    Explanation,
+    Probe,
+    check_explain,
+    explanations,
+)
 from imgclf.imaging import normalize, pixels_from_bytes, preprocess_bytes
+from imgclf.inputs import ImageInput, check_count, check_images
 from imgclf.metrics.prometheus import Metrics, ModelSeries
 from imgclf.models.loader import ServedModel
 from imgclf.models.manager import ModelManager
@@ -29,19 +38,6 @@ from imgclf.runtime.osthreads import name_this_thread
 from imgclf.settings import ServerSettings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ImageInput:
-    """One image of a request, in one of three forms."""
-
-    encoded: bytes | None = None
-    """Encoded bytes (JPEG, PNG, ...): decoded and preprocessed by the model's eval preset."""
-    tensor: np.ndarray | None = None
-    """float32 CHW, already preprocessed to the model input."""
-    pixels: np.ndarray | None = None
-    """uint8 pixels at the model's input size, in its input layout: CHW, normalised by the
-    server (mean/std), or HWC for a model that takes pixels (normalised in its graph)."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +51,7 @@ class ClassScore:
 class Classification:
     probabilities: np.ndarray
     top: list[ClassScore]
+    explanation: Explanation | None = None
 
 
 @dataclass(frozen=True)
@@ -71,6 +68,7 @@ class InferResult:
     """The model's raw output rows (N, classes)."""
     probabilities: np.ndarray
     """Softmax of logits, or the outputs themselves for probability models."""
+    explanations: list[Explanation] | None = None
 
 
 T = TypeVar("T")
@@ -158,8 +156,10 @@ class Core:
         deadline: float | None = None,
         priority: int = 0,
         count: int | None = None,
+        explain: ExplainRequest | None = None,
     ) -> ClassifyResult:
-        """Classify images with one model: probabilities and the top-k labels per image."""
+        """Classify images with one model: probabilities and the top-k labels per image, and
+        with `explain` the class activation maps of the classes it asks for."""
 
         def check_top(_model: ServedModel | None = None) -> int:
             if top < 0 or top > self.settings.max_top_k:
@@ -169,19 +169,29 @@ class Core:
                 )
             return top or self.settings.default_top_k
 
-        def finish(model: ServedModel, outputs: np.ndarray) -> ClassifyResult:
+        def finish(model: ServedModel, outputs: np.ndarray, probes: list[Probe]) -> ClassifyResult:
             k = check_top()
             probs = model.probabilities(outputs)
             names = model.metadata.labels
+            maps = (
+                explanations(model, probs, probes, explain_request)
+                if probes
+                else [None] * len(probs)
+            )
             return ClassifyResult(
                 model=model.name,
                 version=model.version,
-                results=[Classification(p, top_k(p, k, names)) for p in probs],
+                results=[
+                    Classification(p, top_k(p, k, names), m)
+                    for p, m in zip(probs, maps, strict=True)
+                ],
             )
 
+        explain_request = explain or NO_EXPLAIN
         return await self._serve(
-            model_name, version, images, deadline, priority, finish, check=check_top, count=count
-        )
+            model_name, version, images, deadline, priority, finish, check=check_top, count=count,
+            explain=explain_request,
+        )  # fmt: skip
 
     async def infer(
         self,
@@ -191,16 +201,22 @@ class Core:
         deadline: float | None = None,
         priority: int = 0,
         check: Callable[[ServedModel], object] | None = None,
+        explain: ExplainRequest | None = None,
     ) -> InferResult:
-        """Run images through one model: raw outputs and probabilities (Open Inference).
-        `check` validates the rest of the request against the model before any work."""
+        """Run images through one model: raw outputs and probabilities (Open Inference), and
+        with `explain` class activation maps. `check` validates the rest of the request
+        against the model before any work."""
 
-        def finish(model: ServedModel, outputs: np.ndarray) -> InferResult:
-            return InferResult(model, outputs, model.probabilities(outputs))
+        def finish(model: ServedModel, outputs: np.ndarray, probes: list[Probe]) -> InferResult:
+            probs = model.probabilities(outputs)
+            maps = explanations(model, probs, probes, explain_request) if probes else None
+            return InferResult(model, outputs, probs, maps)
 
+        explain_request = explain or NO_EXPLAIN
         return await self._serve(
-            model_name, version, images, deadline, priority, finish, check=check
-        )
+            model_name, version, images, deadline, priority, finish, check=check,
+            explain=explain_request,
+        )  # fmt: skip
 
     def reject(self, error: ImgclfError) -> None:
         """Count a request refused before it named a model the core could look up (e.g. a
@@ -214,9 +230,10 @@ class Core:
         images: Images,
         deadline: float | None,
         priority: int,
-        finish: Callable[[ServedModel, np.ndarray], T],
+        finish: Callable[[ServedModel, np.ndarray, list[Probe]], T],
         check: Callable[[ServedModel], object] | None = None,
         count: int | None = None,
+        explain: ExplainRequest = NO_EXPLAIN,
     ) -> T:
         """Look up, convert, validate, admit, run and account for one request: every outcome,
         the conversion's and validation's errors included, is counted. `check` validates the
@@ -234,11 +251,12 @@ class Core:
             with model.use():
                 if check is not None:
                     check(model)
+                check_explain(model, explain, self.settings.max_explain_classes)
                 if count is not None:
-                    self._check_count(count)
+                    check_count(count, self.settings.max_images_per_request)
                 if callable(images):
                     images = images(model)
-                self._check_images(model, images)
+                check_images(model, images, self.settings.max_images_per_request)
                 if deadline is None and model.default_timeout_s:
                     deadline = started + model.default_timeout_s
                 try:
@@ -247,10 +265,11 @@ class Core:
                     raise InvalidInput(str(exc), reason="bad_priority") from None
                 # Refused before decoding: beyond the queue bound, or when the deadline cannot
                 # be met behind the work already waiting.
+                probes = [Probe() for _ in images] if explain.wanted else []
                 with model.batcher.admit(len(images), deadline) as admission:
-                    rows = await self._run_all(model, images, deadline, level, admission)
+                    rows = await self._run_all(model, images, deadline, level, admission, probes)
                 out_started = time.monotonic()
-                result = finish(model, np.stack(rows))
+                result = finish(model, np.stack(rows), probes)
                 out_seconds = time.monotonic() - out_started
         except ImgclfError as exc:
             self._account(model, series, started, exc.code, exc.reason)
@@ -269,6 +288,8 @@ class Core:
         series.compute_output_duration.observe(out_seconds)
         model.stats.record_output(out_seconds, len(images))
         series.images.inc(len(images))
+        if probes:
+            series.explained_images.inc(len(images))
         self._account(model, series, started, "OK", None)
         return result
 
@@ -289,39 +310,6 @@ class Core:
         if model is not None:
             model.stats.record_request(seconds, ok=reason is None)
 
-    def _check_count(self, count: int) -> None:
-        if not count:
-            raise InvalidInput("request carries no image", reason="no_image")
-        if count > self.settings.max_images_per_request:
-            raise InvalidInput(
-                f"request carries {count} images, more than the limit of "
-                f"{self.settings.max_images_per_request}",
-                reason="too_many_images",
-            )
-
-    def _check_images(self, model: ServedModel, images: Sequence[ImageInput]) -> None:
-        self._check_count(len(images))
-        for i, image in enumerate(images):
-            array = image.tensor if image.tensor is not None else image.pixels
-            if array is not None:
-                if image.tensor is not None and model.metadata.pixel_input:
-                    h, w = model.metadata.input_size
-                    raise InvalidInput(
-                        f"image {i}: this model takes uint8 pixels ({h}x{w}x3, NHWC, "
-                        "normalised in the model); send encoded images or UINT8 pixels",
-                        reason="bad_dtype",
-                    )
-                try:
-                    model.engine.check_sample_shape(tuple(array.shape))
-                except InvalidInput as exc:
-                    raise InvalidInput(f"image {i}: {exc}", reason="bad_shape") from None
-                if image.tensor is not None and not np.isfinite(image.tensor).all():
-                    raise InvalidInput(
-                        f"image {i}: tensor holds NaN or infinite values", reason="non_finite"
-                    )
-            elif image.encoded is None:
-                raise InvalidInput(f"image {i} has neither encoded bytes nor a tensor")
-
     async def _run_all(
         self,
         model: ServedModel,
@@ -329,12 +317,18 @@ class Core:
         deadline: float | None,
         level: int,
         admission: Admission,
+        probes: list[Probe],
     ) -> list[np.ndarray]:
+        """Every image's output row; an image with a probe (explained) leaves its features
+        and sizes in it."""
         if len(images) == 1:  # the common case: no task per image
-            return [await self._run_one(model, images[0], deadline, level, admission)]
+            probe = probes[0] if probes else None
+            return [await self._run_one(model, images[0], deadline, level, admission, probe)]
         tasks = [
-            asyncio.ensure_future(self._run_one(model, img, deadline, level, admission))
-            for img in images
+            asyncio.ensure_future(
+                self._run_one(model, img, deadline, level, admission, probes[i] if probes else None)
+            )
+            for i, img in enumerate(images)
         ]
         try:
             return list(await asyncio.gather(*tasks))
@@ -350,8 +344,10 @@ class Core:
         deadline: float | None,
         level: int,
         admission: Admission,
+        probe: Probe | None = None,
     ) -> np.ndarray:
         spec = model.metadata.preprocessing
+        features = probe.take_features if probe is not None else None
         if image.tensor is not None:
             tensor = image.tensor
         elif image.pixels is not None:
@@ -362,12 +358,13 @@ class Core:
         else:
             assert image.encoded is not None
             s = self.settings
-            args = (image.encoded, spec, s.max_pixels, s.jpeg_draft, self.memory)
+            sizes = probe.sizes if probe is not None else None
+            args = (image.encoded, spec, s.max_pixels, s.jpeg_draft, self.memory, sizes)
             # Always off the event loop: even a few hundred bytes may declare millions of pixels.
             convert = pixels_from_bytes if model.metadata.pixel_input else preprocess_bytes
             if model.decodes_in_workers:  # by the worker that runs it (imgclf.runtime.batcher)
                 decode = functools.partial(convert, *args)
-                return await model.batcher.submit(decode, deadline, level, admission)
+                return await model.batcher.submit(decode, deadline, level, admission, features)
             started = time.monotonic()
             if deadline is not None and started >= deadline:  # no decoding for nobody
                 raise DeadlineExceeded("deadline passed before decoding")
@@ -379,4 +376,4 @@ class Core:
             finally:
                 cores.note(-1)
             model.series.preprocess_duration.observe(time.monotonic() - started)
-        return await model.batcher.submit(tensor, deadline, level, admission)
+        return await model.batcher.submit(tensor, deadline, level, admission, features)

@@ -90,6 +90,14 @@ class ModelControlError(ImgclfError):
     reason = "model_control"
 
 
+class ExplainUnsupported(ImgclfError):
+    """Class activation maps asked of a model that cannot give them: its head is not global
+    pooling + one linear layer (the message says what it is), or its config turns them off."""
+
+    code = "FAILED_PRECONDITION"
+    reason = "explain_unsupported"
+
+
 class Unsupported(ImgclfError):
     """A protocol feature this server does not implement."""
 

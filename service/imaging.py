@@ -120,11 +120,17 @@ def decode_image(
     return to_rgb(decode_8bit(data, max_pixels, min_shorter_side, hold))
 
 
+Sizes = Callable[[tuple[int, int], tuple[int, int]], None]
+"""Told an image's upright (width, height) in full and as decoded (smaller after a draft
+decode): what a client needs to place the model's view on the photo it sent."""
+
+
 def decode_8bit(
     data: bytes,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     min_shorter_side: int = 0,
     hold: Callable[[int], None] | None = None,
+    sizes: Sizes | None = None,
 ) -> Image.Image:
     """Decode encoded image bytes to an upright 8-bit image: L for grey modes (16-bit, 32-bit,
     float, bilevel, grey with alpha), RGB for every other.
@@ -178,7 +184,11 @@ def decode_8bit(
         ) from None
     turn = _orientation(img)
     img = to_8bit(img)
-    return img.transpose(turn) if turn is not None else img
+    img = img.transpose(turn) if turn is not None else img
+    if sizes is not None:
+        turned = turn in _SWAPPING_AXES
+        sizes((height, width) if turned else (width, height), img.size)
+    return img
 
 
 def _orientation(img: Image.Image) -> Image.Transpose | None:
@@ -189,6 +199,14 @@ def _orientation(img: Image.Image) -> Image.Transpose | None:
         raise
     except Exception:
         return None
+
+
+_SWAPPING_AXES = (
+    Image.Transpose.ROTATE_90,
+    Image.Transpose.ROTATE_270,
+    Image.Transpose.TRANSPOSE,
+    Image.Transpose.TRANSVERSE,
+)
 
 
 def upright(img: Image.Image) -> Image.Image:
@@ -282,6 +300,7 @@ def pixels_from_bytes(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     jpeg_draft: bool = False,
     budget: MemoryBudget | None = None,
+    sizes: Sizes | None = None,
 ) -> np.ndarray:
     """Encoded image bytes -> uint8 HWC RGB pixels, resized and center-cropped to the input
     size: the eval preset up to, not including, the normalisation (which a uint8 model does
@@ -292,7 +311,7 @@ def pixels_from_bytes(
     DRAFT_MARGIN times the resize (see decode_8bit); results then differ slightly from a full
     decode (not the same bits). With a `budget`, the decode's memory (decode_cost, from the
     header) is reserved from it before decoding, or refused (MemoryExhausted), and held until
-    the image is cropped."""
+    the image is cropped. `sizes` is told the image's sizes (see Sizes)."""
     min_side = DRAFT_MARGIN * spec.resize_size if jpeg_draft else 0
     held = 0
 
@@ -303,7 +322,7 @@ def pixels_from_bytes(
             held = nbytes
 
     try:
-        img = decode_8bit(data, max_pixels=max_pixels, min_shorter_side=min_side, hold=hold)
+        img = decode_8bit(data, max_pixels, min_side, hold, sizes)
         img = resize_and_crop(img, spec)
     finally:
         if held:  # Pillow's large image blocks are mapped and unmapped: no heap to trim
@@ -317,6 +336,7 @@ def preprocess_bytes(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     jpeg_draft: bool = False,
     budget: MemoryBudget | None = None,
+    sizes: Sizes | None = None,
 ) -> np.ndarray:
     """Encoded image bytes -> the float32 CHW tensor the model takes (see pixels_from_bytes)."""
-    return normalize(pixels_from_bytes(data, spec, max_pixels, jpeg_draft, budget), spec)
+    return normalize(pixels_from_bytes(data, spec, max_pixels, jpeg_draft, budget, sizes), spec)

@@ -123,6 +123,8 @@ class ServerSettings(BaseSettings):
     """Classes returned per image when a request sets no top_k."""
     max_top_k: int = Field(1000, ge=1)
     """Largest top_k a request may ask for."""
+    max_explain_classes: int = Field(5, ge=1)
+    """Most class activation maps one image of a request may ask for (explain)."""
     max_images_per_request: int = Field(64, ge=1)
     """Most images one Classify request may carry."""
     jpeg_draft: bool = True

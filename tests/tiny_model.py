@@ -2,9 +2,10 @@
 
 Input (N, 3, H, W) float32 -> global average pool -> linear -> logits (N, classes), with imgclf
 metadata. Its weights make the mean red/green/blue intensity decide the class, so real images
-with a dominant colour give a predictable answer. The pixel-input variant takes uint8
-(N, H, W, 3) and scales it to [0, 1] in the graph (mean 0, std 1: what the server does for the
-float one), as `imgclf export --bake-preprocessing` models do.
+with a dominant colour give a predictable answer. `head="flatten"` drops the pooling
+(flatten + linear over every pixel: a head without class activation maps). The pixel-input
+variant takes uint8 (N, H, W, 3) and scales it to [0, 1] in the graph (mean 0, std 1: what
+the server does for the float one), as `imgclf export --bake-preprocessing` models do.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def make_tiny_model(
     with_metadata: bool = True,
     batch: int | str = "N",
     pixel_input: bool = False,
+    head: str = "gap",
 ) -> Path:
     labels = labels or LABELS
     k = len(labels)
@@ -39,6 +41,10 @@ def make_tiny_model(
         helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
         helper.make_node("Gemm", ["flat", "W", "B"], ["logits"]),
     ]
+    if head == "flatten":  # the same answer, from every pixel's weight: no pooling
+        weight = np.repeat(weight, size * size, axis=0) / np.float32(size * size)
+        nodes = nodes[1:]
+        nodes[0] = helper.make_node("Flatten", ["nchw"], ["flat"], axis=1)
     initializers = [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "B")]
     if pixel_input:
         nodes[:0] = [

@@ -53,16 +53,52 @@ IMAGE_BODY = {
     },
 }
 TOP_K = {"name": "top_k", "in": "query", "required": False, "schema": {"type": "integer"}}
+EXPLAIN = (
+    {
+        "name": "explain",
+        "in": "query",
+        "required": False,
+        "description": "Class activation maps of each image's top N classes (per map: index, "
+        "label, probability, box [left, top, right, bottom] in the image's pixels, map: rows "
+        "of values in [0, 1]; per image: width, height). 400 for a model whose head is not "
+        "global pooling + one linear layer, or more maps than --max-explain-classes.",
+        "schema": {"type": "integer", "minimum": 1},
+    },
+    {
+        "name": "explain_class",
+        "in": "query",
+        "required": False,
+        "description": "Or the maps of these class indices (repeat the parameter).",
+        "schema": {"type": "array", "items": {"type": "integer"}},
+        "style": "form",
+        "explode": True,
+    },
+    {
+        "name": "format",
+        "in": "query",
+        "required": False,
+        "description": "png: one image in, the photo with the map of its first explained "
+        "class (top 1 unless explain or explain_class says) blended over it, as image/png.",
+        "schema": {"type": "string", "enum": ["json", "png"], "default": "json"},
+    },
+)
+CLASSIFY_CONTENT = {
+    **JSON_OBJECT,
+    "image/png": {"schema": {"type": "string", "format": "binary"}},
+}
 
 
 def _classify(params: tuple[dict[str, Any], ...], what: str) -> dict[str, Any]:
-    summary = f"Classify the posted image(s) with {what}; top_k labels with probabilities"
+    summary = (
+        f"Classify the posted image(s) with {what}; top_k labels with probabilities, and "
+        "class activation maps on request"
+    )
     op = _op(
         summary,
-        "model, version, and per image the predictions",
-        params=(*params, TOP_K),
+        "model, version, and per image the predictions (and maps); or the overlay PNG",
+        params=(*params, TOP_K, *EXPLAIN),
         body=IMAGE_BODY,
-        ok_content=JSON_OBJECT,
+        ok_content=CLASSIFY_CONTENT,
     )
     return {"post": op, "put": {**op, "summary": summary + " (curl -T)"}}
 
@@ -155,7 +191,12 @@ def openapi_document(version: str, ui: bool = True) -> dict[str, Any]:
         **_shared_memory("system"),
         **_shared_memory("cuda"),
         "/v1/models": {
-            "get": _op("Models served and their versions", "models", ok_content=JSON_OBJECT)
+            "get": _op(
+                "Models served: versions, number of labels, whether they give class "
+                "activation maps (explain)",
+                "models",
+                ok_content=JSON_OBJECT,
+            )
         },
         "/v1/classify": _classify((), "the default model"),
         "/v1/models/{model}/classify": _classify((MODEL,), "the named model"),

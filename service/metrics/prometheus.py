@@ -44,6 +44,10 @@ class Metrics:
             registry=r,
         )  # fmt: skip
         self.images = Counter("imgclf_images", "Images classified.", MV, registry=r)
+        self.explained_images = Counter(
+            "imgclf_explained_images", "Images answered with class activation maps.", MV,
+            registry=r,
+        )  # fmt: skip
         self.http_requests = Counter(
             "imgclf_http_requests", "HTTP requests by route template and HTTP status.",
             ("route", "status"), registry=r,
@@ -170,6 +174,10 @@ class ModelSeries:
     @property
     def images(self) -> Any:
         return self._child("images")
+
+    @property
+    def explained_images(self) -> Any:
+        return self._child("explained_images")
 
     @property
     def request_duration(self) -> Any:

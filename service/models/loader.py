@@ -13,12 +13,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from imgclf.metrics.prometheus import Metrics, ModelSeries
 from imgclf.metrics.statistics import ModelStats
 from imgclf.modelmeta import ModelMetadata
+from imgclf.models.explainable import Explaining, graph_to_serve, inspect_head
 from imgclf.models.repository import ModelConfig
 from imgclf.models.sessions import (
     Engines,
@@ -33,7 +35,7 @@ from imgclf.models.sizing import (
     seconds_per_image,
     solo_pays,
 )
-from imgclf.models.variants import describe_gate, variant_precision
+from imgclf.models.variants import Choice, describe_gate, variant_precision
 from imgclf.repolayout import ModelEntry
 from imgclf.runtime.batcher import Batcher, BatchStats
 from imgclf.runtime.buckets import bucket_sizes
@@ -67,6 +69,8 @@ class ServedModel:
     """Why that file (imgclf.models.variants), for the load log line."""
     memory_bytes: int | None = None
     """Resident memory the process gained loading this version (None: not measurable)."""
+    explaining: Explaining = field(default_factory=lambda: Explaining(None, "not inspected"))
+    """Its head for class activation maps, or why it gives none (imgclf.models.explainable)."""
     _users: int = 0
     _idle: asyncio.Event | None = None
 
@@ -165,13 +169,13 @@ def load_model(
     h, w = model.metadata.input_size
     log.info(
         "model %s version %s loaded in %.2fs: %d classes, input %dx%d, max batch %d, "
-        "%d instance(s) x %d intra-op thread(s)%s, precision %s (%s: %s) on %s (%s)%s; %s",
+        "%d instance(s) x %d intra-op thread(s)%s, precision %s (%s: %s) on %s (%s)%s; %s; %s",
         entry.name, entry.version, elapsed, model.num_classes, h, w, model.max_batch_size,
         len(engines.instances), engine.options.intra_op_threads,
         f" + solo session x {engines.solo.options.intra_op_threads}" if engines.solo else "",
         model.precision, model.served_file, model.variant_reason,
         engine.info.provider, engine.info.reason, describe_buckets(engine),
-        describe_memory(model),
+        describe_memory(model), describe_explaining(model.explaining),
     )  # fmt: skip
     if gate := describe_gate(model.metadata.provenance):
         log.info("model %s version %s %s: %s", entry.name, entry.version, model.precision, gate)
@@ -189,6 +193,14 @@ def describe_memory(model: ServedModel) -> str:
     if model.memory_bytes is None:
         return weights[2:]
     return f"{model.memory_bytes / 1e6:.1f} MB resident{weights}"
+
+
+def describe_explaining(explaining: Explaining) -> str:
+    """For the load log line: whether the version gives class activation maps."""
+    if explaining.head is None:
+        return f"no class activation maps ({explaining.why_not})"
+    c = explaining.head.weight.shape[1]
+    return f"class activation maps from {explaining.head.feature} ({c} channels)"
 
 
 def check_shapes(
@@ -252,7 +264,29 @@ def _load_model(
 ) -> ServedModel:
     fingerprint = entry.fingerprint()
     choice = served_variant(entry, config, settings)
-    engines = create_engines(choice.path, config, settings)
+    explaining = inspect_head(choice.path, config)
+    with graph_to_serve(choice.path, explaining) as graph:
+        try:
+            engines = create_engines(graph, config, settings, explaining.feature)
+        except Exception as exc:
+            if explaining.head is None:
+                raise
+            # e.g. weights in external data files, which the edited copy does not sit beside
+            log.warning("%s: serving without class activation maps: %s", entry.path, exc)
+            explaining = Explaining(None, f"its graph with the feature output did not load: {exc}")
+            graph = choice.path
+            engines = create_engines(graph, config, settings)
+        model = _finish_load(entry, config, settings, metrics, cores, choice, engines, graph)
+    model.fingerprint = fingerprint
+    model.explaining = explaining
+    return model
+
+
+def _finish_load(
+    entry: ModelEntry, config: ModelConfig, settings: ServerSettings, metrics: Metrics,
+    cores: Cores | None, choice: Choice, engines: Engines, graph: Path,
+) -> ServedModel:  # fmt: skip
+    """The rest of a load once the instances exist (`graph`: the file they run)."""
     engine = engines.instances[0]
     metadata = ModelMetadata.from_props(engine.metadata_props, overrides=entry.read_sidecar())
     precision = variant_precision(choice, engine.info.input_type)
@@ -266,7 +300,8 @@ def _load_model(
     if auto_batch:
         max_batch = auto_batch_size(per_image, max_batch)
     if solo and solo_pays(per_image):
-        engines.solo = Engine(choice.path, solo_options(config, settings), engines.shared)
+        options = solo_options(config, settings)
+        engines.solo = Engine(graph, options, engines.shared, engine.info.feature_name)
     if engines.shared is not None:
         engines.shared.release()  # every session exists
     if engine.info.io_binding:  # GPU: device buffers (and CUDA graphs) per batch bucket
@@ -308,7 +343,7 @@ def _load_model(
         batcher=batcher,
         max_batch_size=max_batch,
         default_timeout_s=timeout_ms / 1000.0 if timeout_ms else None,
-        fingerprint=fingerprint,
+        fingerprint=(0, 0, 0),  # the caller's, taken before the files were read
         series=series,
         stats=stats,
         precision=precision,

@@ -99,6 +99,10 @@ class ModelConfig(BaseModel):
     precision: Literal["auto", "float", "int8"] = "auto"
     """Which variant of a version folder to serve: model.onnx (float) or model.int8.onnx;
     auto: INT8 on a CPU with VNNI, the float model elsewhere (imgclf.models.variants)."""
+    explain: bool = True
+    """Class activation maps on request, for a model whose head is global pooling + one
+    linear layer (its session then also returns the feature tensor; plain requests do not
+    fetch it)."""
     image_input: bool = False
     """Open Inference Protocol: advertise a BYTES input `image` (encoded images) instead of
     the tensor input, so load tools drive the server-side decode path."""

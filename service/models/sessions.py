@@ -68,9 +68,11 @@ def execution_options(
     )
 
 
-def create_engines(path: Path, config: ModelConfig, settings: ServerSettings) -> Engines:
+def create_engines(
+    path: Path, config: ModelConfig, settings: ServerSettings, feature: str | None = None
+) -> Engines:
     """The model's instances (the solo session comes later in load_model: see
-    `wants_solo`).
+    `wants_solo`); `feature`: the extra output of the graph at `path` (Engine).
 
     Configured (`instances` N): N sessions, the cores divided among them. Auto: on a GPU one
     session; on CPU one single-threaded session per core, which the limit measurements show
@@ -79,11 +81,12 @@ def create_engines(path: Path, config: ModelConfig, settings: ServerSettings) ->
     count = config.instances or settings.instances
     options = execution_options(config, settings, 0, count or cpus())
     shared = share_weights(path, options) if settings.share_weights else None
-    first = Engine(path, options, shared)
+    first = Engine(path, options, shared, feature)
     if not count:
         count = cpus() if first.info.provider == CPU else 1
     rest = [
-        Engine(path, execution_options(config, settings, i, count), shared) for i in range(1, count)
+        Engine(path, execution_options(config, settings, i, count), shared, feature)
+        for i in range(1, count)
     ]
     return Engines([first, *rest], shared=shared)
 

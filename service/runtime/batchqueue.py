@@ -31,6 +31,10 @@ from imgclf.errors import DeadlineExceeded, ModelNotReady, QueueFull
 Input = np.ndarray | Callable[[], np.ndarray]
 """An item's input tensor, or a function the worker calls to make it (decoding an image)."""
 
+TakeFeatures = Callable[[np.ndarray], None]
+"""Called on the event loop with an item's row of the model's feature tensor (C, h, w),
+before its output row is delivered: its batch runs with the feature output."""
+
 
 class Admission:
     """A request's reservation of room in a queue (see BatchQueue.admit)."""
@@ -59,6 +63,7 @@ class Item:
     enqueued: float = field(compare=False)
     deadline: float | None = field(default=None, compare=False)
     admission: Admission | None = field(default=None, compare=False)
+    features: TakeFeatures | None = field(default=None, compare=False)
 
     def dead(self, now: float, seconds: float = 0.0) -> bool:
         """Whether the caller gave up, or the deadline passes before `seconds` more (no work
@@ -178,9 +183,13 @@ class BatchQueue:
         deadline: float | None = None,
         priority: int = 0,
         admission: Admission | None = None,
+        features: TakeFeatures | None = None,
     ) -> np.ndarray:
         """Queue one image tensor (or a function making it, called by the worker that runs
-        it); returns its output row. Raises QueueFull when full, or what making it raised."""
+        it); returns its output row. Raises QueueFull when full, or what making it raised.
+        With `features`, the batch it runs in also fetches the model's feature tensor and
+        `features` gets this image's row of it first (a batch without such an item fetches
+        the output alone)."""
         loop = self._loop
         if loop is None or self.closing:
             raise ModelNotReady("model is not accepting requests")
@@ -192,6 +201,7 @@ class BatchQueue:
             time.monotonic(),
             deadline,
             admission,
+            features,
         )
         with self.lock:
             if len(self._heap) >= self.max_queue_size:

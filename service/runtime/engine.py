@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, overload
 
 import numpy as np
 import onnxruntime as ort
@@ -65,6 +66,9 @@ class EngineInfo:
     """Whether `run` goes through an IOBinding."""
     cuda_graphs: bool = False
     """Whether the session captures and replays CUDA graphs (one per batch bucket)."""
+    feature_name: str | None = None
+    """The feature tensor the graph also outputs (class activation maps), fetched only by
+    `run(batch, features=True)`; None: the model's outputs only."""
 
 
 def share_weights(path: Path, options: ExecutionOptions) -> SharedWeights | None:
@@ -84,10 +88,16 @@ class Engine:
     """One ONNX Runtime session for one model version. `run` is thread-safe.
 
     With `shared` weights (service/sharedweights.py) a CPU session takes the model
-    version's one copy of its optimised weights and the process's shared arena."""
+    version's one copy of its optimised weights and the process's shared arena. `feature`
+    names a tensor the graph at `path` outputs beside the model's output (the graph edited by
+    imgclf.models.cam.with_output): plain runs do not fetch it."""
 
     def __init__(
-        self, path: Path, options: ExecutionOptions, shared: SharedWeights | None = None
+        self,
+        path: Path,
+        options: ExecutionOptions,
+        shared: SharedWeights | None = None,
+        feature: str | None = None,
     ) -> None:
         self.options = options
         requested, reason = choose_providers(options, model_path=path)
@@ -117,7 +127,7 @@ class Engine:
             log.warning("%s: %s; running on %s", path, why, active)
             reason = f"CPU fallback: {why}"
         inp = self._session.get_inputs()
-        out = self._session.get_outputs()
+        out = [o for o in self._session.get_outputs() if o.name != feature]
         if len(inp) != 1:
             raise ValueError(f"{path}: a classifier must have exactly one input, found {len(inp)}")
         if inp[0].type not in INPUT_TYPES:
@@ -139,6 +149,7 @@ class Engine:
             input_type=inp[0].type,
             io_binding=self._bind,
             cuda_graphs=graphs,
+            feature_name=feature,
         )
         self.metadata_props: dict[str, str] = dict(
             self._session.get_modelmeta().custom_metadata_map
@@ -174,10 +185,20 @@ class Engine:
         runner.prepare(self._run_plain)
         self._buckets = runner
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    @overload
+    def run(self, batch: np.ndarray, features: Literal[False] = False) -> np.ndarray: ...
+    @overload
+    def run(self, batch: np.ndarray, features: Literal[True]) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def run(
+        self, batch: np.ndarray, features: bool = False
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Run one batch (N, C, H, W) float32, or (N, H, W, C) uint8 pixels for a uint8 model;
-        returns the first output (N, classes) float32."""
+        returns the first output (N, classes) float32, and with `features` the feature
+        tensor (N, C, h, w) float32 too (one run fetching both)."""
         batch = np.ascontiguousarray(batch, dtype=self._input_dtype)
+        if features:
+            return self._run_with_features(batch)
         if self._buckets is not None and len(batch) <= self._buckets.max_batch:
             out = self._buckets.run(batch)
         else:
@@ -196,6 +217,28 @@ class Engine:
             [self.info.output_name], {self.info.input_name: batch}, self._plain_options
         )
         return np.asarray(out)
+
+    def _run_with_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A run outside the buckets that fetches the model's output and the feature tensor."""
+        name = self.info.feature_name
+        if name is None:
+            raise RuntimeError("this session has no feature output")
+        outputs = [self.info.output_name, name]
+        if self._bind:
+            binding = self._session.io_binding()
+            binding.bind_cpu_input(self.info.input_name, batch)
+            for output in outputs:
+                binding.bind_output(output, "cpu", 0)
+            self._session.run_with_iobinding(binding, self._plain_options)
+            out, feature = binding.copy_outputs_to_cpu()
+        else:
+            out, feature = self._session.run(
+                outputs, {self.info.input_name: batch}, self._plain_options
+            )
+        return (
+            np.asarray(out).astype(np.float32, copy=False),
+            np.asarray(feature).astype(np.float32, copy=False),
+        )
 
     def output_shape_for_one(self, sample_shape: tuple[int, ...]) -> tuple[int, ...]:
         """The output shape of one real run on a zero image (load-time check)."""

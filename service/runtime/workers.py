@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -35,7 +36,13 @@ from imgclf.runtime.osthreads import name_this_thread
 
 log = logging.getLogger(__name__)
 
-RunBatch = Callable[[np.ndarray], np.ndarray]
+
+class RunBatch(Protocol):
+    """Runs a batch: its output rows. Called with `features=True` (only when an item of the
+    batch asks for them; a plain batch is called with the batch alone), a pair (output rows,
+    the feature tensor's rows)."""
+
+    def __call__(self, batch: np.ndarray, /, features: bool = False) -> Any: ...
 
 
 @dataclass
@@ -78,6 +85,8 @@ class _Answer:
     expired: list[Item]
     failed: list[tuple[Item, Exception]]
     stats: BatchStats | None
+    features: np.ndarray | None = None
+    """The feature tensor's rows, when an item of the batch asked for them."""
 
 
 class Workers:
@@ -179,7 +188,11 @@ class Workers:
             tensors = [item.tensor for item in live]
             batch_input = tensors[0][None] if len(live) == 1 else np.stack(tensors)
             assembled = time.monotonic()
-            out = run(batch_input)
+            features = None
+            if any(item.features is not None for item in live):
+                out, features = run(batch_input, features=True)
+            else:
+                out = run(batch_input)
             if len(out) != len(live):
                 raise RuntimeError(f"model returned {len(out)} rows for a batch of {len(live)}")
         except Exception as exc:
@@ -196,7 +209,7 @@ class Workers:
             solo=solo,
             prepare_seconds=batch.prepare_seconds,
         )
-        return _Answer(live, out, batch.expired, batch.failed, stats)
+        return _Answer(live, out, batch.expired, batch.failed, stats, features)
 
     def _hand_back(self, answer: _Answer) -> None:
         """`_deliver` the answer on the event loop."""
@@ -223,8 +236,10 @@ class Workers:
                 if not item.future.done():
                     item.future.set_exception(InferenceFailed("inference failed"))
         else:
-            for item, row in zip(answer.live, answer.out, strict=True):
+            for i, (item, row) in enumerate(zip(answer.live, answer.out, strict=True)):
                 if not item.future.done():
+                    if item.features is not None and answer.features is not None:
+                        item.features(answer.features[i])
                     item.future.set_result(row)
         if answer.stats is not None and self._on_batch is not None:
             self._on_batch(answer.stats)

@@ -1,0 +1,165 @@
+"""Class activation maps through every door of a real server: HTTP JSON and PNG, our gRPC
+client, the Open Inference Protocol (tritonclient), and `imgclf classify --explain`.
+
+The maps' meaning (they point at the object, they equal Grad-CAM) is proven on the library in
+tests/unit/service/models/test_cam.py; here each door's maps must equal cam.class_maps computed
+directly on the same input, so the plumbing (feature output, batching, box) is proven too.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgclf.client.bench.launcher import ServerProcess, start_server
+from imgclf.imaging import preprocess_bytes
+from imgclf.modelmeta import ModelMetadata
+from imgclf.models import cam
+from tests.conftest import BUNDLED_MODELS
+from tests.tiny_model import make_tiny_model
+
+MODEL = "efficientnet_lite0"
+CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat"}
+TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def explain_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled EfficientNet-Lite0, a tiny model without pooling (no maps) and a tiny
+    model whose config turns maps off."""
+    root = tmp_path_factory.mktemp("explain-repo")
+    shutil.copytree(BUNDLED_MODELS / MODEL, root / MODEL)
+    make_tiny_model(root / "flat" / "1" / "model.onnx", head="flatten")
+    make_tiny_model(root / "off" / "1" / "model.onnx")
+    (root / "off" / "config.json").write_text('{"explain": false}')
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(explain_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    proc = start_server(
+        explain_repo, tmp_path_factory.mktemp("explain-server"), "--instances", "1",
+        "--max-explain-classes", "3",
+    )  # fmt: skip
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def reference() -> tuple[cam.ActivationHead, Any, ModelMetadata]:
+    """The bundled model's head, a session that returns its features, and its metadata."""
+    model_bytes = (BUNDLED_MODELS / MODEL / "1" / "model.onnx").read_bytes()
+    head = cam.find_head(model_bytes)
+    session = cam.explaining_session(model_bytes, head)
+    meta = ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map)
+    return head, session, meta
+
+
+def expected_maps(reference: Any, photo: bytes, classes: list[int]) -> np.ndarray:
+    """cam.class_maps on the tensor the server computes for `photo`: [k, h, w]."""
+    head, session, meta = reference
+    tensor = preprocess_bytes(photo, meta.preprocessing)[None]
+    _, features = session.run(None, {session.get_inputs()[0].name: tensor})
+    return cam.class_maps(features, head.weight, np.asarray([classes]))[0]
+
+
+def http(server: ServerProcess, path: str, body: bytes | None = None) -> tuple[int, str, bytes]:
+    """(status, content type, body) of a request to the server's HTTP port."""
+    url = f"http://127.0.0.1:{server.http_port}{path}"
+    request = urllib.request.Request(url, data=body, method="POST" if body else "GET")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as reply:
+            return reply.status, reply.headers["Content-Type"], reply.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers["Content-Type"], err.read()
+
+
+def test_http_json_maps_equal_the_library_maps_on_the_same_input(
+    server: ServerProcess, photos: dict[str, bytes], reference: Any
+) -> None:
+    status, _, body = http(server, f"/v1/models/{MODEL}/classify?explain=2", photos["chelsea"])
+    assert status == 200, body
+    (result,) = json.loads(body)["results"]
+    assert (result["width"], result["height"]) == (451, 300)  # the photo's own size
+    maps = result["maps"]
+    assert [m["index"] for m in maps] == [p["index"] for p in result["predictions"][:2]]
+    assert maps[0]["label"] in CAT_CLASSES
+    assert maps[0]["probability"] == result["predictions"][0]["probability"]
+    # 451x300 -> resize 256 (384x256) -> center crop 224 at (80, 16): in the photo's pixels
+    left, top, right, bottom = maps[0]["box"]
+    assert (left, top, right, bottom) == pytest.approx(
+        (80 * 451 / 384, 18.75, 304 * 451 / 384, 281.25), abs=1e-3
+    )
+    got = np.asarray([m["map"] for m in maps], dtype=np.float32)
+    assert got.shape == (2, 7, 7)
+    want = expected_maps(reference, photos["chelsea"], [m["index"] for m in maps])
+    np.testing.assert_allclose(got, want, atol=TOLERANCE)
+    assert got.max() == pytest.approx(1.0) and got.min() >= 0.0
+
+
+def test_http_named_classes_and_plain_requests(
+    server: ServerProcess, photos: dict[str, bytes], reference: Any
+) -> None:
+    path = f"/v1/models/{MODEL}/classify?explain_class=504&explain_class=281"
+    status, _, body = http(server, path, photos["coffee"])
+    assert status == 200, body
+    (result,) = json.loads(body)["results"]
+    assert [m["index"] for m in result["maps"]] == [504, 281]
+    got = np.asarray([m["map"] for m in result["maps"]], dtype=np.float32)
+    np.testing.assert_allclose(
+        got, expected_maps(reference, photos["coffee"], [504, 281]), atol=TOLERANCE
+    )
+    status, _, body = http(server, f"/v1/models/{MODEL}/classify", photos["coffee"])
+    assert status == 200
+    assert "maps" not in json.loads(body)["results"][0]
+
+
+def test_http_png_overlay_has_the_photo_size(
+    server: ServerProcess, photos: dict[str, bytes]
+) -> None:
+    status, kind, body = http(server, f"/v1/models/{MODEL}/classify?format=png", photos["chelsea"])
+    assert status == 200, body
+    assert kind == "image/png"
+    img = Image.open(io.BytesIO(body))
+    assert img.format == "PNG" and img.size == (451, 300)
+    photo = np.asarray(Image.open(io.BytesIO(photos["chelsea"])).convert("RGB"), dtype=np.int16)
+    drawn = np.abs(np.asarray(img.convert("RGB"), dtype=np.int16) - photo).sum(axis=2)
+    assert drawn[:, :80].mean() < drawn[20:280, 100:350].mean()  # blended inside the crop box
+
+
+def test_http_models_say_which_explain(server: ServerProcess) -> None:
+    status, _, body = http(server, "/v1/models")
+    assert status == 200
+    models = {m["name"]: m for m in json.loads(body)["models"]}
+    assert models[MODEL]["explain"] is True and models[MODEL]["labels_count"] == 1000
+    assert models["flat"]["explain"] is False and models["off"]["explain"] is False
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "words"),
+    [
+        ("/v1/models/flat/classify?explain=1", 400, "the layer before the linear one is Identity"),
+        ("/v1/models/off/classify?explain=1", 400, "turned off"),
+        (f"/v1/models/{MODEL}/classify?explain=4", 400, "between 1 and 3"),
+        (f"/v1/models/{MODEL}/classify?explain_class=1000", 400, "classes 0 to 999"),
+        (f"/v1/models/{MODEL}/classify?explain=x", 400, "explain must be an integer"),
+    ],
+)
+def test_http_explain_refusals(
+    server: ServerProcess, photos: dict[str, bytes], path: str, status: int, words: str
+) -> None:
+    got, _, body = http(server, path, photos["coffee"])
+    assert got == status
+    assert words in json.loads(body)["error"]
+    ok, _, _ = http(server, f"/v1/models/{MODEL}/classify", photos["coffee"])
+    assert ok == 200  # and the server keeps serving
