@@ -37,10 +37,15 @@ OVERLAY_ALPHA = """
 const c = document.getElementById(arguments[0]);
 const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
 const columns = new Array(c.width).fill(0);
-for (let i = 3; i < d.length; i += 4) if (d[i] > 0) columns[((i - 3) / 4) % c.width]++;
-return {width: c.width, height: c.height, columns: columns};
+const alpha = new Array(c.width).fill(0);
+for (let i = 3; i < d.length; i += 4) {
+  const x = ((i - 3) / 4) % c.width;
+  if (d[i] > 0) columns[x]++;
+  alpha[x] += d[i];
+}
+return {width: c.width, height: c.height, columns: columns, alpha: alpha};
 """
-"""Per column of a canvas, how many of its pixels are not transparent."""
+"""Per column of a canvas: how many of its pixels are not transparent, and their alpha's sum."""
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +145,15 @@ def test_a_photo_gets_its_label_and_its_map_over_it(
     assert left > 10, result["maps"][0]["box"]  # chelsea is wider than tall: a centre crop
     assert sum(overlay["columns"][: int(left * scale) - 1]) == 0
     assert sum(overlay["columns"][int(right * scale) + 2 :]) == 0
+    # and it is the server's map, the right way round: the strongest columns coincide
+    cells = [
+        sum(row[j] for row in result["maps"][0]["map"])
+        for j in range(len(result["maps"][0]["map"][0]))
+    ]
+    cell = (right - left) * scale / len(cells)
+    strongest = max(range(len(cells)), key=cells.__getitem__)
+    peak = max(range(overlay["width"]), key=overlay["alpha"].__getitem__)
+    assert abs(peak - (left * scale + (strongest + 0.5) * cell)) <= 1.5 * cell, (peak, cells)
     screenshot(browser, tmp_path)
 
     # another class: its own map; the same class again: the map hidden
@@ -148,7 +162,7 @@ def test_a_photo_gets_its_label_and_its_map_over_it(
     buttons[1].click()
     assert buttons[1].get_attribute("aria-pressed") == "true"
     second = alpha_columns(browser, "overlay")
-    assert sum(second["columns"]) > 0 and second["columns"] != overlay["columns"]
+    assert sum(second["columns"]) > 0 and second["alpha"] != overlay["alpha"]
     buttons[1].click()
     assert sum(alpha_columns(browser, "overlay")["columns"]) == 0
 

@@ -193,7 +193,7 @@ function mapImage(map) {
       const v = Math.max(0, Math.min(1, map[y][x]));
       const [r, g, b] = turbo(v);
       const i = 4 * (y * w + x);
-      pixels.data.set([r, g, b, Math.round(255 * Math.pow(v, 0.7))], i);
+      pixels.data.set([r, g, b, Math.round(255 * v)], i);
     }
   }
   ctx.putImageData(pixels, 0, 0);
