@@ -47,10 +47,19 @@ return {width: c.width, height: c.height, columns: columns, alpha: alpha};
 """
 """Per column of a canvas: how many of its pixels are not transparent, and their alpha's sum."""
 
+DROP = """
+const data = new DataTransfer();
+data.items.add(new File([arguments[1]], arguments[0], {type: "text/plain"}));
+document.getElementById("drop").dispatchEvent(
+  new DragEvent("drop", {dataTransfer: data, bubbles: true, cancelable: true}));
+"""
+"""Drop a file (name, text) on the page's drop zone, as a drag from the desktop does."""
 
-@pytest.fixture(scope="module")
+
+@pytest.fixture(scope="session")
 def browser() -> Iterator[Any]:
-    """Headless Chromium through the system chromedriver (never a downloaded driver)."""
+    """Headless Chromium through the system chromedriver (never a downloaded driver); session
+    scope, so that a missing tool skips before the servers start."""
     try:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
@@ -96,10 +105,11 @@ def upload(driver: Any, path: Path) -> str:
     return wait_state(driver, "done", "error")
 
 
-def pick_model(driver: Any) -> None:
+def choose(driver: Any, element_id: str, value: str) -> None:
+    """Pick an option of a <select>, as a click does (its change event fires)."""
     from selenium.webdriver.support.ui import Select
 
-    Select(driver.find_element("id", "model")).select_by_value(MODEL)
+    Select(driver.find_element("id", element_id)).select_by_value(value)
 
 
 def text_of(driver: Any, element_id: str) -> str:
@@ -126,7 +136,7 @@ def test_a_photo_gets_its_label_and_its_map_over_it(
     browser: Any, bundled_server: ServerProcess, chelsea: Path, tmp_path: Path
 ) -> None:
     assert open_page(browser, bundled_server) == "ready"
-    pick_model(browser)
+    choose(browser, "model", MODEL)
     assert upload(browser, chelsea) == "done", text_of(browser, "error")
     labels = labels_shown(browser)
     assert len(labels) == 3 and labels[0] in CAT_CLASSES, labels
@@ -185,6 +195,11 @@ def test_a_file_that_is_not_an_image_gets_the_servers_error_in_words(
     message = text_of(browser, "error")
     assert "400" in message and "not a decodable image" in message, message
     assert not browser.find_element("id", "result").is_displayed()
+    # the same through the drop zone
+    assert open_page(browser, bundled_server) == "ready"
+    browser.execute_script(DROP, "notes.txt", notes.read_text())
+    assert wait_state(browser, "done", "error") == "error"
+    assert "not a decodable image" in text_of(browser, "error")
 
 
 @pytest.fixture(scope="module")
@@ -210,9 +225,13 @@ def test_with_a_token_the_page_says_so_and_works_once_it_is_given(
     field.clear()
     field.send_keys(TOKEN + "\t")
     assert wait_state(browser, "ready", "error") == "ready", text_of(browser, "error")
-    pick_model(browser)
+    choose(browser, "model", MODEL)
     assert upload(browser, chelsea) == "done", text_of(browser, "error")
     assert labels_shown(browser)[0] in CAT_CLASSES
+    # more classes: the photo is sent again with the token, five bars come back
+    choose(browser, "topk", "5")
+    assert wait_state(browser, "done", "error") == "done", text_of(browser, "error")
+    assert len(labels_shown(browser)) == 5
 
 
 def test_no_http_ui_turns_the_page_off(tiny_repo: Path, tmp_path: Path) -> None:
