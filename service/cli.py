@@ -155,8 +155,13 @@ def _classify_each(
     so that each bad file is named and the good ones still get their answer."""
     import grpc
 
+    kw = {
+        "model": args.model,
+        "top_k": args.top_k,
+        "explain": args.explain_top * bool(args.explain),
+    }
     try:
-        reply = client.classify([data for _, data in files], model=args.model, top_k=args.top_k)
+        reply = client.classify([data for _, data in files], **kw)
         return dict(zip((p for p, _ in files), reply.results, strict=True)), {}, reply
     except grpc.RpcError as exc:
         if exc.code() == grpc.StatusCode.NOT_FOUND:
@@ -168,7 +173,7 @@ def _classify_each(
     results, failures, last = {}, {}, None
     for path, data in files:
         try:
-            last = client.classify([data], model=args.model, top_k=args.top_k)
+            last = client.classify([data], **kw)
             results[path] = last.results[0]
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.INVALID_ARGUMENT:
@@ -192,6 +197,12 @@ def _classify(args: argparse.Namespace) -> int:
         with _client(args) as client:
             results, rejected, reply = _classify_each(client, files, args)
         failures.update(rejected)
+    if args.explain:  # the photo with each top class's map: imgclf.overlay
+        from imgclf.overlay import write_overlay
+
+        maps = {
+            p: write_overlay(args.explain, p, d, results[p].maps) for p, d in files if p in results
+        }
     if args.json:
         out = {
             "model": reply.model if reply else "",
@@ -201,6 +212,7 @@ def _classify(args: argparse.Namespace) -> int:
                 if path in failures
                 else {
                     "image": str(path),
+                    **({"cam": str(maps[path])} if args.explain else {}),
                     "top": [
                         {"index": s.index, "label": s.label, "probability": s.probability}
                         for s in results[path].top
@@ -223,6 +235,8 @@ def _classify(args: argparse.Namespace) -> int:
                 bar = "#" * round(score.probability * 30)
                 line = f"  {rank:>2}. {score.label:<{width}}  {score.probability:7.2%}  {bar}"
                 print(line.rstrip())
+            if args.explain:
+                print(f"  map: {maps[path]}")
     sys.stdout.flush()
     for path, why in failures.items():
         print(f"imgclf classify: {path}: {why}", file=sys.stderr)
@@ -303,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--model", default="", help="model name (default: the server's)")
     classify.add_argument("--top-k", type=int, default=5, help="classes per image")
     classify.add_argument("--json", action="store_true", help="print JSON")
+    classify.add_argument("--explain", type=Path, metavar="DIR", help="write DIR/<name>.cam.png:"
+                          " where in each photo the model found its top classes")  # fmt: skip
+    classify.add_argument("--explain-top", type=int, default=3, help="classes mapped (--explain)")
     classify.set_defaults(func=_classify)
 
     served = sub.add_parser(

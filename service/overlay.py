@@ -13,9 +13,13 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from imgclf.imaging import decode_image
 
 ALPHA = 0.5
 """Weight of the heatmap in the blend at full activation (none at zero: the photo shows
@@ -46,6 +50,15 @@ class Heat:
     """(left, top, right, bottom) in the photo's pixels."""
     label: str
     probability: float
+
+    @classmethod
+    def of(cls, class_map: Any) -> Heat:
+        """From an imgclf.v1 ClassMap message (values row-major, height x width)."""
+        values = np.asarray(class_map.values, dtype=np.float32)
+        shape = (class_map.height, class_map.width)
+        return cls(
+            values.reshape(shape), list(class_map.box), class_map.label, class_map.probability
+        )
 
 
 def colours(values: np.ndarray) -> np.ndarray:
@@ -101,3 +114,12 @@ def png_bytes(img: Image.Image) -> bytes:
     out = io.BytesIO()
     img.save(out, format="PNG")
     return out.getvalue()
+
+
+def write_overlay(folder: Path, image: Path, data: bytes, maps: Sequence[Any]) -> Path:
+    """`folder`/<image's stem>.cam.png: the photo (`data`, upright) with each ClassMap of
+    `maps` side by side; returns its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / f"{image.stem}.cam.png"
+    out.write_bytes(png_bytes(overlay(decode_image(data), [Heat.of(m) for m in maps])))
+    return out

@@ -19,6 +19,20 @@ def encoded_image(data: bytes) -> pb.Image:
     return pb.Image(encoded=data)
 
 
+def explain_message(explain: int | Sequence[int] | None) -> pb.Explain | None:
+    """Maps for the top `explain` classes (an int), or for the listed class indices."""
+    if explain is None or explain == 0:
+        return None
+    if isinstance(explain, int):
+        return pb.Explain(top_k=explain)
+    return pb.Explain(classes=list(explain))
+
+
+def class_map_values(class_map: pb.ClassMap) -> np.ndarray:
+    """A ClassMap's values as a [height, width] float32 array."""
+    return np.asarray(class_map.values, dtype=np.float32).reshape(class_map.height, class_map.width)
+
+
 def tensor_image(tensor: np.ndarray) -> pb.Image:
     """An image message from a tensor at the model input: float32 (CHW, preprocessed) or
     uint8 pixels (sent as UINT8)."""
@@ -64,21 +78,32 @@ class Client:
         model: str = "",
         top_k: int = 0,
         version: int = 0,
+        explain: int | Sequence[int] | None = None,
     ) -> pb.ClassifyResponse:
-        """Classify encoded images (bytes) and/or preprocessed tensors (numpy arrays)."""
+        """Classify encoded images (bytes) and/or preprocessed tensors (numpy arrays).
+        `explain`: class activation maps (each result's `maps`, see `class_map_values`) of
+        each image's top `explain` classes, or of the listed class indices."""
         msgs = [
             img if isinstance(img, pb.Image)
             else encoded_image(img) if isinstance(img, bytes)
             else tensor_image(img)
             for img in images
         ]  # fmt: skip
-        request = pb.ClassifyRequest(model=model, version=version, images=msgs, top_k=top_k)
+        request = pb.ClassifyRequest(
+            model=model, version=version, images=msgs, top_k=top_k, explain=explain_message(explain)
+        )
         return self._stub.Classify(request, timeout=self.timeout, metadata=self._metadata)
 
     def classify_files(
-        self, paths: Sequence[str | Path], model: str = "", top_k: int = 0
+        self,
+        paths: Sequence[str | Path],
+        model: str = "",
+        top_k: int = 0,
+        explain: int | Sequence[int] | None = None,
     ) -> pb.ClassifyResponse:
-        return self.classify([Path(p).read_bytes() for p in paths], model=model, top_k=top_k)
+        return self.classify(
+            [Path(p).read_bytes() for p in paths], model=model, top_k=top_k, explain=explain
+        )
 
     def list_models(self) -> pb.ListModelsResponse:
         return self._stub.ListModels(

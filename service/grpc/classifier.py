@@ -9,8 +9,9 @@ import numpy as np
 
 from imgclf._generated.imgclf.v1 import image_classifier_pb2 as pb
 from imgclf._generated.imgclf.v1 import image_classifier_pb2_grpc as pb_grpc
-from imgclf.dataplane import ClassifyResult, Core, ImageInput
-from imgclf.errors import InvalidInput
+from imgclf.dataplane import Classification, ClassifyResult, Core, ImageInput
+from imgclf.errors import ImgclfError, InvalidInput
+from imgclf.explain import NO_EXPLAIN, ExplainRequest
 from imgclf.grpc import deadline_of
 from imgclf.grpc.errors import maps_errors
 
@@ -48,19 +49,38 @@ def image_from_pb(image: pb.Image, index: int) -> ImageInput:
     raise InvalidInput(f"image {index} has neither encoded bytes nor a tensor")
 
 
+def explain_from_pb(request: pb.ClassifyRequest) -> ExplainRequest:
+    if not request.HasField("explain"):
+        return NO_EXPLAIN
+    explain = request.explain
+    if explain.top_k and explain.classes:
+        raise InvalidInput("explain: set top_k or classes, not both", reason="bad_explain")
+    return ExplainRequest(explain.top_k, tuple(explain.classes))
+
+
+def classification_to_pb(r: Classification) -> pb.Classification:
+    out = pb.Classification(
+        probabilities=r.probabilities.tolist(),
+        top=[pb.ClassScore(index=s.index, label=s.label, probability=s.probability)
+             for s in r.top],
+    )  # fmt: skip
+    if r.explanation is not None:
+        out.width, out.height = r.explanation.width, r.explanation.height
+        for m in r.explanation.maps:
+            h, w = m.values.shape
+            out.maps.add(
+                index=m.index, label=m.label, probability=m.probability, height=h, width=w,
+                values=m.values.ravel().tolist(), box=m.box,
+            )  # fmt: skip
+    return out
+
+
 def response_to_pb(result: ClassifyResult) -> pb.ClassifyResponse:
     return pb.ClassifyResponse(
         model=result.model,
         version=result.version,
-        results=[
-            pb.Classification(
-                probabilities=r.probabilities.tolist(),
-                top=[pb.ClassScore(index=s.index, label=s.label, probability=s.probability)
-                     for s in r.top],
-            )
-            for r in result.results
-        ],
-    )  # fmt: skip
+        results=[classification_to_pb(r) for r in result.results],
+    )
 
 
 class ImageClassifierServicer(pb_grpc.ImageClassifierServicer):
@@ -71,6 +91,11 @@ class ImageClassifierServicer(pb_grpc.ImageClassifierServicer):
     async def Classify(
         self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ClassifyResponse:
+        try:
+            explain = explain_from_pb(request)
+        except ImgclfError as exc:
+            self.core.reject(exc)
+            raise
         result = await self.core.classify(
             request.model,
             lambda _model: [image_from_pb(img, i) for i, img in enumerate(request.images)],
@@ -78,6 +103,7 @@ class ImageClassifierServicer(pb_grpc.ImageClassifierServicer):
             version=request.version,
             deadline=deadline_of(context),
             count=len(request.images),  # limits checked before any image is converted
+            explain=explain,
         )
         return response_to_pb(result)
 
@@ -97,6 +123,7 @@ class ImageClassifierServicer(pb_grpc.ImageClassifierServicer):
                     input_shape=list(model.sample_shape),
                     provider=model.engine.info.provider,
                     max_batch_size=model.max_batch_size,
+                    explain=model.explaining.head is not None,
                     metadata={
                         **{k: str(v) for k, v in meta.provenance.items()},
                         "precision": model.precision,

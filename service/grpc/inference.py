@@ -31,9 +31,12 @@ from imgclf.grpc.oip_config import (
     output_names,
 )
 from imgclf.grpc.oip_tensors import (
+    CAM_OUTPUTS,
     PROBABILITIES_OUTPUT,
+    add_cam_outputs,
     classification_strings,
     request_images,
+    requested_explain,
 )
 from imgclf.grpc.shared_memory import SharedMemoryServicer
 from imgclf.grpc.streams import StreamEnder, bounded_reader
@@ -219,6 +222,8 @@ class InferenceServicer(SharedMemoryServicer, pb_grpc.GRPCInferenceServiceServic
         ]
         outputs = []
         for out in wanted:
+            if out.name in CAM_OUTPUTS:  # the data plane checks that the model explains
+                continue
             if out.name not in available:
                 raise InvalidInput(
                     f"unknown output {out.name!r}; this model has {available}",
@@ -243,6 +248,7 @@ class InferenceServicer(SharedMemoryServicer, pb_grpc.GRPCInferenceServiceServic
         try:
             deadline, priority = request_policy(request, grpc_deadline)
             version = parse_version(request.model_version)
+            explain = requested_explain(request)
         except ImgclfError as exc:
             self.core.reject(exc)
             raise
@@ -262,6 +268,7 @@ class InferenceServicer(SharedMemoryServicer, pb_grpc.GRPCInferenceServiceServic
             deadline=deadline,
             priority=priority,
             check=check,
+            explain=explain,
         )
         model = result.model
         response = pb.ModelInferResponse(
@@ -281,6 +288,8 @@ class InferenceServicer(SharedMemoryServicer, pb_grpc.GRPCInferenceServiceServic
             else:
                 response.outputs.add(name=name, datatype="FP32", shape=list(values.shape))
                 response.raw_output_contents.append(values.tobytes())
+        if result.explanations:
+            add_cam_outputs(response, result.explanations)
         return response
 
     @maps_errors

@@ -7,7 +7,13 @@ from __future__ import annotations
 
 from imgclf._generated.inference import grpc_service_pb2 as pb
 from imgclf._generated.inference import model_config_pb2 as mc
-from imgclf.grpc.oip_tensors import IMAGE_INPUT, PROBABILITIES_OUTPUT
+from imgclf.grpc.oip_tensors import (
+    CAM_BOX_OUTPUT,
+    CAM_INDEX_OUTPUT,
+    CAM_OUTPUT,
+    IMAGE_INPUT,
+    PROBABILITIES_OUTPUT,
+)
 from imgclf.metrics.statistics import Duration, ModelStats
 from imgclf.models.loader import ServedModel
 
@@ -34,6 +40,12 @@ def model_metadata(model: ServedModel, versions: list[int]) -> pb.ModelMetadataR
     outputs = [
         T(name=n, datatype="FP32", shape=[-1, model.num_classes]) for n in output_names(model)
     ]
+    if model.explaining.head is not None:  # class activation maps, on request only
+        outputs += [
+            T(name=CAM_OUTPUT, datatype="FP32", shape=[-1, -1, -1, -1]),
+            T(name=CAM_INDEX_OUTPUT, datatype="INT32", shape=[-1, -1]),
+            T(name=CAM_BOX_OUTPUT, datatype="FP32", shape=[-1, 4]),
+        ]
     return pb.ModelMetadataResponse(
         name=model.name,
         versions=[str(v) for v in sorted(versions, reverse=True)],
@@ -127,6 +139,9 @@ def model_config(model: ServedModel, max_request_images: int) -> mc.ModelConfig:
         parameters={
             "provider": mc.ModelParameter(string_value=provider),
             "precision": mc.ModelParameter(string_value=model.precision),
+            "explain": mc.ModelParameter(
+                string_value="true" if model.explaining.head is not None else "false"
+            ),
             **{
                 k: mc.ModelParameter(string_value=str(v))
                 for k, v in model.metadata.provenance.items()

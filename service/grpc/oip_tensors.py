@@ -7,6 +7,11 @@ Inputs a classifier accepts (one input per request):
 - a BYTES input named `image`, shape [N] or [N, 1], one encoded image per element, decoded
   server-side with the model's own preprocessing.
 BYTES elements on the wire: each is a 4-byte little-endian length, then the bytes.
+
+Class activation maps: a requested output `cam` (parameter `classes`: maps of each image's
+top that many classes, default 1) answers FP32 [N, k, h, w], with `cam_index` (INT32 [N, k],
+the classes mapped) and `cam_box` (FP32 [N, 4], the region of each image a map covers:
+left, top, right, bottom in the image's pixels) alongside.
 """
 
 from __future__ import annotations
@@ -19,11 +24,17 @@ import numpy as np
 from imgclf._generated.inference import grpc_service_pb2 as pb
 from imgclf.dataplane import ImageInput
 from imgclf.errors import InvalidInput
+from imgclf.explain import NO_EXPLAIN, ExplainRequest, Explanation
 
 IMAGE_INPUT = "image"
 PROBABILITIES_OUTPUT = "probabilities"
 NUMPY_OF = {"FP32": np.dtype("<f4"), "FP16": np.dtype("<f2"), "UINT8": np.dtype("u1")}
 TYPED_FIELD = {"FP32": "fp32_contents", "UINT8": "uint_contents"}
+CAM_OUTPUT, CAM_INDEX_OUTPUT, CAM_BOX_OUTPUT = "cam", "cam_index", "cam_box"
+CAM_OUTPUTS = (CAM_OUTPUT, CAM_INDEX_OUTPUT, CAM_BOX_OUTPUT)
+"""Requesting any of them (as clients that request every output in the metadata do)
+returns all three."""
+CAM_CLASSES = "classes"
 
 
 def parse_bytes_elements(raw: bytes, limit: int | None = None) -> list[bytes]:
@@ -162,3 +173,38 @@ def classification_strings(values: np.ndarray, k: int, labels: list[str]) -> lis
         [f"{row[i]:f}:{i}:{labels[i]}".encode() for i in idx]
         for row, idx in zip(values, order, strict=True)
     ]
+
+
+def requested_explain(request: pb.ModelInferRequest) -> ExplainRequest:
+    """The maps a request asks for through its `cam` outputs (none when not requested)."""
+    asked = [out for out in request.outputs if out.name in CAM_OUTPUTS]
+    if not asked:
+        return NO_EXPLAIN
+    classes = 1
+    for out in asked:
+        for key, value in out.parameters.items():
+            kind = value.WhichOneof("parameter_choice")
+            v = getattr(value, kind) if kind else None
+            if key == CAM_CLASSES:
+                if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                    raise InvalidInput(f"output parameter {CAM_CLASSES!r} of {CAM_OUTPUT!r} "
+                                       "must be an integer >= 1", reason="bad_explain")  # fmt: skip
+                classes = v
+            elif key != "binary_data":
+                raise InvalidInput(f"unknown output parameter {key!r} of {out.name!r}",
+                                   reason="unknown_parameter")  # fmt: skip
+    return ExplainRequest(top_k=classes)
+
+
+def add_cam_outputs(response: pb.ModelInferResponse, explanations: list[Explanation]) -> None:
+    """`cam`, `cam_index` and `cam_box` for every image of the batch."""
+    maps = np.stack([[m.values for m in e.maps] for e in explanations]).astype("<f4")
+    index = np.asarray([[m.index for m in e.maps] for e in explanations], dtype="<i4")
+    box = np.asarray([e.maps[0].box for e in explanations], dtype="<f4")
+    for name, datatype, values in (
+        (CAM_OUTPUT, "FP32", maps),
+        (CAM_INDEX_OUTPUT, "INT32", index),
+        (CAM_BOX_OUTPUT, "FP32", box),
+    ):
+        response.outputs.add(name=name, datatype=datatype, shape=list(values.shape))
+        response.raw_output_contents.append(np.ascontiguousarray(values).tobytes())

@@ -239,7 +239,8 @@ def _fp16_to_raw(request: pb.ModelInferRequest) -> None:
 def _output_data(datatype: str, raw: bytes) -> list[Any]:
     if datatype == "BYTES":
         return [e.decode(errors="replace") for e in parse_bytes_elements(raw)]
-    return np.frombuffer(raw, dtype=NUMPY_OF[datatype]).tolist()
+    dtype = np.dtype("<i4") if datatype == "INT32" else NUMPY_OF[datatype]
+    return np.frombuffer(raw, dtype=dtype).tolist()
 
 
 def infer_response_body(

@@ -17,15 +17,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
+import tritonclient.grpc as triton_grpc
 from PIL import Image
+from tritonclient.utils import InferenceServerException
 
+from imgclf.client import Client, class_map_values
 from imgclf.client.bench.launcher import ServerProcess, start_server
 from imgclf.imaging import preprocess_bytes
 from imgclf.modelmeta import ModelMetadata
 from imgclf.models import cam
 from tests.conftest import BUNDLED_MODELS
+from tests.integration.test_cli import imgclf
 from tests.tiny_model import make_tiny_model
 
 MODEL = "efficientnet_lite0"
@@ -163,3 +168,133 @@ def test_http_explain_refusals(
     assert words in json.loads(body)["error"]
     ok, _, _ = http(server, f"/v1/models/{MODEL}/classify", photos["coffee"])
     assert ok == 200  # and the server keeps serving
+
+
+def test_grpc_client_maps_equal_the_library_maps(
+    server: ServerProcess, photos: dict[str, bytes], reference: Any
+) -> None:
+    with Client(server.target) as client:
+        reply = client.classify([photos["chelsea"], photos["coffee"]], model=MODEL, explain=2)
+        named = client.classify([photos["coffee"]], model=MODEL, explain=[504, 967])
+        plain = client.classify([photos["coffee"]], model=MODEL)
+        (info,) = [m for m in client.list_models().models if m.name == MODEL]
+        flat = next(m for m in client.list_models().models if m.name == "flat")
+    assert info.explain and not flat.explain
+    for result, name in zip(reply.results, ("chelsea", "coffee"), strict=True):
+        assert len(result.maps) == 2
+        assert [m.index for m in result.maps] == [s.index for s in result.top[:2]]
+        got = np.stack([class_map_values(m) for m in result.maps])
+        np.testing.assert_allclose(
+            got, expected_maps(reference, photos[name], [m.index for m in result.maps]),
+            atol=TOLERANCE,
+        )  # fmt: skip
+    assert (reply.results[0].width, reply.results[0].height) == (451, 300)
+    assert reply.results[0].top[0].label in CAT_CLASSES
+    assert reply.results[1].maps[0].label in ("espresso", "cup", "coffee mug")
+    assert [m.index for m in named.results[0].maps] == [504, 967]
+    assert not plain.results[0].maps and plain.results[0].width == 0
+
+
+def test_grpc_tensor_input_box_is_the_model_input(
+    server: ServerProcess, photos: dict[str, bytes], reference: Any
+) -> None:
+    _, _, meta = reference
+    tensor = preprocess_bytes(photos["chelsea"], meta.preprocessing)
+    with Client(server.target) as client:
+        reply = client.classify([tensor], model=MODEL, explain=1)
+    (result,) = reply.results
+    assert (result.width, result.height) == (224, 224)
+    assert list(result.maps[0].box) == [0, 0, 224, 224]
+    want = expected_maps(reference, photos["chelsea"], [result.maps[0].index])
+    np.testing.assert_allclose(class_map_values(result.maps[0])[None], want, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize(
+    ("model", "explain", "code", "words"),
+    [
+        ("flat", 1, grpc.StatusCode.FAILED_PRECONDITION, "head is not global pooling"),
+        ("off", 1, grpc.StatusCode.FAILED_PRECONDITION, "turned off"),
+        (MODEL, 4, grpc.StatusCode.INVALID_ARGUMENT, "between 1 and 3"),
+        (MODEL, [-1], grpc.StatusCode.INVALID_ARGUMENT, "classes 0 to 999"),
+    ],
+)
+def test_grpc_explain_refusals(
+    server: ServerProcess, photos: dict[str, bytes], model: str, explain: Any, code: Any, words: str
+) -> None:
+    with Client(server.target) as client:
+        with pytest.raises(grpc.RpcError) as err:
+            client.classify([photos["coffee"]], model=model, explain=explain)
+        assert err.value.code() == code
+        assert words in err.value.details()
+        assert client.classify([photos["coffee"]], model=MODEL).results[0].top
+
+
+def test_open_inference_cam_output(
+    server: ServerProcess, photos: dict[str, bytes], reference: Any
+) -> None:
+    client = triton_grpc.InferenceServerClient(server.target)
+    try:
+        meta = client.get_model_metadata(MODEL)
+        assert {"cam", "cam_index", "cam_box"} <= {o.name for o in meta.outputs}
+        assert "cam" not in {o.name for o in client.get_model_metadata("flat").outputs}
+        images = np.array([[photos["chelsea"]], [photos["coffee"]]], dtype=np.object_)
+        inp = triton_grpc.InferInput("image", [2, 1], "BYTES")
+        inp.set_data_from_numpy(images)
+        cam_out = triton_grpc.InferRequestedOutput("cam")
+        cam_out._output.parameters["classes"].int64_param = 2
+        probs = triton_grpc.InferRequestedOutput("probabilities")
+        result = client.infer(MODEL, [inp], outputs=[probs, cam_out])
+        maps, index, box = (result.as_numpy(n) for n in ("cam", "cam_index", "cam_box"))
+        assert maps.shape == (2, 2, 7, 7) and index.shape == (2, 2) and box.shape == (2, 4)
+        top2 = np.argsort(-result.as_numpy("probabilities"), axis=1, kind="stable")[:, :2]
+        np.testing.assert_array_equal(index, top2)
+        for n, name in enumerate(("chelsea", "coffee")):
+            want = expected_maps(reference, photos[name], list(index[n]))
+            np.testing.assert_allclose(maps[n], want, atol=TOLERANCE)
+        np.testing.assert_allclose(box[0], (80 * 451 / 384, 18.75, 304 * 451 / 384, 281.25))
+        plain = client.infer(MODEL, [inp], outputs=[probs])
+        assert plain.as_numpy("cam") is None
+        with pytest.raises(InferenceServerException) as err:
+            tiny = triton_grpc.InferInput("input", [1, 3, 16, 16], "FP32")
+            tiny.set_data_from_numpy(np.zeros((1, 3, 16, 16), np.float32))
+            client.infer("flat", [tiny], outputs=[triton_grpc.InferRequestedOutput("cam")])
+        assert "FAILED_PRECONDITION" in str(err.value.status())
+    finally:
+        client.close()
+
+
+def test_metrics_count_explained_images(server: ServerProcess, photos: dict[str, bytes]) -> None:
+    def explained() -> float:
+        url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=30) as reply:
+            text = reply.read().decode()
+        for line in text.splitlines():
+            if line.startswith("imgclf_explained_images_total{") and f'model="{MODEL}"' in line:
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    before = explained()
+    http(server, f"/v1/models/{MODEL}/classify?explain=1", photos["coffee"])
+    http(server, f"/v1/models/{MODEL}/classify", photos["coffee"])
+    assert explained() == before + 1
+
+
+def test_cli_classify_explain_writes_the_overlay(
+    server: ServerProcess, photos: dict[str, bytes], tmp_path: Path
+) -> None:
+    photo = tmp_path / "chelsea.jpg"
+    photo.write_bytes(photos["chelsea"])
+    out = tmp_path / "out"
+    proc = imgclf("classify", "--server", server.target, "--model", MODEL, "--explain", str(out),
+                  "--explain-top", "2", str(photo))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    written = out / "chelsea.cam.png"
+    assert f"map: {written}" in proc.stdout
+    img = Image.open(written)
+    assert img.format == "PNG" and img.size == (2 * 451, 300)  # a panel per class
+    panels = np.asarray(img.convert("RGB"), dtype=np.int16)
+    assert np.abs(panels[:, :451] - panels[:, 451:]).mean() > 1  # two different maps
+    refused = imgclf("classify", "--server", server.target, "--model", "flat", "--explain",
+                     str(out), str(photo))  # fmt: skip
+    assert refused.returncode == 1
+    assert "FAILED_PRECONDITION" in refused.stderr or "head is not" in refused.stderr

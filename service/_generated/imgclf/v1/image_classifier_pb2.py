@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n imgclf/v1/image_classifier.proto\x12\timgclf.v1\"b\n\x0f\x43lassifyRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12 \n\x06images\x18\x03 \x03(\x0b\x32\x10.imgclf.v1.Image\x12\r\n\x05top_k\x18\x04 \x01(\r\"G\n\x05Image\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12#\n\x06tensor\x18\x02 \x01(\x0b\x32\x11.imgclf.v1.TensorH\x00\x42\x06\n\x04\x64\x61ta\"I\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\"\n\x05\x64type\x18\x02 \x01(\x0e\x32\x13.imgclf.v1.DataType\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"^\n\x10\x43lassifyResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12*\n\x07results\x18\x03 \x03(\x0b\x32\x19.imgclf.v1.Classification\"K\n\x0e\x43lassification\x12\x15\n\rprobabilities\x18\x01 \x03(\x02\x12\"\n\x03top\x18\x02 \x03(\x0b\x32\x15.imgclf.v1.ClassScore\"?\n\nClassScore\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05label\x18\x02 \x01(\t\x12\x13\n\x0bprobability\x18\x03 \x01(\x02\"\x13\n\x11ListModelsRequest\":\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.imgclf.v1.ModelInfo\"\xe1\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08versions\x18\x02 \x03(\x03\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12\x13\n\x0binput_shape\x18\x04 \x03(\x03\x12\x10\n\x08provider\x18\x05 \x01(\t\x12\x16\n\x0emax_batch_size\x18\x06 \x01(\x05\x12\x34\n\x08metadata\x18\x07 \x03(\x0b\x32\".imgclf.v1.ModelInfo.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*J\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\t\n\x05UINT8\x10\x02\x12\x0b\n\x07\x46LOAT16\x10\x03\x32\xa1\x01\n\x0fImageClassifier\x12\x43\n\x08\x43lassify\x12\x1a.imgclf.v1.ClassifyRequest\x1a\x1b.imgclf.v1.ClassifyResponse\x12I\n\nListModels\x12\x1c.imgclf.v1.ListModelsRequest\x1a\x1d.imgclf.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n imgclf/v1/image_classifier.proto\x12\timgclf.v1\"\x87\x01\n\x0f\x43lassifyRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12 \n\x06images\x18\x03 \x03(\x0b\x32\x10.imgclf.v1.Image\x12\r\n\x05top_k\x18\x04 \x01(\r\x12#\n\x07\x65xplain\x18\x05 \x01(\x0b\x32\x12.imgclf.v1.Explain\")\n\x07\x45xplain\x12\r\n\x05top_k\x18\x01 \x01(\r\x12\x0f\n\x07\x63lasses\x18\x02 \x03(\x05\"G\n\x05Image\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12#\n\x06tensor\x18\x02 \x01(\x0b\x32\x11.imgclf.v1.TensorH\x00\x42\x06\n\x04\x64\x61ta\"I\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\"\n\x05\x64type\x18\x02 \x01(\x0e\x32\x13.imgclf.v1.DataType\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"^\n\x10\x43lassifyResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12*\n\x07results\x18\x03 \x03(\x0b\x32\x19.imgclf.v1.Classification\"\x8d\x01\n\x0e\x43lassification\x12\x15\n\rprobabilities\x18\x01 \x03(\x02\x12\"\n\x03top\x18\x02 \x03(\x0b\x32\x15.imgclf.v1.ClassScore\x12!\n\x04maps\x18\x03 \x03(\x0b\x32\x13.imgclf.v1.ClassMap\x12\r\n\x05width\x18\x04 \x01(\r\x12\x0e\n\x06height\x18\x05 \x01(\r\"y\n\x08\x43lassMap\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05label\x18\x02 \x01(\t\x12\x13\n\x0bprobability\x18\x03 \x01(\x02\x12\x0e\n\x06height\x18\x04 \x01(\r\x12\r\n\x05width\x18\x05 \x01(\r\x12\x0e\n\x06values\x18\x06 \x03(\x02\x12\x0b\n\x03\x62ox\x18\x07 \x03(\x02\"?\n\nClassScore\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05label\x18\x02 \x01(\t\x12\x13\n\x0bprobability\x18\x03 \x01(\x02\"\x13\n\x11ListModelsRequest\":\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.imgclf.v1.ModelInfo\"\xf2\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08versions\x18\x02 \x03(\x03\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12\x13\n\x0binput_shape\x18\x04 \x03(\x03\x12\x10\n\x08provider\x18\x05 \x01(\t\x12\x16\n\x0emax_batch_size\x18\x06 \x01(\x05\x12\x34\n\x08metadata\x18\x07 \x03(\x0b\x32\".imgclf.v1.ModelInfo.MetadataEntry\x12\x0f\n\x07\x65xplain\x18\x08 \x01(\x08\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*J\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\t\n\x05UINT8\x10\x02\x12\x0b\n\x07\x46LOAT16\x10\x03\x32\xa1\x01\n\x0fImageClassifier\x12\x43\n\x08\x43lassify\x12\x1a.imgclf.v1.ClassifyRequest\x1a\x1b.imgclf.v1.ClassifyResponse\x12I\n\nListModels\x12\x1c.imgclf.v1.ListModelsRequest\x1a\x1d.imgclf.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,28 +33,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODELINFO_METADATAENTRY']._loaded_options = None
   _globals['_MODELINFO_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_DATATYPE']._serialized_start=842
-  _globals['_DATATYPE']._serialized_end=916
-  _globals['_CLASSIFYREQUEST']._serialized_start=47
-  _globals['_CLASSIFYREQUEST']._serialized_end=145
-  _globals['_IMAGE']._serialized_start=147
-  _globals['_IMAGE']._serialized_end=218
-  _globals['_TENSOR']._serialized_start=220
-  _globals['_TENSOR']._serialized_end=293
-  _globals['_CLASSIFYRESPONSE']._serialized_start=295
-  _globals['_CLASSIFYRESPONSE']._serialized_end=389
-  _globals['_CLASSIFICATION']._serialized_start=391
-  _globals['_CLASSIFICATION']._serialized_end=466
-  _globals['_CLASSSCORE']._serialized_start=468
-  _globals['_CLASSSCORE']._serialized_end=531
-  _globals['_LISTMODELSREQUEST']._serialized_start=533
-  _globals['_LISTMODELSREQUEST']._serialized_end=552
-  _globals['_LISTMODELSRESPONSE']._serialized_start=554
-  _globals['_LISTMODELSRESPONSE']._serialized_end=612
-  _globals['_MODELINFO']._serialized_start=615
-  _globals['_MODELINFO']._serialized_end=840
-  _globals['_MODELINFO_METADATAENTRY']._serialized_start=793
-  _globals['_MODELINFO_METADATAENTRY']._serialized_end=840
-  _globals['_IMAGECLASSIFIER']._serialized_start=919
-  _globals['_IMAGECLASSIFIER']._serialized_end=1080
+  _globals['_DATATYPE']._serialized_start=1130
+  _globals['_DATATYPE']._serialized_end=1204
+  _globals['_CLASSIFYREQUEST']._serialized_start=48
+  _globals['_CLASSIFYREQUEST']._serialized_end=183
+  _globals['_EXPLAIN']._serialized_start=185
+  _globals['_EXPLAIN']._serialized_end=226
+  _globals['_IMAGE']._serialized_start=228
+  _globals['_IMAGE']._serialized_end=299
+  _globals['_TENSOR']._serialized_start=301
+  _globals['_TENSOR']._serialized_end=374
+  _globals['_CLASSIFYRESPONSE']._serialized_start=376
+  _globals['_CLASSIFYRESPONSE']._serialized_end=470
+  _globals['_CLASSIFICATION']._serialized_start=473
+  _globals['_CLASSIFICATION']._serialized_end=614
+  _globals['_CLASSMAP']._serialized_start=616
+  _globals['_CLASSMAP']._serialized_end=737
+  _globals['_CLASSSCORE']._serialized_start=739
+  _globals['_CLASSSCORE']._serialized_end=802
+  _globals['_LISTMODELSREQUEST']._serialized_start=804
+  _globals['_LISTMODELSREQUEST']._serialized_end=823
+  _globals['_LISTMODELSRESPONSE']._serialized_start=825
+  _globals['_LISTMODELSRESPONSE']._serialized_end=883
+  _globals['_MODELINFO']._serialized_start=886
+  _globals['_MODELINFO']._serialized_end=1128
+  _globals['_MODELINFO_METADATAENTRY']._serialized_start=1081
+  _globals['_MODELINFO_METADATAENTRY']._serialized_end=1128
+  _globals['_IMAGECLASSIFIER']._serialized_start=1207
+  _globals['_IMAGECLASSIFIER']._serialized_end=1368
 # @@protoc_insertion_point(module_scope)

@@ -19,16 +19,26 @@ UINT8: DataType
 FLOAT16: DataType
 
 class ClassifyRequest(_message.Message):
-    __slots__ = ("model", "version", "images", "top_k")
+    __slots__ = ("model", "version", "images", "top_k", "explain")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
+    EXPLAIN_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
     images: _containers.RepeatedCompositeFieldContainer[Image]
     top_k: int
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., top_k: _Optional[int] = ...) -> None: ...
+    explain: Explain
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., top_k: _Optional[int] = ..., explain: _Optional[_Union[Explain, _Mapping]] = ...) -> None: ...
+
+class Explain(_message.Message):
+    __slots__ = ("top_k", "classes")
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    CLASSES_FIELD_NUMBER: _ClassVar[int]
+    top_k: int
+    classes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, top_k: _Optional[int] = ..., classes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Image(_message.Message):
     __slots__ = ("encoded", "tensor")
@@ -59,12 +69,36 @@ class ClassifyResponse(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., results: _Optional[_Iterable[_Union[Classification, _Mapping]]] = ...) -> None: ...
 
 class Classification(_message.Message):
-    __slots__ = ("probabilities", "top")
+    __slots__ = ("probabilities", "top", "maps", "width", "height")
     PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
     TOP_FIELD_NUMBER: _ClassVar[int]
+    MAPS_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
     probabilities: _containers.RepeatedScalarFieldContainer[float]
     top: _containers.RepeatedCompositeFieldContainer[ClassScore]
-    def __init__(self, probabilities: _Optional[_Iterable[float]] = ..., top: _Optional[_Iterable[_Union[ClassScore, _Mapping]]] = ...) -> None: ...
+    maps: _containers.RepeatedCompositeFieldContainer[ClassMap]
+    width: int
+    height: int
+    def __init__(self, probabilities: _Optional[_Iterable[float]] = ..., top: _Optional[_Iterable[_Union[ClassScore, _Mapping]]] = ..., maps: _Optional[_Iterable[_Union[ClassMap, _Mapping]]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
+
+class ClassMap(_message.Message):
+    __slots__ = ("index", "label", "probability", "height", "width", "values", "box")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    BOX_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    label: str
+    probability: float
+    height: int
+    width: int
+    values: _containers.RepeatedScalarFieldContainer[float]
+    box: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, index: _Optional[int] = ..., label: _Optional[str] = ..., probability: _Optional[float] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., values: _Optional[_Iterable[float]] = ..., box: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ClassScore(_message.Message):
     __slots__ = ("index", "label", "probability")
@@ -87,7 +121,7 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "versions", "labels", "input_shape", "provider", "max_batch_size", "metadata")
+    __slots__ = ("name", "versions", "labels", "input_shape", "provider", "max_batch_size", "metadata", "explain")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +136,7 @@ class ModelInfo(_message.Message):
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    EXPLAIN_FIELD_NUMBER: _ClassVar[int]
     name: str
     versions: _containers.RepeatedScalarFieldContainer[int]
     labels: _containers.RepeatedScalarFieldContainer[str]
@@ -109,4 +144,5 @@ class ModelInfo(_message.Message):
     provider: str
     max_batch_size: int
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, name: _Optional[str] = ..., versions: _Optional[_Iterable[int]] = ..., labels: _Optional[_Iterable[str]] = ..., input_shape: _Optional[_Iterable[int]] = ..., provider: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    explain: bool
+    def __init__(self, name: _Optional[str] = ..., versions: _Optional[_Iterable[int]] = ..., labels: _Optional[_Iterable[str]] = ..., input_shape: _Optional[_Iterable[int]] = ..., provider: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., explain: bool = ...) -> None: ...
