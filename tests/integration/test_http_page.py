@@ -1,8 +1,8 @@
 """The page at / of the HTTP port (service/http/page.py), driven in a real headless Chromium
 (Debian's `chromium` and `chromium-driver`, through selenium and the system chromedriver)
 against a real server on the bundled models: a real photo uploaded through the file input,
-the top label shown, the class map drawn over the photo, the server's errors in words, the
-token field, and `--no-http-ui`.
+the top label shown, the class map drawn over the photo (none for a model whose head has no
+maps), the server's errors in words, the token field, and `--no-http-ui`.
 
 IMGCLF_UI_SCREENSHOT=docs/img/ui.png writes the README's screenshot from the upload test.
 """
@@ -22,6 +22,7 @@ import pytest
 
 from imgclf.client.bench.launcher import ServerProcess, start_server
 from tests.conftest import BUNDLED_MODELS, require_executable, tool_missing
+from tests.tiny_model import make_tiny_model
 
 MODEL = "efficientnet_lite0"
 CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat"}
@@ -232,6 +233,24 @@ def test_with_a_token_the_page_says_so_and_works_once_it_is_given(
     choose(browser, "topk", "5")
     assert wait_state(browser, "done", "error") == "done", text_of(browser, "error")
     assert len(labels_shown(browser)) == 5
+
+
+def test_a_model_without_maps_gets_its_bars_and_says_why_there_is_no_map(
+    browser: Any, chelsea: Path, tmp_path: Path
+) -> None:
+    make_tiny_model(tmp_path / "repo" / "flat" / "1" / "model.onnx", head="flatten")
+    server = start_server(tmp_path / "repo", tmp_path)
+    try:
+        assert open_page(browser, server) == "ready"
+        assert upload(browser, chelsea) == "done", text_of(browser, "error")
+        assert sorted(labels_shown(browser)) == ["blue", "green", "red"]
+        assert "flat gives no maps" in text_of(browser, "note")
+        assert sum(alpha_columns(browser, "overlay")["alpha"]) == 0
+        assert all(
+            not b.is_enabled() for b in browser.find_elements("css selector", "#bars button")
+        )
+    finally:
+        server.stop()
 
 
 def test_no_http_ui_turns_the_page_off(tiny_repo: Path, tmp_path: Path) -> None:
