@@ -124,7 +124,9 @@ async function classify() {
   }
   if (seq !== state.seq) return; // a newer request was sent meanwhile
   const seconds = ((performance.now() - started) / 1000).toFixed(2);
-  await show(reply, model, explains, seconds);
+  const bitmap = await decode(state.file);
+  if (seq !== state.seq) return;
+  show(reply, bitmap, model, explains, seconds);
 }
 
 // --- drawing ----------------------------------------------------------------------------
@@ -137,20 +139,25 @@ async function decode(file) {
   }
 }
 
-async function show(reply, model, explains, seconds) {
+function show(reply, bitmap, model, explains, seconds) {
   const result = reply.results[0];
   state.reply = result;
-  state.bitmap = await decode(state.file);
+  state.bitmap = bitmap;
   const size = result.width && result.height ? ` · ${result.width}×${result.height}` : "";
-  ui.status.textContent =
-    `${reply.model} version ${reply.version}${size} · ${seconds} s`;
+  ui.status.textContent = `${reply.model} version ${reply.version}${size} · ${seconds} s`;
   drawPhoto();
   drawBars(result);
   const maps = result.maps || [];
-  if (!explains) ui.note.textContent = `${model.name} gives no maps (its head is not global pooling + one linear layer).`;
-  else if (maps.length === 0) ui.note.textContent = "The server returned no maps.";
-  else if (!state.bitmap) ui.note.textContent = "This browser cannot show the photo; the maps need it.";
-  else ui.note.textContent = "";
+  if (!explains) {
+    ui.note.textContent = `${model.name} gives no maps: its head is not global pooling + ` +
+      "one linear layer, or its maps are turned off (see the server's docs).";
+  } else if (maps.length === 0) {
+    ui.note.textContent = "The server returned no maps.";
+  } else if (!state.bitmap) {
+    ui.note.textContent = "This browser cannot show the photo; the maps need it.";
+  } else {
+    ui.note.textContent = "";
+  }
   select(maps.length ? maps[0].index : null);
   ui.result.hidden = false;
   setState("done");
