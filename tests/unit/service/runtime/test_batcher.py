@@ -923,3 +923,43 @@ def test_an_item_that_would_miss_its_deadline_even_alone_is_not_run(model):
 
     asyncio.run(main())
     assert 6.0 not in [s for sums in model.sums for s in sums]
+
+
+class FeatureModel(FakeModel):
+    """A run_batch that also returns features (each row times 10) when asked, recording
+    whether each batch asked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[bool] = []
+
+    def __call__(self, batch: np.ndarray, features: bool = False) -> object:
+        self.asked.append(features)
+        out = super().__call__(batch)
+        return (out, batch * 10) if features else out
+
+
+def test_features_are_fetched_only_for_a_batch_with_an_item_that_asks():
+    model = FeatureModel()
+    got: dict[int, np.ndarray] = {}
+
+    async def main() -> tuple[list[np.ndarray], list[np.ndarray]]:
+        b = Batcher([model], max_batch_size=8, max_delay_s=0.05)
+        b.start()
+        plain = await asyncio.gather(*(b.submit(row(i)) for i in range(3)))
+        mixed = await asyncio.gather(
+            b.submit(row(5)),
+            b.submit(row(6), features=lambda f: got.__setitem__(6, f)),
+            b.submit(row(7)),
+        )
+        await b.close()
+        return plain, mixed
+
+    plain, mixed = asyncio.run(main())
+    assert [float(r[0]) for r in plain] == [0.0, 2.0, 4.0]
+    assert [float(r[0]) for r in mixed] == [10.0, 12.0, 14.0]
+    assert sum(model.sizes) == 6
+    for batch, asked in zip(model.batches, model.asked, strict=True):
+        assert asked == any((r == 6).all() for r in batch)  # asked iff the batch holds row 6
+    assert list(got) == [6]  # only the item that asked gets its row of the features
+    np.testing.assert_array_equal(got[6], row(6) * 10)
