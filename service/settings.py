@@ -36,6 +36,9 @@ class ServerSettings(BaseSettings):
     """HTTP/REST port (0 picks a free one; the chosen port is logged)."""
     http_read_timeout_s: float = Field(30.0, gt=0)
     """HTTP: longest time a request body may take to arrive (slower senders get 408)."""
+    http_ui: bool = True
+    """Serve the page at / of the HTTP port: pick a model, drop a photo, see the top classes
+    and their maps over it (static files, no data; every API call it makes needs the token)."""
     metrics_host: str | None = None
     """Address the metrics endpoint binds (unset: the gRPC host)."""
     metrics_port: int = Field(8002, ge=0, le=65535)

@@ -15,6 +15,7 @@ from aiohttp import web
 from imgclf.budget import MESSAGE_COPIES
 from imgclf.errors import ImgclfError, MemoryExhausted
 from imgclf.grpc.inference import InferenceServicer
+from imgclf.http import page
 from imgclf.http.classify import ClassifyRoutes
 from imgclf.http.errors import (
     domain_error_response,
@@ -23,7 +24,7 @@ from imgclf.http.errors import (
 )
 from imgclf.http.oip import OipRoutes, json_response
 from imgclf.http.openapi import openapi_document
-from imgclf.http.security import BearerToken, server_ssl_context
+from imgclf.http.security import EXEMPT_PATHS, BearerToken, server_ssl_context
 from imgclf.metrics.prometheus import Metrics
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,8 @@ def body_reservation(request: web.Request, limit: int) -> int:
 def make_app(servicer: InferenceServicer, metrics: Metrics, token: str | None) -> web.Application:
     settings = servicer.core.settings
     memory = servicer.core.memory
-    bearer = BearerToken(token) if token else None
+    exempt = EXEMPT_PATHS | page.PATHS if settings.http_ui else EXEMPT_PATHS
+    bearer = BearerToken(token, exempt) if token else None
 
     async def handle(request: web.Request, handler: web.Handler, route: str) -> web.StreamResponse:
         """The route, within the memory budget; domain and HTTP errors as JSON."""
@@ -99,7 +101,9 @@ def make_app(servicer: InferenceServicer, metrics: Metrics, token: str | None) -
     oip = OipRoutes(servicer)
     app.add_routes(oip.routes())
     app.add_routes(ClassifyRoutes(servicer.core).routes())
-    document = openapi_document(servicer.version)
+    if settings.http_ui:
+        app.add_routes(page.routes())
+    document = openapi_document(servicer.version, ui=settings.http_ui)
 
     async def openapi(request: web.Request) -> web.Response:
         return json_response(document)

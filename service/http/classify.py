@@ -142,9 +142,10 @@ class ClassifyRoutes:
         try:
             top_k = integer("top_k", request.query.get("top_k", "0"), "bad_top_k")
             explain = explain_request(request)
-            png = request.query.get("format", "json") == "png"
-            if request.query.get("format", "json") not in ("json", "png"):
+            answer_format = request.query.get("format", "json")
+            if answer_format not in ("json", "png"):
                 raise InvalidInput("format must be json or png", reason="bad_format")
+            png = answer_format == "png"
             if png and not explain.wanted:
                 explain = ExplainRequest(top_k=1)
             version = parse_version(request.match_info.get("version", ""))

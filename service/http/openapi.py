@@ -133,8 +133,22 @@ def _shared_memory(kind: str) -> dict[str, Any]:
     }
 
 
-def openapi_document(version: str) -> dict[str, Any]:
+def _page() -> dict[str, Any]:
+    """The page's static files (`--http-ui`): no token needed, they hold no data."""
+    html = {"text/html": {"schema": {"type": "string"}}}
+    return {
+        "/": {
+            "get": _op("The page: a browser UI over this API (no token)", "HTML", ok_content=html)
+        },
+        "/ui/app.js": {"get": _op("The page's script (no token)", "JavaScript")},
+        "/ui/style.css": {"get": _op("The page's style sheet (no token)", "CSS")},
+    }
+
+
+def openapi_document(version: str, ui: bool = True) -> dict[str, Any]:
+    """The document; `ui`: the page's routes are served (`--http-ui`)."""
     paths: dict[str, Any] = {
+        **(_page() if ui else {}),
         "/v2/health/live": {"get": _op("Server liveness (no token needed)", "live")},
         "/v2/health/ready": {
             "get": _op("Server readiness (503 when not ready; no token)", "ready")

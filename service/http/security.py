@@ -1,7 +1,8 @@
 """HTTP transport security: the TLS context (mutual TLS with a client CA) and the bearer token.
 
 The same settings as the gRPC port (service/grpc/auth.py): the same certificate, the same
-client CA, the same token, compared in constant time; health checks are exempt.
+client CA, the same token, compared in constant time; health checks are exempt, and so are
+the page's static files when it is served (service/http/page.py).
 """
 
 from __future__ import annotations
@@ -30,11 +31,12 @@ def server_ssl_context(
 class BearerToken:
     """Checks `Authorization: Bearer <token>` in constant time."""
 
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str, exempt: frozenset[str] = EXEMPT_PATHS) -> None:
         self._expected = f"Bearer {token}".encode()
+        self._exempt = exempt
 
     def allows(self, path: str, authorization: str | None) -> bool:
-        if path in EXEMPT_PATHS:
+        if path in self._exempt:
             return True
         if authorization is None:
             return False

@@ -784,6 +784,9 @@ HTTP: dict[str, Send] = {
     "http-classify-explain-unknown-class": lambda c: c.http(
         http_request("/v1/models/tiny/classify?explain_class=7", solid(RED, "PNG"))
     ),
+    "http-classify-bad-format": lambda c: c.http(
+        http_request("/v1/models/tiny/classify?format=gif", solid(RED, "PNG"))
+    ),
     "http-classify-png-two-images": lambda c: classify_form(
         c, solid(RED, "PNG"), solid(RED, "PNG"), query="?format=png"
     ),

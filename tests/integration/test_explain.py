@@ -298,3 +298,24 @@ def test_cli_classify_explain_writes_the_overlay(
                      str(out), str(photo))  # fmt: skip
     assert refused.returncode == 1
     assert "FAILED_PRECONDITION" in refused.stderr or "head is not" in refused.stderr
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_open_inference_cam_over_http(
+    server: ServerProcess, photos: dict[str, bytes], reference: Any, binary: bool
+) -> None:
+    th = pytest.importorskip("tritonclient.http")
+    client = th.InferenceServerClient(f"127.0.0.1:{server.http_port}")
+    try:
+        inp = th.InferInput("image", [1, 1], "BYTES")
+        inp.set_data_from_numpy(np.array([[photos["chelsea"]]], dtype=np.object_))
+        cam_out = th.InferRequestedOutput("cam", binary_data=binary)
+        cam_out._parameters["classes"] = 3  # no public setter for output parameters
+        result = client.infer(MODEL, [inp], outputs=[cam_out])
+        maps, index = result.as_numpy("cam"), result.as_numpy("cam_index")
+        assert maps.shape == (1, 3, 7, 7) and index.dtype == np.int32
+        want = expected_maps(reference, photos["chelsea"], list(index[0]))
+        np.testing.assert_allclose(maps[0], want, atol=TOLERANCE)
+        assert result.as_numpy("cam_box").shape == (1, 4)
+    finally:
+        client.close()

@@ -57,7 +57,14 @@ def test_server_and_model_readiness_and_metadata(client: triton.InferenceServerC
     assert meta["versions"] == ["1"]
     (inp,) = meta["inputs"]
     assert inp["datatype"] == "FP32" and [int(d) for d in inp["shape"]] == [-1, 3, 224, 224]
-    assert {o["name"] for o in meta["outputs"]} == {"logits", "probabilities"}
+    # the class activation map outputs are listed, and computed only when requested
+    assert {o["name"] for o in meta["outputs"]} == {
+        "logits",
+        "probabilities",
+        "cam",
+        "cam_index",
+        "cam_box",
+    }
 
 
 def test_model_config_is_triton_shaped(client: triton.InferenceServerClient) -> None:

@@ -7,6 +7,7 @@ follow such a mapping); these tests keep that list equal to the tree and read wh
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import subprocess
 import sys
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import pytest
 import tomllib
+
+from imgclf.http.page import FILES as PAGE_FILES
 
 ROOT = Path(__file__).resolve().parents[2]
 FOLDERS = {"imgclf": "service", "imgclf.training": "training"}
@@ -40,6 +43,19 @@ def test_every_source_folder_is_a_package() -> None:
         for path in (ROOT / folder).rglob("*.py"):
             if "__pycache__" not in path.parts:
                 assert (path.parent / "__init__.py").exists(), path
+
+
+def test_the_page_is_package_data() -> None:
+    """The HTTP page's files (service/http/ui/) are not modules: the wheel carries them only
+    as package data, which pyproject.toml must name."""
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["imgclf.http"]
+    ui = ROOT / "service" / "http" / "ui"
+    names = [f"ui/{p.name}" for p in ui.iterdir()]
+    assert {f"ui/{name}" for name, _ in PAGE_FILES.values()} <= set(names)
+    for name in names:
+        assert any(fnmatch.fnmatch(name, pattern) for pattern in patterns), name
 
 
 def test_the_pydantic_floor_has_attribute_docstrings() -> None:
@@ -69,6 +85,8 @@ def test_the_installed_distribution_has_one_top_level_name(tmp_path: Path) -> No
     assert "imgclf/cli.py" in record
     assert "imgclf/training/train.py" in record
     assert "imgclf/_generated/imgclf/v1/image_classifier_pb2.py" in record
+    for name, _ in PAGE_FILES.values():
+        assert f"imgclf/http/ui/{name}" in record, name
     entry_points = (dist_info / "entry_points.txt").read_text()
     assert "imgclf = imgclf.cli:main" in entry_points
     # the installed copy imports without the checkout (its folders are not on sys.path here)

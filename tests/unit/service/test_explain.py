@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from imgclf.dataplane import ClassifyResult, Core, ImageInput
@@ -153,3 +155,46 @@ def test_refusals_before_any_work(
         "imgclf_batch_size_count", {"model": model, "version": "1"}
     )
     assert batches is None  # no batch ran
+
+
+def external_data_model(path: Path) -> Path:
+    """The tiny model's head behind a Mul by a 3 KB constant stored in an external data file
+    beside the model (the head's weights stay in the model file)."""
+    size = TINY_SIZE
+    weight = np.eye(3, dtype=np.float32) * 4
+    graph = helper.make_graph(
+        [
+            helper.make_node("Mul", ["input", "gain"], ["nchw"]),
+            helper.make_node("GlobalAveragePool", ["nchw"], ["pooled"]),
+            helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
+            helper.make_node("Gemm", ["flat", "W", "B"], ["logits"]),
+        ],
+        "external",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+        initializer=[
+            numpy_helper.from_array(np.ones((1, 3, size, size), np.float32), "gain"),
+            numpy_helper.from_array(weight, "W"),
+            numpy_helper.from_array(np.zeros(3, np.float32), "B"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    meta = ModelMetadata(labels=["red", "green", "blue"], input_size=(size, size),
+                         resize_size=size, mean=(0.0,) * 3, std=(1.0,) * 3)  # fmt: skip
+    helper.set_model_props(model, meta.to_props())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path), save_as_external_data=True, location="gain.bin",
+              size_threshold=1024)  # fmt: skip
+    return path
+
+
+def test_a_graph_whose_edited_copy_does_not_load_serves_without_maps(tmp_path: Path) -> None:
+    external_data_model(tmp_path / "ext" / "1" / "model.onnx")
+    assert (tmp_path / "ext" / "1" / "gain.bin").stat().st_size == 3 * TINY_SIZE * TINY_SIZE * 4
+    # (Shared weights do not load such a model at all: their optimised copy lies elsewhere too.)
+    image = [ImageInput(encoded=solid((10, 220, 30)))]
+    result = run(make_core(tmp_path, share_weights=False), "ext", image)
+    assert result.results[0].top[0].label == "green"  # serves as before
+    with pytest.raises(ExplainUnsupported, match="feature output did not load"):
+        run(make_core(tmp_path, share_weights=False), "ext", image, explain=ExplainRequest(top_k=1))

@@ -11,8 +11,8 @@ from imgclf.metrics.prometheus import Metrics
 from imgclf.settings import ServerSettings
 
 
-def routes() -> set[tuple[str, str]]:
-    settings = ServerSettings()
+def routes(ui: bool = True) -> set[tuple[str, str]]:
+    settings = ServerSettings(http_ui=ui)
     core = SimpleNamespace(
         settings=settings, manager=None, memory=MemoryBudget(settings.memory_budget_bytes)
     )
@@ -33,6 +33,13 @@ def test_every_route_is_documented_and_every_documented_path_is_routed() -> None
     served = routes()
     assert served - documented == set(), "routes missing from the OpenAPI document"
     assert documented - served == set(), "documented paths no route serves"
+
+
+def test_without_the_page_neither_serves_nor_documents_it() -> None:
+    doc = openapi_document("0", ui=False)
+    documented = {(path, method) for path, ops in doc["paths"].items() for method in ops}
+    assert documented == routes(ui=False)
+    assert ("/", "get") not in documented
 
 
 def test_documented_path_parameters_match_the_template() -> None:
