@@ -80,8 +80,9 @@ def gallery(
 ) -> Image.Image:
     """The gallery sheet of `mistakes` under `title` (HeadNotSupported when the model gives
     no maps)."""
-    head = cam.find_head(model.path.read_bytes())
-    session = cam.explaining_session(model.path.read_bytes(), head, providers=model.providers)
+    data = model.path.read_bytes()
+    head = cam.find_head(data)
+    session = cam.explaining_session(data, head, providers=model.providers)
     picked = [images[m.image] for m in mistakes]
     (features,) = session.run([head.feature], {model.input_name: model.preprocess(picked)})
     classes = np.array([[m.predicted, m.truth] for m in mistakes])
