@@ -34,6 +34,7 @@ import onnx
 import onnxruntime as ort
 
 from imgclf.training.onnx.accuracy_gate import GateReport, GateThresholds, accuracy_gate, softmax
+from imgclf.training.onnx.heads import activation_head
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 DEFAULT_CALIBRATION_METHOD = "minmax"
@@ -341,6 +342,10 @@ def quantize_gated(
                 proto = onnx.load(str(candidate))
                 del proto.metadata_props[:]
                 props = int8_props(float_props, cal, calibration_source, report, gate_source)
+                # the float model's entry does not hold for this graph (computed weights)
+                props["class_activation_maps"] = json.dumps(
+                    activation_head(proto.SerializeToString())
+                )
                 onnx.helper.set_model_props(proto, props)
                 proto.producer_name = "imgclf"
                 out.parent.mkdir(parents=True, exist_ok=True)

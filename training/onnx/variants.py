@@ -27,7 +27,6 @@ from torch import nn
 
 from imgclf.imaging import resize_and_crop, to_rgb
 from imgclf.modelmeta import ModelMetadata
-from imgclf.models import cam
 from imgclf.training.data.presets import EvalPreset
 from imgclf.training.onnx.graphs import (
     DEFAULT_OPSET,
@@ -44,6 +43,7 @@ from imgclf.training.onnx.graphs import (
     export_graph,
     graph_opset,
 )
+from imgclf.training.onnx.heads import activation_head
 from imgclf.training.onnx.parity import (
     PARITY_ATOL,
     PARITY_RTOL,
@@ -187,17 +187,6 @@ def _build(
                 "falling back to the legacy TorchScript exporter (--fallback-to-legacy)"
             )
     raise AssertionError("unreachable")
-
-
-def activation_head(model_bytes: bytes) -> str:
-    """Whether a server can draw class activation maps for the model (imgclf.models.cam): the
-    feature tensor its global pooling + linear head reads, or why the head is not one."""
-    try:
-        head = cam.find_head(model_bytes)
-    except cam.HeadNotSupported as exc:
-        return f"none: {exc}"
-    classes, channels = head.weight.shape
-    return f"from {head.feature} ({channels} features, {classes} classes)"
 
 
 def _props(

@@ -24,6 +24,7 @@ from imgclf.training.models.weights import build_model  # noqa: E402
 from imgclf.training.onnx import parity  # noqa: E402
 from imgclf.training.onnx import variants as onnx_export  # noqa: E402
 from imgclf.training.onnx.graphs import FP16, FP32, UINT8, export_graph  # noqa: E402
+from imgclf.training.onnx.heads import activation_head  # noqa: E402
 
 METADATA = ModelMetadata(
     labels=[str(d) for d in range(10)],
@@ -121,7 +122,7 @@ def test_a_head_without_maps_is_recorded_with_the_reason(val_inputs: torch.Tenso
         torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 10),
     ).eval()  # fmt: skip
     raw = export_graph(model, val_inputs[:2], 17, "legacy", "logits")
-    said = onnx_export.activation_head(raw)
+    said = activation_head(raw)
     assert said.startswith("none: head is not global pooling + one linear layer: "), said
     assert "the layer before the linear one is Relu" in said
 

@@ -61,6 +61,7 @@ def test_a_good_calibration_passes_and_records_itself(digits_data, tmp_path):
     assert props["accuracy_gate"]["passed"] is True
     assert props["accuracy_gate"]["int8_accuracy"] == pytest.approx(result.gate.int8_accuracy)
     assert props["labels"] == digits_data["classes"]  # the float model's metadata carried over
+    assert props["class_activation_maps"].startswith("none: head is not global pooling")
     ops = {n.op_type for n in proto.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # QDQ format
     scales = [
