@@ -139,9 +139,9 @@ def compare(rounds: list[dict[str, list[dict]]], tags: list[str]) -> list[dict]:
     return out
 
 
-def _range(values: list[float | None]) -> str:
+def _range(values: list[float | None], spec: str = ".2f") -> str:
     vals = [v for v in values if v is not None]
-    return f"{min(vals):.2f}..{max(vals):.2f}" if len(vals) > 1 else "-"
+    return f"{min(vals):{spec}}..{max(vals):{spec}}" if len(vals) > 1 else "-"
 
 
 def text(result: dict) -> str:
@@ -154,7 +154,7 @@ def text(result: dict) -> str:
     ]  # fmt: skip
     body = [
         [r["load"], r["variant"], fmt(r["images_per_s"]),
-         _range([h["images_per_s"] for h in r["rounds"]]), fmt(r["p50_ms"], ".2f"),
+         _range([h["images_per_s"] for h in r["rounds"]], ".1f"), fmt(r["p50_ms"], ".2f"),
          fmt(r["p99_ms"], ".2f"), fmt(r["cpu_ms_per_image"], ".2f"),
          fmt(r["images_per_s_ratio"], ".2f"), _range(r["images_per_s_ratios"]),
          fmt(r["p50_ms_ratio"], ".2f"), _range(r["p50_ms_ratios"]),
