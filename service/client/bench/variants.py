@@ -29,6 +29,9 @@ from imgclf.repolayout import CONFIG_FILE, INT8_FILE, MODEL_FILE, versions
 PRECISIONS = {"fp32": "float", "int8": "int8"}
 """Variant -> the config.json ``precision`` that forces it."""
 RATIO_KEYS = ("images_per_s", "p50_ms", "p99_ms", "cpu_ms_per_image")
+STAGE_KEYS = ("batch", "preprocess_ms_per_image", "inference_ms_per_image")
+"""From the server's /metrics: mean batch size, preprocess and inference ms per image (wall
+time in the server's threads: on busy cores it includes waiting for a core)."""
 
 
 def parse_variants(text: str) -> list[str]:
@@ -113,6 +116,9 @@ def headline(point: dict) -> dict[str, float | None]:
         "p50_ms": s["latency_ms"]["p50"],
         "p99_ms": s["latency_ms"]["p99"],
         "cpu_ms_per_image": 1000.0 * cores / ips if isinstance(cores, float) and ips else None,
+        "batch": server.get("mean_batch_size"),
+        "preprocess_ms_per_image": server.get("preprocess_ms_per_image"),
+        "inference_ms_per_image": server.get("inference_ms_per_image"),
     }
 
 
@@ -127,6 +133,8 @@ def compare(rounds: list[dict[str, list[dict]]], tags: list[str]) -> list[dict]:
             own = [headline(r[tag][i]) for r in rounds]
             ref = [headline(r[base][i]) for r in rounds]
             row: dict = {"load": label, "variant": tag, "rounds": own}
+            for key in STAGE_KEYS:
+                row[key] = stats.median([h[key] for h in own])
             for key in RATIO_KEYS:
                 row[key] = stats.median([h[key] for h in own])
                 per = [
@@ -167,6 +175,11 @@ def text(result: dict) -> str:
         "none recorded (speed only)" if gate is None
         else "passed" if gate.get("passed") else "FAILED: speed only, not a model to serve"
     )  # fmt: skip
+    stages = [
+        [r["load"], r["variant"], fmt(r["batch"], ".2f"), fmt(r["cpu_ms_per_image"], ".2f"),
+         fmt(r["preprocess_ms_per_image"], ".2f"), fmt(r["inference_ms_per_image"], ".2f")]
+        for r in rows
+    ]  # fmt: skip
     load = result["load_average"]
     return "\n".join([
         f"\nvariants of {result['model']}: {', '.join(tags)}, {result['input']} input, "
@@ -174,10 +187,13 @@ def text(result: dict) -> str:
         f"median and range; load average {load['start']} at the start, {load['end']} at the end",
         *([f"int8 file: {result['int8_file']}, accuracy gate: {note}"] if "int8" in tags else []),
         table(head, body),
+        "\nserver stages per image (medians; preprocess and inference are wall time in the "
+        "server's threads, from /metrics):",
+        table(["load", "variant", "batch", "cpu ms", "preprocess ms", "inference ms"], stages),
     ])  # fmt: skip
 
 
-def _load_average() -> str:
+def load_average() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
@@ -188,7 +204,7 @@ def execute(args: argparse.Namespace) -> dict:
 
     check_args(args)
     tags, model_dir = args.variants, args.model_repository / args.model
-    started = _load_average()
+    started = load_average()
     rounds: list[dict[str, list[dict]]] = []
     int8_file = source_files(model_dir, args.int8_file)[INT8_FILE] if "int8" in tags else None
     gate = gate_of(int8_file) if int8_file and int8_file.is_file() else None
@@ -213,6 +229,6 @@ def execute(args: argparse.Namespace) -> dict:
     return {
         "model": args.model, "variants": tags, "input": args.input, "rounds_run": len(rounds),
         "int8_file": str(int8_file),
-        "int8_gate": gate, "load_average": {"start": started, "end": _load_average()},
+        "int8_gate": gate, "load_average": {"start": started, "end": load_average()},
         "comparison": compare(rounds, tags), "rounds": rounds,
     }  # fmt: skip
