@@ -14,7 +14,7 @@ from imgclf.runtime.engine import Engine
 from imgclf.runtime.options import ExecutionOptions
 
 pytest.importorskip("openvino")
-from benchmarks.openvino_serve import OpenVinoEngine  # noqa: E402
+from benchmarks.openvino_serve import OpenVinoEngine
 
 DIGITS = Path(__file__).parents[3] / "models" / "digits" / "1" / MODEL_FILE
 
