@@ -12,7 +12,8 @@ time to ONNX Runtime FP32's in the same round (median and range). ONNX Runtime r
 server's session options (imgclf.runtime.options); OpenVINO compiles the same ONNX files for
 its CPU plugin with a static batch, ``INFERENCE_NUM_THREADS`` and the latency hint, and its
 ``INFERENCE_PRECISION_HINT`` left at f32 (a CPU without AVX512-BF16 or AMX has no bf16). Each
-arm's top-1 on the photos is checked against ONNX Runtime FP32's (agreement printed). This
+arm's top-1 on the photos is checked against ONNX Runtime FP32's (agreement printed; with
+``--agreement``, only that, on the 108 evaluation crops of the bundled INT8 recipe). This
 replaces ``precision_ab --engine-only``; the served comparison is ``imgclf bench --variants``.
 """
 
@@ -109,6 +110,33 @@ def measure(
     return out
 
 
+def agreement(files: dict[str, Path], engines: list[str]) -> str:
+    """Top-1 agreement of every arm with ort/fp32 and with ort/<same precision> on the
+    evaluation crops of the bundled INT8 recipe (imgclf.training.data.photos: 108 crops and
+    mirror images of 8 photos), one image at a time; largest probability difference."""
+    from imgclf.imaging import preprocess_image
+    from imgclf.training.data.photos import EVALUATION_PHOTOS, photo_set
+
+    spec = inputs.spec_from_onnx("model", files["fp32"]).preprocessing
+    crops = [preprocess_image(img, spec)[None] for img in photo_set(EVALUATION_PHOTOS)]
+    probs = {}
+    for e in engines:
+        for p, f in files.items():
+            run = ENGINES[e](f, 1, 1)
+            logits = np.concatenate([run(x) for x in crops])
+            z = np.exp(logits - logits.max(1, keepdims=True))
+            probs[f"{e}/{p}"] = z / z.sum(1, keepdims=True)
+    lines = [f"{len(crops)} evaluation crops", "| arm | top-1 = ort/fp32 | top-1 = ort of the "
+             "same precision | max prob. diff. to ort/fp32 |", "|---|---|---|---|"]  # fmt: skip
+    for k, pr in probs.items():
+        same = probs[f"ort/{k.split('/')[1]}"]
+        a = np.mean(pr.argmax(1) == probs["ort/fp32"].argmax(1))
+        b = np.mean(pr.argmax(1) == same.argmax(1))
+        d = np.abs(pr - probs["ort/fp32"]).max()
+        lines.append(f"| {k} | {100 * a:.1f} % | {100 * b:.1f} % | {d:.3f} |")
+    return "\n".join(lines)
+
+
 def table(results: dict[tuple[int, int], dict[str, dict]]) -> str:
     lines = [
         "| threads | batch | arm | ms/image median | range | time / ort fp32 (median) | range "
@@ -137,12 +165,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--runs", type=int, default=20, help="batches per arm per round")
     p.add_argument("--json", type=Path)
+    p.add_argument("--agreement", action="store_true", help="only the top-1 agreement table")
     opts = p.parse_args(argv)
     engines = [e for e in opts.engines.split(",") if e]
     if set(engines) - set(ENGINES) or "ort" not in engines:
         p.error(f"--engines: ort and any of {', '.join(ENGINES)}")
     source = versions(opts.model_repository / opts.model)[0].path.parent
     files = {"fp32": source / MODEL_FILE, "int8": opts.int8_file or source / INT8_FILE}
+    if opts.agreement:
+        print(agreement(files, engines))
+        return 0
     results = {}
     for threads in map(int, opts.threads.split(",")):
         for batch in map(int, opts.batch.split(",")):
