@@ -108,6 +108,14 @@ def box_resize_and_crop(img: Image.Image, spec: Preprocessing) -> Image.Image:
     return img.resize((crop_w, crop_h), INTERPOLATIONS[spec.interpolation], box=box)
 
 
+def arithmetic_normalize(pixels: np.ndarray, spec: Preprocessing) -> np.ndarray:
+    """What imgclf.imaging.normalize computed before its table lookup (the same bits)."""
+    m = np.asarray(spec.mean, dtype=np.float32).reshape(3, 1, 1)
+    inv_std = (1.0 / np.asarray(spec.std, dtype=np.float32)).reshape(3, 1, 1)
+    chw = pixels.transpose(2, 0, 1).astype(np.float32) * np.float32(1.0 / 255.0)
+    return np.ascontiguousarray((chw - m) * inv_std, dtype=np.float32)
+
+
 def stages(
     spec: Preprocessing, files: dict[str, Path], jpegs: list[bytes]
 ) -> dict[str, tuple[Callable, int]]:
@@ -131,6 +139,8 @@ def stages(
         f"resize of the crop only ({spec.interpolation}, box)": (
             lambda i: box_resize_and_crop(decoded[i], spec), 1),
         "to array + normalise": (lambda i: normalize(np.asarray(cropped[i]), spec), 1),
+        "normalise by arithmetic (before the table lookup)": (
+            lambda i: arithmetic_normalize(cropped[i], spec), 1),
     }  # fmt: skip
     for tag, path in files.items():
         run = session(path)

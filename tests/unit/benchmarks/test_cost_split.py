@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from benchmarks.cost_split import box_resize_and_crop, pixel_front
+from benchmarks.cost_split import arithmetic_normalize, box_resize_and_crop, pixel_front
 from imgclf.client.bench import inputs
 from imgclf.imaging import Preprocessing, decode_8bit, normalize, resize_and_crop
 from imgclf.repolayout import INT8_FILE, MODEL_FILE
@@ -41,3 +41,9 @@ def test_resizing_only_the_crop_gives_the_same_pixels_within_one_level():
         got = np.asarray(box_resize_and_crop(img, spec)).astype(int)
         assert got.shape == want.shape == (224, 224, 3)
         assert np.abs(got - want).max() <= 1 and (got != want).mean() < 0.001
+
+
+def test_the_before_row_computes_the_same_bits_as_the_server():
+    spec = Preprocessing((224, 224), 256, "bicubic", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    pixels = np.random.default_rng(1).integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    assert np.array_equal(arithmetic_normalize(pixels, spec), normalize(pixels, spec))
