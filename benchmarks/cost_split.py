@@ -28,6 +28,7 @@ import json
 import os
 import shutil
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     source = versions(opts.model_repository / opts.model)[0].path.parent
     float_file, int8_file = source / MODEL_FILE, opts.int8_file or source / INT8_FILE
     spec = inputs.spec_from_onnx(opts.model, float_file).preprocessing
-    out_dir = opts.pixel_models or Path(os.environ.get("TMPDIR", "/tmp"))
+    out_dir = opts.pixel_models or Path(tempfile.mkdtemp(prefix="imgclf-cost-split-"))
     pixel_dir = out_dir / f"{opts.model}_pixels" / "1"
     pixel_dir.mkdir(parents=True, exist_ok=True)
     pixel_front(float_file, pixel_dir / MODEL_FILE, spec.mean, spec.std)
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             cpu[name].append(1000 * (time.process_time() - started_cpu) / images)
             wall[name].append(1000 * (time.perf_counter() - started) / images)
     if not opts.pixel_models:
-        shutil.rmtree(pixel_dir.parent)
+        shutil.rmtree(out_dir)
     size = sum(map(len, jpegs)) / len(jpegs) / 1e3
     load = " ".join(f"{v:.2f}" for v in os.getloadavg())
     print(f"\n{opts.model}: {len(jpegs)} photos ({', '.join(n for n, _ in photos)}) as 640x480 "
