@@ -11,6 +11,7 @@ The steps follow torchvision's classification eval preset on PIL images:
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 from collections.abc import Callable
@@ -271,13 +272,29 @@ def resize_and_crop(img: Image.Image, spec: Preprocessing) -> Image.Image:
     return img
 
 
-def normalize(pixels: np.ndarray, spec: Preprocessing) -> np.ndarray:
-    """uint8 HWC RGB pixels -> float32 CHW, scaled to [0, 1] and normalised by mean/std."""
+@functools.lru_cache(maxsize=64)
+def _levels(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """(3, 256) float32: what `normalize` gives each 8-bit level of each channel, computed
+    with the same float32 operations, so a lookup is bit-for-bit the arithmetic."""
     scale = np.float32(1.0 / 255.0)
-    mean = np.asarray(spec.mean, dtype=np.float32).reshape(3, 1, 1)
-    inv_std = (1.0 / np.asarray(spec.std, dtype=np.float32)).reshape(3, 1, 1)
-    chw = pixels.transpose(2, 0, 1).astype(np.float32) * scale
-    return np.ascontiguousarray((chw - mean) * inv_std, dtype=np.float32)
+    levels = np.arange(256, dtype=np.float32) * scale
+    m = np.asarray(mean, dtype=np.float32).reshape(3, 1)
+    inv_std = (1.0 / np.asarray(std, dtype=np.float32)).reshape(3, 1)
+    table = ((levels[None, :] - m) * inv_std).astype(np.float32)
+    table.flags.writeable = False
+    return table
+
+
+def normalize(pixels: np.ndarray, spec: Preprocessing) -> np.ndarray:
+    """uint8 HWC RGB pixels -> float32 CHW, scaled to [0, 1] and normalised by mean/std: one
+    table lookup per channel (256 levels), several times cheaper than the arithmetic on a
+    224x224 image and bit-for-bit equal to it."""
+    table = _levels(tuple(spec.mean), tuple(spec.std))
+    chw = np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.uint8)
+    out = np.empty(chw.shape, dtype=np.float32)
+    for c in range(3):
+        np.take(table[c], chw[c], out=out[c])
+    return out
 
 
 def preprocess_image(img: Image.Image, spec: Preprocessing) -> np.ndarray:

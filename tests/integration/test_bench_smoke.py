@@ -249,3 +249,28 @@ def test_memory_benchmark_alternates_shared_and_unshared(tiny_repo: Path, tmp_pa
         assert r["loaded_rss_mib"] > 0 and r["peak_rss_mib"] >= r["loaded_rss_mib"]
         assert r["model_memory_mib"] > 0 and r["cpu_ms_per_image"] > 0
     assert "ratio" in proc.stdout
+
+
+def test_bench_variants_serves_fp32_and_int8_side_by_side(tmp_path: Path) -> None:
+    """`--variants fp32,int8` on the bundled digits model (its INT8 file passed the gate): one
+    started server serves both copies, each at its forced precision, round after round, and
+    the report compares them."""
+    out = tmp_path / "variants.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "imgclf.client.bench", "--model", "digits", "--start-server",
+         "--variants", "fp32,int8", "--input", "tensor", "--concurrency", "2", *SHORT,
+         "--rounds", "2", "--json", str(out)],
+        capture_output=True, text=True, timeout=240, cwd=REPO_ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert "accuracy gate: passed" in proc.stdout and "img/s /fp32" in proc.stdout
+    result = json.loads(out.read_text())
+    assert result["variants"] == ["fp32", "int8"] and result["rounds_run"] == 2
+    assert len(result["rounds"]) == 2
+    for measured in result["rounds"]:
+        for tag in ("fp32", "int8"):
+            assert_served_cleanly({"points": measured[tag]}, 1)
+    fp32, int8 = result["comparison"]
+    assert fp32["images_per_s_ratios"] == [1.0, 1.0]
+    assert int8["variant"] == "int8" and all(r > 0 for r in int8["images_per_s_ratios"])
+    assert int8["cpu_ms_per_image"] > 0 and int8["batch"] >= 1

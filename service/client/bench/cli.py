@@ -37,6 +37,12 @@ def _protocols(text: str) -> list[str]:
     return values
 
 
+def _variants(text: str) -> list[str]:
+    from imgclf.client.bench.variants import parse_variants
+
+    return parse_variants(text)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     t = parser.add_argument_group("target")
     t.add_argument("--target", default="127.0.0.1:8001", help="HOST:PORT of the gRPC server")
@@ -156,6 +162,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     m.add_argument("--server-args", default="", help="extra `imgclf serve` arguments")
     m.add_argument(
+        "--variants", type=_variants, default=None, metavar="fp32,int8",
+        help="with --start-server: serve these precision variants of --model side by side "
+        "(one copy each, config.json precision forced), measure them in alternation every "
+        "round and print each one's ratios to the first",
+    )  # fmt: skip
+    m.add_argument(
+        "--int8-file", type=Path, default=None,
+        help="--variants: the INT8 file to serve (default: the version's model.int8.onnx); "
+        "one that failed the accuracy gate measures speed only",
+    )  # fmt: skip
+    m.add_argument(
         "--floor",
         action="store_true",
         help="also drive a bare gRPC server (same options, canned reply, no model) with the "
@@ -174,8 +191,14 @@ def run(args: argparse.Namespace) -> int:
     """The bench: measure, print the tables, write --json / --plot. Exit 0, 1 (failed), 2
     (a missing optional dependency)."""
     try:
-        from imgclf.client.bench import report, runner
+        from imgclf.client.bench import report, runner, variants
 
+        if args.variants:
+            result = variants.execute(args)
+            print(variants.text(result))
+            if args.json:
+                report.write_json(args.json, result)
+            return 0
         result = runner.execute(args)
         if "perf_analyzer_data" not in result:
             print(report.text(result))

@@ -293,3 +293,21 @@ def test_preprocess_matches_torchvision(
     assert ours.shape == tuple(reference.shape) == (3, *input_size)
     assert ours.dtype == np.float32
     np.testing.assert_allclose(ours, reference.numpy(), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("mean", "std"), [((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), ((0.5,) * 3, (0.5,) * 3)]
+)
+def test_normalize_looks_up_exactly_what_the_arithmetic_gives(mean, std):
+    spec = Preprocessing(input_size=(16, 16), resize_size=16, mean=mean, std=std)
+    # 768 values: 3k + c (mod 256) puts every level 0..255 in every channel.
+    pixels = (np.arange(16 * 16 * 3) % 256).astype(np.uint8).reshape(16, 16, 3)
+    assert all(len(np.unique(pixels[..., c])) == 256 for c in range(3))
+    chw = pixels.transpose(2, 0, 1).astype(np.float32) * np.float32(1.0 / 255.0)
+    m = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
+    inv_std = (1.0 / np.asarray(std, dtype=np.float32)).reshape(3, 1, 1)
+    want = (chw - m) * inv_std
+    got = normalize(pixels, spec)
+    assert got.dtype == np.float32 and got.flags.c_contiguous and got.shape == (3, 16, 16)
+    assert np.array_equal(got, want)  # bit for bit, not approximately
+    assert np.array_equal(normalize(pixels.transpose(2, 0, 1).transpose(1, 2, 0), spec), want)
