@@ -1,5 +1,5 @@
 """benchmarks.openvino_serve: the OpenVINO engine answers what the ONNX Runtime engine
-answers, through the same interface (skipped where openvino is not installed)."""
+answers, through the same interface (openvino comes with the bench extra)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.openvino_serve import OpenVinoEngine
 from imgclf.errors import InvalidInput
 from imgclf.repolayout import MODEL_FILE
 from imgclf.runtime.engine import Engine
 from imgclf.runtime.options import ExecutionOptions
-
-pytest.importorskip("openvino")
-from benchmarks.openvino_serve import OpenVinoEngine
 
 DIGITS = Path(__file__).parents[3] / "models" / "digits" / "1" / MODEL_FILE
 
