@@ -8,30 +8,25 @@ it equals Grad-CAM up to scale) and costs one small matrix product beside the fo
 
 `find_head` reads the graph of a serialised ModelProto; `with_output` adds the feature tensor to
 the graph's outputs so that an ONNX Runtime session returns it (ONNX Runtime cannot add outputs
-itself). Both use the ONNX protobuf fields described here (`_model_proto`) through
-google.protobuf, which the serving install has (the `onnx` package it has not): a parse keeps
-every field it does not know as an unknown field and writes it back unchanged, so the edited
-model is the original plus one graph output.
+itself). Both go through imgclf.onnxgraph (google.protobuf, no `onnx` package), which keeps
+every field it does not know, so the edited model is the original plus one graph output.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from imgclf.imaging import Preprocessing, resized_size
-from imgclf.runtime.sharedweights import DTYPES
+from imgclf.onnxgraph import DTYPES, FLOAT, parse
 
 _PASS_THROUGH = ("Flatten", "Reshape", "Squeeze")
 """Ops allowed between the pooling and the linear layer: they only reshape [N, C, 1, 1]."""
 
-_FLOAT = 1  # TensorProto.FLOAT
 _ATTR_FLOAT, _ATTR_INT, _ATTR_TENSOR, _ATTR_INTS = 1, 2, 4, 7  # AttributeProto.AttributeType
 
 
@@ -51,70 +46,6 @@ class ActivationHead:
     """float32 [classes]."""
 
 
-@functools.cache
-def _model_proto() -> type:
-    """A ModelProto class that knows only the fields read here; others stay unknown fields."""
-    f = descriptor_pb2.FileDescriptorProto(
-        name="imgclf_onnx_graph.proto", package="imgclf_onnx_graph", syntax="proto2"
-    )
-    label = descriptor_pb2.FieldDescriptorProto
-    messages = {
-        "TensorProto": (
-            ("dims", 1, label.TYPE_INT64, True),
-            ("data_type", 2, label.TYPE_INT32, False),
-            ("float_data", 4, label.TYPE_FLOAT, True),
-            ("name", 8, label.TYPE_STRING, False),
-            ("raw_data", 9, label.TYPE_BYTES, False),
-            ("data_location", 14, label.TYPE_INT32, False),
-        ),
-        "AttributeProto": (
-            ("name", 1, label.TYPE_STRING, False),
-            ("f", 2, label.TYPE_FLOAT, False),
-            ("i", 3, label.TYPE_INT64, False),
-            ("t", 5, "TensorProto", False),
-            ("ints", 8, label.TYPE_INT64, True),
-            ("type", 20, label.TYPE_INT32, False),
-        ),
-        "NodeProto": (
-            ("input", 1, label.TYPE_STRING, True),
-            ("output", 2, label.TYPE_STRING, True),
-            ("name", 3, label.TYPE_STRING, False),
-            ("op_type", 4, label.TYPE_STRING, False),
-            ("attribute", 5, "AttributeProto", True),
-            ("domain", 7, label.TYPE_STRING, False),
-        ),
-        "ValueInfoProto": (("name", 1, label.TYPE_STRING, False),),
-        "GraphProto": (
-            ("node", 1, "NodeProto", True),
-            ("initializer", 5, "TensorProto", True),
-            ("output", 12, "ValueInfoProto", True),
-        ),
-        "ModelProto": (("graph", 7, "GraphProto", False),),
-    }
-    for message, fields in messages.items():
-        proto = f.message_type.add(name=message)
-        for name, number, kind, repeated in fields:
-            field = proto.field.add(
-                name=name,
-                number=number,
-                label=label.LABEL_REPEATED if repeated else label.LABEL_OPTIONAL,
-            )
-            if isinstance(kind, str):
-                field.type = label.TYPE_MESSAGE
-                field.type_name = f".imgclf_onnx_graph.{kind}"
-            else:
-                field.type = kind
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(f)
-    return message_factory.GetMessageClassesForFiles([f.name], pool)["imgclf_onnx_graph.ModelProto"]
-
-
-def _parse(model_bytes: bytes) -> Any:
-    model = _model_proto()()
-    model.ParseFromString(model_bytes)
-    return model
-
-
 def _array(tensor: Any) -> np.ndarray:
     """An initializer (or a Constant's value) as a numpy array."""
     if tensor.data_location != 0:
@@ -124,7 +55,7 @@ def _array(tensor: Any) -> np.ndarray:
         raise HeadNotSupported(f"tensor {tensor.name!r} has data type {tensor.data_type}")
     if tensor.raw_data:
         flat = np.frombuffer(tensor.raw_data, dtype=dtype)
-    elif tensor.data_type == _FLOAT:
+    elif tensor.data_type == FLOAT:
         flat = np.asarray(tensor.float_data, dtype=np.float32)
     else:
         raise HeadNotSupported(f"tensor {tensor.name!r} is not stored as raw data or floats")
@@ -150,7 +81,7 @@ def find_head(model_bytes: bytes) -> ActivationHead:
     average pooling (GlobalAveragePool, or ReduceMean over axes 2 and 3), optional
     Flatten/Reshape/Squeeze, one linear layer (Gemm, or MatMul with an optional Add) and an
     optional Softmax; HeadNotSupported, saying what the head is, for any other model."""
-    graph = _parse(model_bytes).graph
+    graph = parse(model_bytes).graph
     constants = {t.name: t for t in graph.initializer}
     producer: dict[str, Any] = {}
     for node in graph.node:
@@ -238,7 +169,7 @@ def find_head(model_bytes: bytes) -> ActivationHead:
 def with_output(model_bytes: bytes, tensor: str) -> bytes:
     """The serialised model with `tensor` added to the graph's outputs (every other field as
     it was); a no-op if it is an output already."""
-    model = _parse(model_bytes)
+    model = parse(model_bytes)
     if tensor not in {o.name for o in model.graph.output}:
         model.graph.output.add(name=tensor)
     return model.SerializeToString()

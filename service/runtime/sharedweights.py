@@ -12,9 +12,8 @@ bit (tests/unit/service/test_sharedweights.py). Kernels still pre-pack some weig
 session; the Python API has no shared pre-packed weights container (docs/performance.md has
 the measurements).
 
-ONNX Runtime's Python package has no ONNX protobuf classes and the serving install has no
-`onnx`, so the few ModelProto fields read are described here (`_model_proto`); a parse skips
-every other field.
+The initializers are read from the optimised model through imgclf.onnxgraph (no `onnx`
+package in the serving install).
 """
 
 from __future__ import annotations
@@ -23,83 +22,22 @@ import functools
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+from imgclf.onnxgraph import DTYPES, parse
 
 USE_ENV_ALLOCATORS = "session.use_env_allocators"
 OPTIMISED = "model.optimised.onnx"
 MIN_SHARED_BYTES = 1024
 """Smaller initializers are left to each session: they weigh nothing."""
 
-# ONNX TensorProto.DataType -> numpy dtype (the types a classifier's weights come in).
-DTYPES: dict[int, Any] = {
-    1: np.float32,
-    2: np.uint8,
-    3: np.int8,
-    4: np.uint16,
-    5: np.int16,
-    6: np.int32,
-    7: np.int64,
-    9: np.bool_,
-    10: np.float16,
-    11: np.float64,
-    12: np.uint32,
-    13: np.uint64,
-}
-
-
-@functools.cache
-def _model_proto() -> type:
-    """A ModelProto class that knows only the fields read here: graph (7) -> initializer (5)
-    -> dims (1), data_type (2), name (8), raw_data (9), data_location (14)."""
-    f = descriptor_pb2.FileDescriptorProto(
-        name="imgclf_onnx_subset.proto", package="imgclf_onnx_subset", syntax="proto2"
-    )
-    label = descriptor_pb2.FieldDescriptorProto
-    tensor = f.message_type.add(name="TensorProto")
-    for name, number, kind, repeated in (
-        ("dims", 1, label.TYPE_INT64, True),
-        ("data_type", 2, label.TYPE_INT32, False),
-        ("name", 8, label.TYPE_STRING, False),
-        ("raw_data", 9, label.TYPE_BYTES, False),
-        ("data_location", 14, label.TYPE_INT32, False),
-    ):
-        tensor.field.add(
-            name=name,
-            number=number,
-            type=kind,
-            label=label.LABEL_REPEATED if repeated else label.LABEL_OPTIONAL,
-        )
-    graph = f.message_type.add(name="GraphProto")
-    graph.field.add(
-        name="initializer",
-        number=5,
-        type=label.TYPE_MESSAGE,
-        type_name=".imgclf_onnx_subset.TensorProto",
-        label=label.LABEL_REPEATED,
-    )
-    model = f.message_type.add(name="ModelProto")
-    model.field.add(
-        name="graph",
-        number=7,
-        type=label.TYPE_MESSAGE,
-        type_name=".imgclf_onnx_subset.GraphProto",
-        label=label.LABEL_OPTIONAL,
-    )
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(f)
-    classes = message_factory.GetMessageClassesForFiles([f.name], pool)
-    return classes["imgclf_onnx_subset.ModelProto"]
-
 
 def initializers(model_bytes: bytes) -> dict[str, np.ndarray]:
     """A serialised model's initializers of MIN_SHARED_BYTES or more stored as raw data in
     the file (how ONNX Runtime saves an optimised model), as arrays of their own."""
-    model = _model_proto()()
-    model.ParseFromString(model_bytes)
+    model = parse(model_bytes)
     arrays: dict[str, np.ndarray] = {}
     for tensor in model.graph.initializer:
         dtype = DTYPES.get(tensor.data_type)
