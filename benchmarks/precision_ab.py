@@ -96,8 +96,9 @@ def engine_only(model_dir: Path, int8: Path | None, rounds: int, runs: int = 20)
 
     source = versions(model_dir)[0].path.parent
     files = {"fp32": source / MODEL_FILE, "int8": int8 or source / INT8_FILE}
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.log_severity_level = 1, 3
+    from imgclf.runtime.options import ExecutionOptions, session_options
+
+    so = session_options(ExecutionOptions(providers="cpu", intra_op_threads=1))  # as served
     sessions = {
         k: ort.InferenceSession(str(f), so, providers=["CPUExecutionProvider"])
         for k, f in files.items()

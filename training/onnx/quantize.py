@@ -33,6 +33,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from imgclf.runtime.options import ExecutionOptions, session_options
 from imgclf.training.onnx.accuracy_gate import GateReport, GateThresholds, accuracy_gate, softmax
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
@@ -182,9 +183,11 @@ def quantize_int8(
 def run_probabilities(
     model: Path | str, inputs: np.ndarray, output: str = "logits", batch: int = 32
 ) -> np.ndarray:
-    """(N, classes) float64 probabilities of `model` on `inputs` through ONNX Runtime (CPU)."""
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
+    """(N, classes) float64 probabilities of `model` on `inputs` through ONNX Runtime (CPU),
+    with the server's session options: on an x86 CPU without VNNI, ORT's default INT8 kernels
+    saturate (imgclf.runtime.options.EXACT_INT8_PRODUCTS), and the gate must measure the
+    arithmetic the server runs."""
+    so = session_options(ExecutionOptions(providers="cpu"))
     session = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     chunks = [
