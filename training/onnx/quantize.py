@@ -35,6 +35,7 @@ import onnxruntime as ort
 
 from imgclf.runtime.options import ExecutionOptions, session_options
 from imgclf.training.onnx.accuracy_gate import GateReport, GateThresholds, accuracy_gate, softmax
+from imgclf.training.onnx.keepfloat import keep_in_float
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 DEFAULT_CALIBRATION_METHOD = "minmax"
@@ -177,6 +178,10 @@ def quantize_int8(
         op_types_to_quantize=list(OP_TYPES),
         extra_options={"CalibPercentile": calibration.percentile},
     )
+    if calibration.keep_float:  # and keep them in float when ONNX Runtime loads the model
+        proto = onnx.load(str(out))
+        keep_in_float(proto, calibration.keep_float)
+        onnx.save(proto, str(out))
     return out
 
 
