@@ -49,8 +49,8 @@ OP_TYPES = (
 """The operators quantised: the compute and the activations around it. Not the float
 arithmetic some exporters leave in the graph to compute shapes at run time (the TF "same"
 padding of timm's tf_* models: Shape -> Sub/Div/Ceil/Mul -> Pad amounts), which quantising
-corrupts: on EfficientNet-Lite0, top-1 agreement with FP32 on the evaluation photos went from
-64.8 % (every operator) to 79.6 % (these)."""
+corrupts: on EfficientNet-Lite0, top-1 agreement with FP32 on the evaluation photos is 77.8 %
+(every operator) against 88.9 % (these), with exact integer kernels."""
 QUANTIZATION = "static QDQ, QUInt8 activations, QInt8 per-channel weights"
 
 
