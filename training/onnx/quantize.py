@@ -36,6 +36,7 @@ import onnxruntime as ort
 from imgclf.runtime.options import ExecutionOptions, session_options
 from imgclf.training.onnx.accuracy_gate import GateReport, GateThresholds, accuracy_gate, softmax
 from imgclf.training.onnx.keepfloat import keep_in_float
+from imgclf.training.onnx.sensitivity import weight_sensitivity
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 DEFAULT_CALIBRATION_METHOD = "minmax"
@@ -286,6 +287,8 @@ class QuantizeResult:
     attempts: list[tuple[Calibration, GateReport]]
     worst: list[dict[str, Any]] = field(default_factory=list)
     """After a failure: the tensors that hurt most (the last attempt)."""
+    sensitive: list[dict[str, Any]] = field(default_factory=list)
+    """After a failure: the layers whose INT8 weights alone cost the output most."""
 
 
 def int8_props(
@@ -357,7 +360,8 @@ def quantize_gated(
                 staged.replace(out)
                 return QuantizeResult(out, cal, report, attempts)
         worst = worst_tensors(prepared, candidate, gate_inputs[:debug_images])
-    return QuantizeResult(None, attempts[-1][0], attempts[-1][1], attempts, worst)
+        sensitive = weight_sensitivity(prepared, gate_inputs[:debug_images])
+    return QuantizeResult(None, attempts[-1][0], attempts[-1][1], attempts, worst, sensitive)
 
 
 def describe_worst(worst: Sequence[dict[str, Any]]) -> str:
@@ -367,4 +371,12 @@ def describe_worst(worst: Sequence[dict[str, Any]]) -> str:
         f"{w['sqnr_lost_db']:.1f} dB of SQNR (float vs int8 after it: "
         f"{w['float_vs_int8_sqnr_db']:.1f} dB)"
         for w in worst
+    )
+
+
+def describe_sensitive(sensitive: Sequence[dict[str, Any]]) -> str:
+    """The weight-sensitive layers as report lines."""
+    return "\n".join(
+        f"  {s['node']}: its INT8 weights alone leave {s['output_sqnr_db']:.1f} dB of output SQNR"
+        for s in sensitive
     )
