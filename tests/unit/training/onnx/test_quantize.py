@@ -93,6 +93,8 @@ def test_a_broken_calibration_is_refused_and_nothing_written(digits_data, tmp_pa
         (w["sqnr_lost_db"] for w in worst), reverse=True
     )
     assert worst[0]["sqnr_lost_db"] > 3.0  # a broken calibration loses signal somewhere
+    sqnrs = [s["output_sqnr_db"] for s in result.sensitive]  # layers ranked by their weights
+    assert sqnrs and sqnrs == sorted(sqnrs) and all(s["node"] for s in result.sensitive)
 
 
 def test_a_retry_with_another_method_is_written(digits_data, tmp_path):
