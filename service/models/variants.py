@@ -8,8 +8,9 @@ the same whichever runs; a folder with only ``model.int8.onnx`` is an INT8-only 
 
 Which variant runs (`choose_variant`): a ``precision`` in the model's config.json forces one;
 otherwise INT8 where ONNX Runtime's integer kernels pay, that is on the CPU provider of a CPU
-with VNNI dot-product instructions (AVX512-VNNI or AVX-VNNI; without them, ORT's U8S8 kernels
-on AVX2 gain little over float and can saturate), and the float model elsewhere (CUDA gains
+with VNNI dot-product instructions (AVX512-VNNI or AVX-VNNI; without them ORT's fast U8S8
+kernels saturate, so the server runs exact U8U8 ones, imgclf.runtime.options, no faster than
+float), and the float model elsewhere (CUDA gains
 nothing from QDQ graphs: FP16 or TensorRT are the GPU's reduced precisions).
 """
 

@@ -1,7 +1,8 @@
 """The accuracy gate an INT8 (or any reduced-precision) variant must pass against its float
 model, on the same images through ONNX Runtime: top-1 accuracy drop, top-1 agreement with the
 float model, the largest per-class recall drop (with labels), and the largest probability
-difference (reported, not gated)."""
+difference and the agreement on the images the float model decides clearly (reported, not
+gated)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ import numpy as np
 MAX_TOP1_DROP = 1.0
 MIN_AGREEMENT = 98.0
 MAX_CLASS_RECALL_DROP = 3.0
+CLEAR_MARGIN = 0.1
+"""A float top-1 probability this far above the runner-up is a clear decision: agreement on
+near-ties says how noisy the images are more than how good the INT8 model is."""
 EPSILON = 1e-9
 """Percentages are differences of float means: a drop of exactly the threshold passes."""
 
@@ -35,6 +39,10 @@ class GateReport:
     """Percent of images with the float model's top-1 class."""
     max_prob_diff: float
     thresholds: GateThresholds
+    clear_images: int = 0
+    """Images whose float top-1 probability beats the runner-up by >= CLEAR_MARGIN."""
+    clear_agreement: float | None = None
+    """Percent of those with the float model's top-1 (reported, not gated); None if none."""
     float_accuracy: float | None = None
     """Percent top-1; None without labels."""
     int8_accuracy: float | None = None
@@ -55,6 +63,11 @@ class GateReport:
                 f"{self.worst_class!r} recall drop {self.worst_class_recall_drop:.2f} points"
             )
         text += f", max probability difference {self.max_prob_diff:.4f}"
+        if self.clear_agreement is not None:
+            text += (
+                f", agreement {self.clear_agreement:.2f} % on the {self.clear_images} images "
+                f"float decides by >= {CLEAR_MARGIN:g}"
+            )
         verdict = "passed" if self.ok else "FAILED: " + "; ".join(self.failures)
         return f"{text}: {verdict}"
 
@@ -89,6 +102,11 @@ def accuracy_gate(
         max_prob_diff=float(np.abs(float_probs - int8_probs).max()),
         thresholds=t,
     )
+    ranked = np.sort(float_probs, axis=1)
+    clear = ranked[:, -1] - ranked[:, -2] >= CLEAR_MARGIN
+    report.clear_images = int(clear.sum())
+    if report.clear_images:
+        report.clear_agreement = 100.0 * float((ref == got)[clear].mean())
     if report.agreement < t.min_agreement - EPSILON:
         report.failures.append(f"top-1 agreement {report.agreement:.2f} % < {t.min_agreement:g} %")
     if labels is None:

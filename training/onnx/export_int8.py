@@ -34,6 +34,7 @@ from imgclf.training.onnx.quantize import (
     DEFAULT_PERCENTILE,
     Calibration,
     QuantizeResult,
+    describe_sensitive,
     describe_worst,
     quantize_gated,
     stratified_sample,
@@ -183,5 +184,7 @@ def gate_failure(result: QuantizeResult) -> GateError:
         f"the INT8 variant failed the accuracy gate, nothing written ({tried}).\n"
         f"Tensors whose quantisation hurt most (keep their nodes in float with --keep-float, "
         f"or try --calibration-method {' '.join(CALIBRATION_METHODS)}):\n"
-        f"{describe_worst(result.worst)}"
+        f"{describe_worst(result.worst)}\n"
+        f"Layers whose INT8 weights alone cost the output most (each rounded alone, the rest "
+        f"float):\n{describe_sensitive(result.sensitive)}"
     )

@@ -58,6 +58,7 @@ def test_session_options_turn_spinning_off_by_default():
     assert so.inter_op_num_threads == 2
     assert so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     assert so.log_severity_level == 3
+    assert so.get_session_config_entry("session.x64quantprecision") == "1"  # exact INT8
 
 
 def test_session_options_allow_spinning():

@@ -28,3 +28,18 @@ def test_the_gate_thresholds():
     report = accuracy_gate(ref, three_wrong, thresholds=GateThresholds(1, 97, 5))  # no labels
     assert report.failures == [] and report.float_accuracy is None
     assert not accuracy_gate(ref, three_wrong, thresholds=GateThresholds(1, 98, 5)).ok
+
+
+def test_agreement_on_clear_decisions_is_reported_not_gated():
+    float_probs = np.array(
+        [[0.9, 0.1, 0.0], [0.5, 0.45, 0.05], [0.3, 0.6, 0.1], [0.34, 0.33, 0.33]]
+    )
+    int8_probs = np.array([[0.8, 0.2, 0.0], [0.45, 0.5, 0.05], [0.5, 0.4, 0.1], [0.3, 0.4, 0.3]])
+    report = accuracy_gate(float_probs, int8_probs)
+    assert report.agreement == 25.0 and not report.ok  # three of four flipped
+    assert report.clear_images == 2  # margins 0.8 and 0.3; 0.05 and 0.01 are near-ties
+    assert report.clear_agreement == 50.0
+    assert "agreement 50.00 % on the 2 images float decides by >= 0.1" in str(report)
+    assert report.to_dict()["clear_agreement"] == 50.0
+    ties = accuracy_gate(np.full((2, 2), 0.5), np.full((2, 2), 0.5))
+    assert ties.clear_images == 0 and ties.clear_agreement is None

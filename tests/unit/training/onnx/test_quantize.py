@@ -18,7 +18,9 @@ from imgclf.training.data.datasets import load_image, load_split
 from imgclf.training.onnx.accuracy_gate import accuracy_gate
 from imgclf.training.onnx.quantize import (
     Calibration,
+    preprocess_for_quantization,
     quantize_gated,
+    quantize_int8,
     run_probabilities,
     stratified_sample,
 )
@@ -92,6 +94,8 @@ def test_a_broken_calibration_is_refused_and_nothing_written(digits_data, tmp_pa
         (w["sqnr_lost_db"] for w in worst), reverse=True
     )
     assert worst[0]["sqnr_lost_db"] > 3.0  # a broken calibration loses signal somewhere
+    sqnrs = [s["output_sqnr_db"] for s in result.sensitive]  # layers ranked by their weights
+    assert sqnrs and sqnrs == sorted(sqnrs) and all(s["node"] for s in result.sensitive)
 
 
 def test_a_retry_with_another_method_is_written(digits_data, tmp_path):
@@ -125,3 +129,28 @@ def test_the_bundled_digits_int8_variant_passes_the_gate_measured_again(digits_d
     report = accuracy_gate(fp32, got, digits_data["labels"], digits_data["classes"])
     assert report.ok, report
     assert report.int8_accuracy == pytest.approx(props["accuracy_gate"]["int8_accuracy"])
+
+
+def test_the_gate_runs_int8_products_that_overflow_16_bits_exactly(tmp_path):
+    """A 1x1 convolution of 64 channels of ones by weights of ones: INT8 activations 255,
+    weights 127. ORT's default U8S8 kernels on an x86 CPU without VNNI add such products in
+    pairs with 16-bit saturation (255 * 127 * 2 > 32767) and return about 32 instead of 64;
+    the gate (and the server) must run the exact arithmetic a CPU with VNNI runs."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    channels = 64
+    weights = numpy_helper.from_array(np.ones((4, channels, 1, 1), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "w"], ["logits"])], "ones",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", channels, 4, 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 4, 4, 4])],
+        [weights],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "float.onnx"))
+    ones = np.ones((2, channels, 4, 4), np.float32)
+    prepared = preprocess_for_quantization(tmp_path / "float.onnx", tmp_path / "prepared.onnx")
+    int8 = quantize_int8(prepared, ones, Calibration("minmax"), tmp_path / "int8.onnx")
+    got = run_probabilities(int8, ones, output="logits-raw").reshape(-1)
+    assert got == pytest.approx(np.full_like(got, channels), rel=0.02)
