@@ -194,6 +194,16 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _truth(text: str) -> bool:
+    """A boolean flag's value, spelled as the environment spells it."""
+    low = text.lower()
+    if low in ("true", "1", "yes", "on"):
+        return True
+    if low in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def _arg_type(annotation: Any) -> tuple[Any, list[str] | None]:
     if get_origin(annotation) is list:
         return annotation, None
@@ -211,10 +221,15 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
         kind, choices = _arg_type(info.annotation)
         description, default = describe_field(ServerSettings, name)
         help_text = f"{description} (default: {default or 'unset'})"
-        if kind is bool:
+        if kind is bool:  # --x, --x true|false (as in the environment), --no-x
             group.add_argument(
-                _flag(name), dest=name, action=argparse.BooleanOptionalAction, help=help_text
-            )
+                _flag(name), dest=name, nargs="?", const=True, type=_truth, default=None,
+                metavar="true|false", help=help_text,
+            )  # fmt: skip
+            group.add_argument(
+                "--no-" + _flag(name)[2:], dest=name, action="store_false", default=None,
+                help=f"the same as {_flag(name)} false",
+            )  # fmt: skip
         elif get_origin(kind) is list:
             group.add_argument(_flag(name), dest=name, action="append", help=help_text)
         else:

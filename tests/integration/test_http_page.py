@@ -254,7 +254,7 @@ def test_a_model_without_maps_gets_its_bars_and_says_why_there_is_no_map(
 
 
 def test_no_http_ui_turns_the_page_off(tiny_repo: Path, tmp_path: Path) -> None:
-    server = start_server(tiny_repo, tmp_path, "--no-http-ui")
+    server = start_server(tiny_repo, tmp_path, "--http-ui", "false")
     try:
         for path, expected in (("/", 404), ("/ui/app.js", 404), ("/v1/models", 200)):
             try:

@@ -83,6 +83,18 @@ def test_flags_override_environment(monkeypatch):
     assert s.max_batch_size == 4  # not given on the command line: the environment stays
 
 
+def test_a_boolean_flag_takes_true_or_false_as_the_environment_does(capsys):
+    assert from_cli("--http-ui", "false").http_ui is False
+    both = from_cli("--http-ui", "off", "--warmup", "yes")
+    assert (both.http_ui, both.warmup) == (False, True)
+    assert from_cli("--no-http-ui").http_ui is False
+    assert from_cli("--http-ui").http_ui is True
+    assert from_cli().http_ui is True
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--http-ui", "maybe"])
+    assert "expected true or false, got 'maybe'" in capsys.readouterr().err
+
+
 def test_flag_types():
     s = from_cli(
         "--model-repository", "/data/models",
