@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -29,7 +30,7 @@ from imgclf.client.bench.launcher import ServerProcess, start_server
 from imgclf.imaging import preprocess_bytes
 from imgclf.modelmeta import ModelMetadata
 from imgclf.models import cam
-from tests.conftest import BUNDLED_MODELS
+from tests.conftest import BUNDLED_MODELS, require_executable
 from tests.integration.test_cli import imgclf
 from tests.tiny_model import make_tiny_model
 
@@ -140,6 +141,35 @@ def test_http_png_overlay_has_the_photo_size(
     photo = np.asarray(Image.open(io.BytesIO(photos["chelsea"])).convert("RGB"), dtype=np.int16)
     drawn = np.abs(np.asarray(img.convert("RGB"), dtype=np.int16) - photo).sum(axis=2)
     assert drawn[:, :80].mean() < drawn[20:280, 100:350].mean()  # blended inside the crop box
+
+
+def test_curl_gets_the_maps_and_the_overlay(
+    server: ServerProcess, photos: dict[str, bytes], tmp_path: Path
+) -> None:
+    """The README's HTTP explain calls with curl itself: JSON maps, then the PNG overlay."""
+    curl = require_executable("curl")
+    photo = tmp_path / "chelsea.jpg"
+    photo.write_bytes(photos["chelsea"])
+    url = f"http://127.0.0.1:{server.http_port}/v1/models/{MODEL}/classify"
+    reply = subprocess.run(
+        [curl, "-sS", "--fail-with-body", "-T", str(photo), url + "?top_k=3&explain=2"],
+        capture_output=True, timeout=60, check=True,
+    )  # fmt: skip
+    (result,) = json.loads(reply.stdout)["results"]
+    assert (result["width"], result["height"]) == (451, 300)
+    maps = result["maps"]
+    assert [m["index"] for m in maps] == [p["index"] for p in result["predictions"][:2]]
+    assert maps[0]["label"] in CAT_CLASSES
+    values = np.asarray(maps[0]["map"])
+    assert values.shape == (7, 7) and values.max() == pytest.approx(1.0) and values.min() >= 0
+    out = tmp_path / "chelsea.cam.png"
+    subprocess.run(
+        [curl, "-sS", "--fail-with-body", "-T", str(photo), "-o", str(out),
+         url + "?explain=1&format=png"],
+        capture_output=True, timeout=60, check=True,
+    )  # fmt: skip
+    with Image.open(out) as img:
+        assert (img.format, img.size) == ("PNG", (451, 300))
 
 
 def test_http_models_say_which_explain(server: ServerProcess) -> None:
