@@ -32,7 +32,15 @@ class OpenVinoEngine:
     """One OpenVINO CPU model (compiled per batch size) for one model version; `run` is
     thread-safe (one lock: an instance runs one batch at a time anyway)."""
 
-    def __init__(self, path: Path, options: ExecutionOptions, shared: object = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        options: ExecutionOptions,
+        shared: object = None,
+        feature: str | None = None,
+    ) -> None:
+        if feature is not None:
+            raise ValueError("the OpenVINO harness has no feature output (class activation maps)")
         import onnxruntime as ort
         import openvino as ov
 
@@ -159,6 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     sessions.Engine = OpenVinoEngine  # type: ignore[misc,assignment]
     loader.Engine = OpenVinoEngine  # type: ignore[misc,assignment]
     sessions.share_weights = lambda path, options: None  # type: ignore[assignment]
+    # No feature output in this harness: its models serve without class activation maps.
+    loader.inspect_head = lambda path, config: loader.Explaining(  # type: ignore[assignment]
+        None, "served by the OpenVINO measurement harness (no class activation maps)"
+    )
     return cli.main(argv)
 
 

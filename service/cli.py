@@ -198,10 +198,13 @@ def _classify(args: argparse.Namespace) -> int:
             results, rejected, reply = _classify_each(client, files, args)
         failures.update(rejected)
     if args.explain:  # the photo with each top class's map: imgclf.overlay
-        from imgclf.overlay import write_overlay
+        from imgclf.overlay import overlay_names, write_overlay
 
+        names = overlay_names([p for p, _ in files])
         maps = {
-            p: write_overlay(args.explain, p, d, results[p].maps) for p, d in files if p in results
+            p: write_overlay(args.explain, names[p], d, results[p].maps)
+            for p, d in files
+            if p in results
         }
     if args.json:
         out = {

@@ -130,9 +130,9 @@ def explanations(
         classes = np.tile(np.asarray(request.classes, np.int64), (len(probes), 1))
     else:  # the top k, most probable first (ties: lower index first), as top_k orders them
         classes = np.argsort(-probabilities, axis=1, kind="stable")[:, : request.top_k]
-    features = np.stack([p.features for p in probes if p.features is not None])
-    if len(features) != len(probes):
+    if any(p.features is None for p in probes):
         raise RuntimeError("an explained image came back without its features")
+    features = np.stack([p.features for p in probes])
     maps = cam.class_maps(features, head.weight, classes)
     labels = model.metadata.labels
     out = []

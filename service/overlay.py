@@ -5,14 +5,14 @@ the evaluation gallery.
 A map covers a box of the photo (the model's center crop, in the photo's pixels); it is
 upsampled bilinearly to that box, coloured with a blue-cyan-yellow-red ramp, blended over the
 box, and captioned with the class's label and probability. Several maps give one panel each,
-side by side.
+side by side. Photos are drawn at most MAX_SIDE pixels on their longer side.
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from imgclf.imaging import decode_image
+
+MAX_SIDE = 1600
+"""The longest side of an overlay drawn (`fitted`): the drawing's float arrays grow with the
+photo's pixels (a 40-MP photo would need gigabytes), and the picture is for a person."""
 
 ALPHA = 0.5
 """Weight of the heatmap in the blend at full activation (none at zero: the photo shows
@@ -59,6 +63,17 @@ class Heat:
         return cls(
             values.reshape(shape), list(class_map.box), class_map.label, class_map.probability
         )
+
+
+def fitted(
+    photo: Image.Image, heats: Sequence[Heat], full_width: int, max_side: int = MAX_SIDE
+) -> tuple[Image.Image, list[Heat]]:
+    """The photo shrunk to at most `max_side` pixels on its longer side, and the heats'
+    boxes (in the pixels of the photo `full_width` pixels wide) moved onto it."""
+    if max(photo.size) > max_side:
+        photo.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+    scale = photo.width / full_width
+    return photo, [replace(h, box=[float(v) * scale for v in h.box]) for h in heats]
 
 
 def colours(values: np.ndarray) -> np.ndarray:
@@ -116,10 +131,28 @@ def png_bytes(img: Image.Image) -> bytes:
     return out.getvalue()
 
 
-def write_overlay(folder: Path, image: Path, data: bytes, maps: Sequence[Any]) -> Path:
-    """`folder`/<image's stem>.cam.png: the photo (`data`, upright) with each ClassMap of
-    `maps` side by side; returns its path."""
+def overlay_names(images: Sequence[Path]) -> dict[Path, str]:
+    """The overlay file of each image: <stem>.cam.png, or <stem>.<n>.cam.png (n from 1, in
+    the order given) for stems that repeat (a/cat.jpg and b/cat.png), so none overwrites
+    another."""
+    stems = [image.stem for image in images]
+    seen: dict[str, int] = {}
+    names = {}
+    for image in images:
+        if stems.count(image.stem) == 1:
+            names[image] = f"{image.stem}.cam.png"
+        else:
+            seen[image.stem] = seen.get(image.stem, 0) + 1
+            names[image] = f"{image.stem}.{seen[image.stem]}.cam.png"
+    return names
+
+
+def write_overlay(folder: Path, name: str, data: bytes, maps: Sequence[Any]) -> Path:
+    """`folder`/`name` (see overlay_names): the photo (`data`, upright) with each ClassMap
+    of `maps` side by side; returns its path."""
     folder.mkdir(parents=True, exist_ok=True)
-    out = folder / f"{image.stem}.cam.png"
-    out.write_bytes(png_bytes(overlay(decode_image(data), [Heat.of(m) for m in maps])))
+    out = folder / name
+    photo = decode_image(data)
+    photo, heats = fitted(photo, [Heat.of(m) for m in maps], photo.width)
+    out.write_bytes(png_bytes(overlay(photo, heats)))
     return out

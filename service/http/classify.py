@@ -27,7 +27,7 @@ from imgclf.explain import NO_EXPLAIN, ExplainRequest
 from imgclf.grpc.inference import parse_version
 from imgclf.http.body import read_body, too_large
 from imgclf.imaging import decode_image
-from imgclf.overlay import Heat, overlay, png_bytes
+from imgclf.overlay import MAX_SIDE, Heat, fitted, overlay, png_bytes
 
 
 def result_json(result: ClassifyResult, names: list[str]) -> dict[str, Any]:
@@ -188,7 +188,10 @@ class ClassifyRoutes:
                 held = nbytes
 
             try:
-                return png_bytes(overlay(decode_image(data, max_pixels, hold=hold), [heat]))
+                # Drawn at most MAX_SIDE pixels wide and high (a draft decode gets close).
+                photo = decode_image(data, max_pixels, min_shorter_side=MAX_SIDE // 2, hold=hold)
+                photo, heats = fitted(photo, [heat], explanation.width)
+                return png_bytes(overlay(photo, heats))
             finally:
                 if held:
                     memory.release(held)

@@ -172,6 +172,24 @@ def test_curl_gets_the_maps_and_the_overlay(
         assert (img.format, img.size) == ("PNG", (451, 300))
 
 
+def test_http_png_of_a_large_photo_is_drawn_at_most_1600_pixels_on_its_side(
+    server: ServerProcess, photos: dict[str, bytes]
+) -> None:
+    """A 4510x3000 photo (chelsea upscaled, JPEG): the overlay keeps its proportions at
+    1600x1064, and the map lands where it does on the small photo (the box scaled with it)."""
+    big = Image.open(io.BytesIO(photos["chelsea"])).convert("RGB").resize((4510, 3000))
+    data = io.BytesIO()
+    big.save(data, format="JPEG", quality=90)
+    status, kind, body = http(server, f"/v1/models/{MODEL}/classify?format=png", data.getvalue())
+    assert status == 200 and kind == "image/png", body
+    img = Image.open(io.BytesIO(body))
+    assert img.size == (1600, 1064)
+    drawn = np.asarray(img.convert("RGB"), dtype=np.int16)
+    plain = np.asarray(big.resize(img.size, Image.Resampling.BILINEAR), dtype=np.int16)
+    change = np.abs(drawn - plain).sum(axis=2)
+    assert change[150:, :250].mean() < change[150:950, 350:1250].mean()  # inside the box
+
+
 def test_http_models_say_which_explain(server: ServerProcess) -> None:
     status, _, body = http(server, "/v1/models")
     assert status == 200

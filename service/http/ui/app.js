@@ -68,6 +68,7 @@ async function call(path, init) {
 }
 
 async function loadModels() {
+  state.seq++; // a classify still in flight answers for the old token or model list: dropped
   setState("loading");
   clearError();
   ui.model.disabled = true;
@@ -140,6 +141,7 @@ async function decode(file) {
 }
 
 function show(reply, bitmap, model, explains, seconds) {
+  clearError();
   const result = reply.results[0];
   state.reply = result;
   state.bitmap = bitmap;

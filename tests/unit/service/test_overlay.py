@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgclf.overlay import Heat, blend, colours, overlay, png_bytes, write_overlay
+from imgclf.overlay import (
+    Heat,
+    blend,
+    colours,
+    overlay,
+    overlay_names,
+    png_bytes,
+    write_overlay,
+)
 from tests.images import encode
 
 GREY = (128, 128, 128)
@@ -51,8 +59,20 @@ def test_write_overlay_from_class_map_messages(tmp_path: Path) -> None:
     message = SimpleNamespace(values=[0.0, 0.5, 1.0, 0.2], height=2, width=2,
                               box=[0, 0, 30, 20], label="cat", probability=0.9)  # fmt: skip
     data = encode(np.full((20, 30, 3), 90, np.uint8), "PNG")
-    out = write_overlay(tmp_path / "out", Path("a/photo.jpg"), data, [message, message])
+    out = write_overlay(tmp_path / "out", "photo.cam.png", data, [message, message])
     assert out == tmp_path / "out" / "photo.cam.png"
     img = Image.open(out)
     assert img.format == "PNG" and img.size == (60, 20)
     assert Image.open(io.BytesIO(png_bytes(photo()))).size == (60, 40)
+
+
+def test_overlay_names_never_collide() -> None:
+    images = [Path("a/cat.jpg"), Path("dog.jpg"), Path("b/cat.png"), Path("c/cat.webp")]
+    names = overlay_names(images)
+    assert names == {
+        Path("a/cat.jpg"): "cat.1.cam.png",
+        Path("dog.jpg"): "dog.cam.png",
+        Path("b/cat.png"): "cat.2.cam.png",
+        Path("c/cat.webp"): "cat.3.cam.png",
+    }
+    assert len(set(names.values())) == len(images)
