@@ -28,7 +28,7 @@ from pathlib import Path
 from imgclf.client.bench import cli as bench_cli
 from imgclf.client.bench import runner
 from imgclf.client.bench.launcher import serving
-from imgclf.client.bench.ratios import PLAIN, explain_arm
+from imgclf.client.bench.ratios import PLAIN, explain_arm, ms_per_image
 from imgclf.repolayout import CONFIG_FILE, versions
 
 OFF_SUFFIX = "_noexplain"
@@ -60,17 +60,15 @@ def bench_args(
 
 
 def costs(point: dict) -> dict:
-    s, server = point["summary"], point["server"]
-    ips = s["throughput_ips"]
-    cores = server.get("server_cpu_cores")
+    s = point["summary"]
+    wall, cpu = ms_per_image(point)
     return {
-        "images_per_s": ips,
-        "wall_ms_per_image": 1000.0 / ips if ips else None,
-        "server_cpu_ms_per_image": 1000.0 * cores / ips if ips and isinstance(cores, float)
-        else None,
+        "images_per_s": s["throughput_ips"],
+        "wall_ms_per_image": wall,
+        "server_cpu_ms_per_image": cpu,
         "p50_ms": s["latency_ms"]["p50"],
         "errors": sum(s["errors"].values()),
-    }  # fmt: skip
+    }
 
 
 def one_round(server, name: str, repo: Path, opts: argparse.Namespace) -> dict[str, dict]:

@@ -38,7 +38,7 @@ def protocol_ratios(point_rounds: list[list[dict]]) -> list[dict]:
     return out
 
 
-def _costs(point: dict) -> tuple[float | None, float | None]:
+def ms_per_image(point: dict) -> tuple[float | None, float | None]:
     """(wall ms per image: the inverse of the point's images/s; server CPU ms per image,
     when /metrics gave the server's CPU use)."""
     ips = point["summary"]["throughput_ips"]
@@ -63,7 +63,7 @@ def explain_costs(point_rounds: list[list[dict]]) -> list[dict]:
         costs: dict[str, dict[str, list[float]]] = {PLAIN: {}, "explained": {}}
         ratios: dict[str, list[float]] = {}
         for points in point_rounds:
-            by = {p["arm"]: _costs(p) for p in points if _base(p) == label and p.get("arm")}
+            by = {p["arm"]: ms_per_image(p) for p in points if _base(p) == label and p.get("arm")}
             plain = by.pop(PLAIN)
             (explained,) = by.values()
             for kind, a, b in zip(("wall", "cpu"), plain, explained, strict=True):

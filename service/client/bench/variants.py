@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 from imgclf.client.bench import stats
+from imgclf.client.bench.ratios import ms_per_image
 from imgclf.client.bench.report import fmt, table
 from imgclf.repolayout import CONFIG_FILE, INT8_FILE, MODEL_FILE, versions
 
@@ -110,12 +111,11 @@ def make_repository(
 def headline(point: dict) -> dict[str, float | None]:
     """One measured point as the four numbers compared."""
     s, server = point["summary"], point.get("server") or {}
-    ips, cores = s["throughput_ips"], server.get("server_cpu_cores")
     return {
-        "images_per_s": ips,
+        "images_per_s": s["throughput_ips"],
         "p50_ms": s["latency_ms"]["p50"],
         "p99_ms": s["latency_ms"]["p99"],
-        "cpu_ms_per_image": 1000.0 * cores / ips if isinstance(cores, float) and ips else None,
+        "cpu_ms_per_image": ms_per_image(point)[1],
         "batch": server.get("mean_batch_size"),
         "preprocess_ms_per_image": server.get("preprocess_ms_per_image"),
         "inference_ms_per_image": server.get("inference_ms_per_image"),
