@@ -214,7 +214,9 @@ def export_checkpoint(args: argparse.Namespace) -> list[ExportResult]:
     if int8:
         float_result = results[0]
         try:
-            quantized = quantize_checkpoint_model(ckpt, float_result.path, metadata, args)
+            quantized = quantize_checkpoint_model(
+                ckpt, float_result.path, metadata, args, model, options
+            )
             if quantized.path is None:
                 raise gate_failure(quantized)
             publish(out_dirs[FP32], final_dir, args.force)

@@ -5,21 +5,28 @@ repository; its INT8 variant is calibrated on a class-stratified sample of the r
 split and gated against it on the validation split (imgclf.training.onnx.quantize). Only if the gate
 passes do both files move into the version folder (``model.onnx``, ``model.int8.onnx``): a
 model that failed is never written, and the report names the tensors that hurt most.
+
+``--qat-epochs N`` first fine-tunes a copy of the model under simulated 8-bit arithmetic
+(imgclf.training.loop.qat) and quantises that copy; the gate still compares the INT8 model
+with the float model that ships beside it.
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from imgclf.imaging import preprocess_image
 from imgclf.modelmeta import ModelMetadata
 from imgclf.repolayout import INT8_FILE, MODEL_FILE
-from imgclf.training.data.datasets import load_image, load_split
+from imgclf.training.data.datasets import SplitData, load_image, load_split
+from imgclf.training.loop.qat import DEFAULT_QAT_LR
 from imgclf.training.onnx.accuracy_gate import (
     MAX_CLASS_RECALL_DROP,
     MAX_TOP1_DROP,
@@ -40,7 +47,14 @@ from imgclf.training.onnx.quantize import (
     stratified_sample,
 )
 
+if TYPE_CHECKING:
+    from torch import nn
+
+    from imgclf.training.onnx.variants import ExportOptions
+
 PRECISIONS = ("fp32", "fp16", "int8")
+Finetune = Callable[[SplitData, np.ndarray, Path], tuple[Path, dict[str, Any]]]
+"""(split, calibration inputs, scratch folder) -> (a fine-tuned float ONNX model, its record)."""
 
 
 class GateError(ExportError):
@@ -68,6 +82,13 @@ def add_int8_arguments(parser: argparse.ArgumentParser) -> None:
         "--gate-images", type=int, default=0,
         help="validation images the gate measures on, class-stratified (0: all)",
     )  # fmt: skip
+    group.add_argument(
+        "--qat-epochs", type=int, default=0,
+        help="epochs of quantisation-aware fine-tuning (distilled from the float model) "
+        "before calibration; 0: none",
+    )  # fmt: skip
+    group.add_argument("--qat-lr", type=float, default=DEFAULT_QAT_LR,
+                       help="its AdamW learning rate")  # fmt: skip
     group.add_argument("--gate-max-top1-drop", type=float, default=MAX_TOP1_DROP,
                        help="points of top-1 accuracy INT8 may lose")  # fmt: skip
     group.add_argument("--gate-min-agreement", type=float, default=MIN_AGREEMENT,
@@ -105,14 +126,70 @@ def quantize_checkpoint_model(
     float_model: Path,
     metadata: ModelMetadata,
     args: argparse.Namespace,
+    model: nn.Module | None = None,
+    export_options: ExportOptions | None = None,
 ) -> QuantizeResult:
     """Calibrate the INT8 variant of `float_model` on the checkpoint's training split and gate
-    it on its validation split; writes ``model.int8.onnx`` beside it only if it passed."""
+    it on its validation split; writes ``model.int8.onnx`` beside it only if it passed.
+    With ``args.qat_epochs``, `model` (the checkpoint's float model, `float_model`'s source)
+    is fine-tuned under simulated 8-bit arithmetic first."""
     run = ckpt["args"]
+    finetune = None
+    if args.qat_epochs:
+        if model is None:
+            raise ValueError("quantisation-aware training needs the checkpoint's model")
+        options = export_options
+
+        def finetune(split: SplitData, cal: np.ndarray, scratch: Path) -> tuple[Path, dict]:
+            return qat_model(model, run, metadata, args, options, split, cal, scratch)
+
     return quantize_on_split(
         float_model, metadata, args, run["dataset"], run.get("data_path"),
-        run["val_fraction"], run["split_seed"],
+        run["val_fraction"], run["split_seed"], finetune,
     )  # fmt: skip
+
+
+def qat_model(
+    model: nn.Module,
+    run: dict[str, Any],
+    metadata: ModelMetadata,
+    args: argparse.Namespace,
+    export_options: ExportOptions | None,
+    split: SplitData,
+    calibration_inputs: np.ndarray,
+    scratch: Path,
+) -> tuple[Path, dict[str, Any]]:
+    """`model` fine-tuned quantisation-aware on the training split (the run's augmentation and
+    batch size), exported (parity-checked) to ``scratch/model.onnx``; with its record."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from imgclf.training.data.datasets import ImageDataset
+    from imgclf.training.data.presets import TrainPreset
+    from imgclf.training.loop.qat import QatOptions, finetune_quantized
+    from imgclf.training.onnx.variants import export_model
+
+    if split.shards is not None or not split.train_samples:
+        raise ValueError("quantisation-aware training reads image files or arrays, not shards")
+    dataset = ImageDataset(
+        split.train_samples,
+        split.train_labels,
+        TrainPreset(metadata.preprocessing, run.get("augmentation") or "none"),
+    )
+    workers = min(2, int(run.get("workers") or 0))
+    loader = DataLoader(
+        dataset,
+        batch_size=int(run.get("batch_size") or 32),
+        shuffle=True,
+        generator=torch.Generator().manual_seed(args.calibration_seed),
+        num_workers=workers,
+        persistent_workers=workers > 0,
+    )
+    options = QatOptions(args.qat_epochs, args.qat_lr, args.calibration_seed)
+    inputs = torch.from_numpy(calibration_inputs)
+    result = finetune_quantized(model, loader, inputs, options)
+    exported = export_model(result.model, metadata, scratch, inputs[:8], export_options)
+    return exported.path, {**result.record(), "images": len(dataset)}
 
 
 def quantize_on_split(
@@ -123,10 +200,12 @@ def quantize_on_split(
     data_path: str | None,
     val_fraction: float,
     split_seed: int,
+    finetune: Finetune | None = None,
 ) -> QuantizeResult:
     """`float_model`'s INT8 variant, calibrated on a class-stratified sample of the dataset's
     training split and gated on its validation split (`args`: the options of
-    add_int8_arguments); ``model.int8.onnx`` is written beside it only if it passed."""
+    add_int8_arguments); ``model.int8.onnx`` is written beside it only if it passed.
+    `finetune`: what is quantised instead of `float_model` (gated against `float_model`)."""
     split = load_split(dataset, data_path, val_fraction, split_seed)
     cal_idx = stratified_sample(split.train_labels, args.calibration_images, args.calibration_seed)
     gate_idx = np.arange(len(split.val_labels))
@@ -134,23 +213,31 @@ def quantize_on_split(
         gate_idx = stratified_sample(split.val_labels, args.gate_images, args.calibration_seed)
     calibration_inputs = preprocess([split.train_samples[i] for i in cal_idx], metadata)
     gate_inputs = preprocess([split.val_samples[i] for i in gate_idx], metadata)
-    source = {
+    source: dict[str, Any] = {
         "images": len(cal_idx),
         "seed": args.calibration_seed,
         "from": "training split, class-stratified (disjoint from the validation split)",
     }
-    return quantize_gated(
-        float_model,
-        float_model.parent / INT8_FILE,
-        calibration_inputs,
-        gate_inputs,
-        split.val_labels[gate_idx],
-        split.class_names,
-        calibrations(args),
-        source,
-        f"validation split ({len(gate_idx)} images)",
-        thresholds(args),
-    )
+    with tempfile.TemporaryDirectory(prefix="imgclf-qat-") as scratch:
+        quantized, reference = float_model, None
+        if finetune is not None:
+            quantized, source["quantization_aware_training"] = finetune(
+                split, calibration_inputs, Path(scratch)
+            )
+            reference = float_model
+        return quantize_gated(
+            quantized,
+            float_model.parent / INT8_FILE,
+            calibration_inputs,
+            gate_inputs,
+            split.val_labels[gate_idx],
+            split.class_names,
+            calibrations(args),
+            source,
+            f"validation split ({len(gate_idx)} images)",
+            thresholds(args),
+            reference=reference,
+        )
 
 
 def int8_defaults(**overrides: Any) -> argparse.Namespace:
@@ -183,7 +270,8 @@ def gate_failure(result: QuantizeResult) -> GateError:
     return GateError(
         f"the INT8 variant failed the accuracy gate, nothing written ({tried}).\n"
         f"Tensors whose quantisation hurt most (keep their nodes in float with --keep-float, "
-        f"or try --calibration-method {' '.join(CALIBRATION_METHODS)}):\n"
+        f"try --calibration-method {' '.join(CALIBRATION_METHODS)}, or fine-tune "
+        f"quantisation-aware with --qat-epochs 3):\n"
         f"{describe_worst(result.worst)}\n"
         f"Layers whose INT8 weights alone cost the output most (each rounded alone, the rest "
         f"float):\n{describe_sensitive(result.sensitive)}"

@@ -329,19 +329,26 @@ def quantize_gated(
     thresholds: GateThresholds | None = None,
     debug_images: int = 16,
     log: Any = print,
+    reference: Path | None = None,
 ) -> QuantizeResult:
     """Quantise `float_model` with each calibration in turn until one passes the gate on
     `gate_inputs`; write that one to `out` (atomically) with its metadata. If none passes,
-    nothing is written and the result names the tensors that hurt most."""
+    nothing is written and the result names the tensors that hurt most.
+
+    `reference`: the float model the gate compares with and whose metadata the INT8 model
+    carries, when `float_model` is not it (a quantisation-aware fine-tuned copy of it,
+    imgclf.training.loop.qat); default `float_model`."""
     if not calibrations:
         raise ValueError("no calibration to try")
-    float_proto = onnx.load(str(float_model))
+    float_proto = onnx.load(str(reference or float_model), load_external_data=False)
     float_props = {p.key: p.value for p in float_proto.metadata_props}
     output = json.loads(float_props.get("output", '"logits"'))
     attempts: list[tuple[Calibration, GateReport]] = []
     with tempfile.TemporaryDirectory(prefix="imgclf-int8-") as tmp:
         prepared = preprocess_for_quantization(float_model, Path(tmp) / "prepared.onnx")
-        float_probs = run_probabilities(prepared, gate_inputs, output)
+        float_probs = run_probabilities(
+            prepared if reference is None else reference, gate_inputs, output
+        )
         candidate = Path(tmp) / "int8.onnx"
         for cal in calibrations:
             quantize_int8(prepared, calibration_inputs, cal, candidate)

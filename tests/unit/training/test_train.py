@@ -8,11 +8,14 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
+import onnx  # noqa: E402
 import yaml  # noqa: E402
+from onnx import numpy_helper  # noqa: E402
 
 from imgclf.modelmeta import ModelMetadata  # noqa: E402
 from imgclf.training import evaluate, export, train  # noqa: E402
@@ -243,3 +246,44 @@ def test_export_precision_int8_writes_a_gated_variant_or_nothing(
     gate = int8["accuracy_gate"]
     assert gate["passed"] and gate["images"] == 40 and gate["thresholds"]["min_agreement"] == 80
     assert gate["float_accuracy"] == pytest.approx(100 * load(Path(ckpt))["val_acc"])
+
+
+def initializers(path: Path) -> dict:
+    return {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+
+
+def test_export_int8_after_quantisation_aware_training(
+    runs: tuple[Path, Path], tmp_path: Path, capsys
+) -> None:
+    from imgclf.training.models.fakequant import PerChannelWeights
+
+    repo = tmp_path / "models"
+    ckpt = str(runs[0] / "checkpoint.pth")
+    argv = [ckpt, "--name", "faces", "--model-repository", str(repo), "--num-samples", "4",
+            "--legacy-exporter", "--precision", "int8", "--calibration-images", "40",
+            "--gate-max-top1-drop", "20", "--gate-max-class-recall-drop", "40",
+            "--gate-min-agreement", "80"]  # fmt: skip
+    assert export.main([*argv, "--version", "1"]) == 0  # post-training only
+    assert export.main([*argv, "--version", "2", "--qat-epochs", "2", "--qat-lr", "1e-4"]) == 0
+    out = capsys.readouterr().out
+    assert "qat epoch 2/2: distillation loss" in out
+    plain, qat = repo / "faces" / "1", repo / "faces" / "2"
+    meta = evaluate.OnnxClassifier(qat / "model.int8.onnx").metadata.provenance
+    record = meta["calibration"]["quantization_aware_training"]
+    assert record["epochs"] == 2 and record["lr"] == 1e-4 and record["seed"] == 0
+    assert record["images"] == 160 and record["batch_norm"] == "frozen (eval mode)"
+    # the gate compared the INT8 model with the float model that ships, the checkpoint's
+    gate = meta["accuracy_gate"]
+    assert gate["passed"] and gate["float_accuracy"] == pytest.approx(
+        100 * load(Path(ckpt))["val_acc"]
+    )
+    floats_plain, floats_qat = initializers(plain / "model.onnx"), initializers(qat / "model.onnx")
+    assert floats_plain.keys() == floats_qat.keys()
+    assert all(np.array_equal(floats_plain[k], floats_qat[k]) for k in floats_plain)
+    conv = next(v for v in floats_qat.values() if v.ndim == 4)  # not on the 8-bit grid
+    assert not torch.equal(PerChannelWeights()(torch.tensor(conv)), torch.tensor(conv))
+    # while the INT8 weights are the fine-tuned copy's, not those of the post-training recipe
+    int8_plain = initializers(plain / "model.int8.onnx")
+    int8_qat = initializers(qat / "model.int8.onnx")
+    weights = [k for k, v in int8_qat.items() if v.dtype == np.int8]
+    assert weights and any(not np.array_equal(int8_plain[k], int8_qat[k]) for k in weights)

@@ -1,0 +1,121 @@
+"""Simulated 8-bit arithmetic in a PyTorch model, for quantisation-aware fine-tuning.
+
+It simulates what ``imgclf export --precision int8`` makes of the model
+(imgclf.training.onnx.quantize: ONNX Runtime's static QDQ quantisation):
+- **weights** of every Conv2d and Linear: signed 8 bits, symmetric, one scale per output
+  channel, scale = max|w| / 127 (ONNX Runtime's QInt8 per-channel weights, range [-127, 127]).
+  Batch normalisation that ONNX Runtime later folds into a convolution scales each output
+  channel, and per-channel symmetric rounding commutes with that scaling, so rounding the
+  unfolded weights is rounding the folded ones, as long as the batch-norm statistics stay
+  frozen (the model is fine-tuned in eval mode);
+- **activations** entering every Conv2d, Linear and pooling layer: unsigned 8 bits, one scale
+  and zero point per tensor from the range observed on calibration batches, widened to include
+  0 (ONNX Runtime's MinMax calibration, QUInt8). ONNX Runtime also rounds a few tensors that
+  enter no such layer (the last convolution of a residual block before its Add, the Add's
+  output); those are not simulated.
+
+Both round in the forward pass and pass gradients straight through (the straight-through
+estimator). ``finish`` removes the simulation and leaves each weight on its 8-bit grid, so
+that ONNX Runtime's own per-channel rounding of the exported model changes no weight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+WEIGHT_QMAX = 127
+"""Signed weights in [-127, 127] (ONNX Runtime's symmetric QInt8)."""
+ACTIVATION_QMIN, ACTIVATION_QMAX = 0, 255
+"""Unsigned activations (QUInt8)."""
+QUANTIZED_LAYERS = (nn.Conv2d, nn.Linear)
+"""Layers whose weights are rounded."""
+QUANTIZED_INPUTS = (
+    nn.Conv2d, nn.Linear, nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.MaxPool2d, nn.AdaptiveMaxPool2d,
+)  # fmt: skip
+"""Layers whose input is rounded."""
+
+
+class PerChannelWeights(nn.Module):
+    """A parametrisation rounding a weight to signed 8 bits per output channel (axis 0)."""
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        dims = tuple(range(1, weight.ndim))
+        absmax = weight.detach().abs().amax(dim=dims).float()
+        scale = torch.where(absmax > 0, absmax / WEIGHT_QMAX, torch.ones_like(absmax))
+        zero = torch.zeros(len(scale), dtype=torch.int32, device=weight.device)
+        return torch.fake_quantize_per_channel_affine(
+            weight, scale, zero, 0, -WEIGHT_QMAX, WEIGHT_QMAX
+        )
+
+
+class ActivationQuantizer:
+    """Observes the range of a layer's input, then rounds the input to unsigned 8 bits."""
+
+    def __init__(self) -> None:
+        self.low = float("inf")
+        self.high = float("-inf")
+        self.observing = True
+
+    def qparams(self) -> tuple[float, int]:
+        """ONNX Runtime's scale and zero point for the observed range (0 included)."""
+        low, high = min(self.low, 0.0), max(self.high, 0.0)
+        if high - low <= 0:
+            return 1.0, 0
+        scale = (high - low) / (ACTIVATION_QMAX - ACTIVATION_QMIN)
+        zero = round(ACTIVATION_QMIN - low / scale)
+        return scale, min(max(zero, ACTIVATION_QMIN), ACTIVATION_QMAX)
+
+    def __call__(self, module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple | None:
+        x = args[0]
+        if self.observing:
+            self.low = min(self.low, float(x.detach().min()))
+            self.high = max(self.high, float(x.detach().max()))
+            return None
+        scale, zero = self.qparams()
+        return (
+            torch.fake_quantize_per_tensor_affine(x, scale, zero, ACTIVATION_QMIN, ACTIVATION_QMAX),
+            *args[1:],
+        )
+
+
+class FakeQuantized:
+    """The simulation attached to a model: weights round at once, activations after
+    ``observe`` has seen calibration batches."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.layers = [m for m in model.modules() if isinstance(m, QUANTIZED_LAYERS)]
+        if not self.layers:
+            raise ValueError("the model has no Conv2d or Linear layer to quantise")
+        inputs = [m for m in model.modules() if isinstance(m, QUANTIZED_INPUTS)]
+        self.activations = [ActivationQuantizer() for _ in inputs]
+        self.handles = [
+            layer.register_forward_pre_hook(q)
+            for layer, q in zip(inputs, self.activations, strict=True)
+        ]
+        for layer in self.layers:
+            parametrize.register_parametrization(layer, "weight", PerChannelWeights())
+
+    @contextmanager
+    def observing(self) -> Iterator[None]:
+        """Within: forward passes record activation ranges (weights already round)."""
+        for q in self.activations:
+            q.observing = True
+        try:
+            yield
+        finally:
+            for q in self.activations:
+                q.observing = False
+
+    def finish(self) -> nn.Module:
+        """Remove the simulation; each weight stays on its 8-bit grid. Returns the model."""
+        for handle in self.handles:
+            handle.remove()
+        for layer in self.layers:
+            parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
+        return self.model
