@@ -8,8 +8,8 @@ probabilities (knowledge distillation; the labels are not used), because what th
 gate asks of an INT8 variant is to decide as the float model decides, class by class, not to
 be retrained. The model stays in eval mode throughout: batch-norm statistics frozen (so that
 ONNX Runtime's folding of them into the convolutions keeps the simulated rounding exact), no
-dropout. The activation ranges are observed once, on the calibration images the export's
-ONNX Runtime calibration uses, before the first step.
+dropout. The activation ranges are observed before each epoch, on the calibration images the
+export's ONNX Runtime calibration then uses on the final weights.
 """
 
 from __future__ import annotations
@@ -92,13 +92,13 @@ def finetune_quantized(
     for p in student.parameters():
         p.requires_grad_(True)
     simulated = FakeQuantized(student)
-    with simulated.observing(), torch.no_grad():
-        for start in range(0, len(calibration_inputs), CALIBRATION_BATCH):
-            student(calibration_inputs[start : start + CALIBRATION_BATCH])
     optimizer = torch.optim.AdamW(student.parameters(), lr=options.lr, weight_decay=0.0)
     result = QatResult(student, options)
     for epoch in range(1, options.epochs + 1):
         started = time.perf_counter()
+        with simulated.observing(), torch.no_grad():  # the ranges of the weights as they are
+            for start in range(0, len(calibration_inputs), CALIBRATION_BATCH):
+                student(calibration_inputs[start : start + CALIBRATION_BATCH])
         loss_sum = agree = seen = 0.0
         for images, _ in batches:
             with torch.no_grad():

@@ -8,11 +8,14 @@ It simulates what ``imgclf export --precision int8`` makes of the model
   channel, and per-channel symmetric rounding commutes with that scaling, so rounding the
   unfolded weights is rounding the folded ones, as long as the batch-norm statistics stay
   frozen (the model is fine-tuned in eval mode);
-- **activations** entering every Conv2d, Linear and pooling layer: unsigned 8 bits, one scale
-  and zero point per tensor from the range observed on calibration batches, widened to include
-  0 (ONNX Runtime's MinMax calibration, QUInt8). ONNX Runtime also rounds a few tensors that
-  enter no such layer (the last convolution of a residual block before its Add, the Add's
-  output); those are not simulated.
+- **activations**: unsigned 8 bits, one scale and zero point per tensor from the range observed
+  on calibration batches, widened to include 0 (ONNX Runtime's MinMax calibration, QUInt8),
+  where ONNX Runtime rounds them: entering every Conv2d, Linear and pooling layer; leaving
+  timm's BatchNormAct2d (a convolution's output with its batch norm folded in and its
+  activation fused, as ONNX Runtime quantises it, including the last convolution of a
+  residual block before its Add); and leaving a residual block (its Add: modules with a true
+  ``has_skip``, timm, or ``use_res_connect``, torchvision). Other residual Adds (inside
+  ResNet's blocks, say) are not simulated, nor are the logits, which ONNX Runtime also rounds.
 
 Both round in the forward pass and pass gradients straight through (the straight-through
 estimator). ``finish`` removes the simulation and leaves each weight on its 8-bit grid, so
@@ -70,17 +73,34 @@ class ActivationQuantizer:
         zero = round(ACTIVATION_QMIN - low / scale)
         return scale, min(max(zero, ACTIVATION_QMIN), ACTIVATION_QMAX)
 
-    def __call__(self, module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple | None:
-        x = args[0]
+    def __call__(self, x: torch.Tensor) -> torch.Tensor | None:
+        """`x` rounded; None (unchanged) while observing."""
         if self.observing:
             self.low = min(self.low, float(x.detach().min()))
             self.high = max(self.high, float(x.detach().max()))
             return None
         scale, zero = self.qparams()
-        return (
-            torch.fake_quantize_per_tensor_affine(x, scale, zero, ACTIVATION_QMIN, ACTIVATION_QMAX),
-            *args[1:],
+        return torch.fake_quantize_per_tensor_affine(
+            x, scale, zero, ACTIVATION_QMIN, ACTIVATION_QMAX
         )
+
+    def input_hook(self, module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple | None:
+        x = self(args[0])
+        return None if x is None else (x, *args[1:])
+
+    def output_hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        x = self(output)
+        return output if x is None else x
+
+
+def rounds_output(module: nn.Module) -> bool:
+    """Whether ONNX Runtime rounds the module's output where no simulated input rounding
+    sees it: timm's BatchNormAct2d, and residual blocks (their Add)."""
+    return (
+        type(module).__name__ == "BatchNormAct2d"
+        or bool(getattr(module, "has_skip", False))
+        or bool(getattr(module, "use_res_connect", False))
+    )
 
 
 class FakeQuantized:
@@ -92,19 +112,23 @@ class FakeQuantized:
         self.layers = [m for m in model.modules() if isinstance(m, QUANTIZED_LAYERS)]
         if not self.layers:
             raise ValueError("the model has no Conv2d or Linear layer to quantise")
-        inputs = [m for m in model.modules() if isinstance(m, QUANTIZED_INPUTS)]
-        self.activations = [ActivationQuantizer() for _ in inputs]
-        self.handles = [
-            layer.register_forward_pre_hook(q)
-            for layer, q in zip(inputs, self.activations, strict=True)
-        ]
+        self.activations: list[ActivationQuantizer] = []
+        self.handles = []
+        for module in model.modules():
+            if isinstance(module, QUANTIZED_INPUTS):
+                self.activations.append(q := ActivationQuantizer())
+                self.handles.append(module.register_forward_pre_hook(q.input_hook))
+            if rounds_output(module):
+                self.activations.append(q := ActivationQuantizer())
+                self.handles.append(module.register_forward_hook(q.output_hook))
         for layer in self.layers:
             parametrize.register_parametrization(layer, "weight", PerChannelWeights())
 
     @contextmanager
     def observing(self) -> Iterator[None]:
-        """Within: forward passes record activation ranges (weights already round)."""
+        """Within: forward passes record activation ranges anew (weights already round)."""
         for q in self.activations:
+            q.low, q.high = float("inf"), float("-inf")
             q.observing = True
         try:
             yield

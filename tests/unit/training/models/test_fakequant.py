@@ -45,6 +45,37 @@ def small_cnn() -> nn.Module:
     return model.eval()
 
 
+class BatchNormAct2d(nn.Sequential):
+    """timm's name for a batch norm with its activation (Identity after a block's last conv)."""
+
+
+class Residual(nn.Module):
+    """An inverted-residual block's skip: x + BN(conv(x)) (timm's InvertedResidual)."""
+
+    has_skip = True
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 1)
+        self.bn = BatchNormAct2d(nn.BatchNorm2d(channels), nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x)) + x
+
+
+def residual_cnn() -> nn.Module:
+    torch.manual_seed(1)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), BatchNormAct2d(nn.BatchNorm2d(8), nn.ReLU6()),
+        Residual(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4),
+    )  # fmt: skip
+    with torch.no_grad():
+        for bn in (model[1][0], model[2].bn[0]):
+            bn.running_var.uniform_(0.3, 3.0)
+            bn.weight.uniform_(-2.0, 2.0)
+    return model.eval()
+
+
 def inputs(count: int, seed: int) -> torch.Tensor:
     return torch.from_numpy(np.random.default_rng(seed).normal(size=(count, 3, 16, 16))).float()
 
@@ -124,9 +155,10 @@ def test_a_finished_model_is_on_the_grid_onnxruntime_rounds_to(tmp_path: Path) -
             assert worst > 1e-3
 
 
-def test_the_simulation_predicts_onnxruntimes_int8_arithmetic(tmp_path: Path) -> None:
+@pytest.mark.parametrize("build", [small_cnn, residual_cnn])
+def test_the_simulation_is_onnxruntimes_int8_arithmetic(tmp_path: Path, build) -> None:
     cal, test = inputs(64, 2), inputs(64, 3)
-    model = small_cnn()
+    model = build()
     with torch.no_grad():
         floats = model(test).numpy()
     simulated = FakeQuantized(model)
@@ -148,8 +180,11 @@ def test_the_simulation_predicts_onnxruntimes_int8_arithmetic(tmp_path: Path) ->
     predicted = (predicted - zero) * scale
     simulation_error = np.abs(predicted - measured).max()
     float_error = np.abs(floats - measured).max()
-    # for this shape (no residual Add) the simulation is ONNX Runtime's integer arithmetic
-    assert simulation_error < 1e-5 and float_error > 1e-3, (simulation_error, float_error)
+    # the simulation is ONNX Runtime's integer arithmetic, to within one step of the rounding
+    # of the logits it leaves to ONNX Runtime (a value on a rounding boundary may go either way)
+    assert simulation_error <= 1.01 * scale and float_error > 4 * scale, (
+        simulation_error, float_error, scale
+    )  # fmt: skip
 
 
 def test_finish_removes_the_hooks_and_a_model_without_layers_is_refused() -> None:
