@@ -3,14 +3,16 @@
 ONNX Runtime's Python package has no ONNX protobuf classes and the serving install has no
 `onnx`, so the few ModelProto fields imgclf reads (initializers for the shared weights in
 imgclf.runtime.sharedweights; nodes, attributes and outputs for the class activation maps in
-imgclf.models.cam) are declared here and built with google.protobuf. A parse keeps every
-field it does not know as an unknown field and writes it back unchanged, so a model edited
-through these messages is the original plus the edit.
+imgclf.models.cam; metadata_props for imgclf.models.variants) are declared here and built
+with google.protobuf. A parse keeps every field it does not know as an unknown field and
+writes it back unchanged, so a model edited through these messages is the original plus the
+edit.
 """
 
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -74,7 +76,14 @@ def model_proto() -> type:
             ("initializer", 5, "TensorProto", True),
             ("output", 12, "ValueInfoProto", True),
         ),
-        "ModelProto": (("graph", 7, "GraphProto", False),),
+        "StringStringEntryProto": (
+            ("key", 1, label.TYPE_STRING, False),
+            ("value", 2, label.TYPE_STRING, False),
+        ),
+        "ModelProto": (
+            ("graph", 7, "GraphProto", False),
+            ("metadata_props", 14, "StringStringEntryProto", True),
+        ),
     }
     for message, fields in messages.items():
         proto = f.message_type.add(name=message)
@@ -99,3 +108,8 @@ def parse(model_bytes: bytes) -> Any:
     model = model_proto()()
     model.ParseFromString(model_bytes)
     return model
+
+
+def metadata_props(path: str | Path) -> dict[str, str]:
+    """The metadata_props of the ONNX file at `path` (key -> value, as written)."""
+    return {p.key: p.value for p in parse(Path(path).read_bytes()).metadata_props}

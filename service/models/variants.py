@@ -8,18 +8,23 @@ the same whichever runs; a folder with only ``model.int8.onnx`` is an INT8-only 
 
 Which variant runs (`choose_variant`): a ``precision`` in the model's config.json forces one;
 otherwise INT8 where ONNX Runtime's integer kernels pay, that is on the CPU provider of a CPU
-with VNNI dot-product instructions (AVX512-VNNI or AVX-VNNI; without them ORT's fast U8S8
-kernels saturate, so the server runs exact U8U8 ones, imgclf.runtime.options, no faster than
-float), and the float model elsewhere (CUDA gains
-nothing from QDQ graphs: FP16 or TensorRT are the GPU's reduced precisions).
+with VNNI dot-product instructions (AVX512-VNNI or AVX-VNNI), or of an x86 CPU with AVX2 when
+the INT8 file's weights are 7-bit (``weight_bits`` in its metadata: ``imgclf export
+--weight-bits 7``). Without VNNI, ORT's fast U8S8 kernels add pairs of products in 16 bits,
+which saturates with 8-bit weights, so the server runs exact U8U8 kernels for those
+(imgclf.runtime.options), no faster than float; 7-bit weights fit, and ORT runs its fast
+kernels on them exactly. The float model runs elsewhere (CUDA gains nothing from QDQ graphs:
+FP16 or TensorRT are the GPU's reduced precisions).
 """
 
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from imgclf.onnxgraph import metadata_props
 from imgclf.repolayout import INT8_FILE
 from imgclf.repolayout import MODEL_FILE as FLOAT_FILE
 
@@ -83,8 +88,20 @@ def choose_variant(
     cpu = provider == "CPUExecutionProvider"
     if cpu and has_vnni(flags):
         return Choice(present["int8"], "int8", "CPU with VNNI: INT8 kernels pay")
+    flags = cpu_flags() if flags is None else flags
+    if cpu and "avx2" in flags and weight_bits(present["int8"]) <= 7:
+        reason = "7-bit INT8 weights: exact at full speed on this CPU without VNNI"
+        return Choice(present["int8"], "int8", reason)
     why = "this CPU has no VNNI" if cpu else f"{provider} gains nothing from INT8 QDQ graphs"
     return Choice(present["float"], "float", f"{why}: float model")
+
+
+def weight_bits(int8_file: Path) -> int:
+    """The bits of an INT8 file's weights (its ``weight_bits`` metadata; 8 if it says none)."""
+    try:
+        return int(json.loads(metadata_props(int8_file).get("weight_bits", "8")))
+    except (OSError, ValueError, TypeError):
+        return 8
 
 
 def variant_precision(choice: Choice, input_type: str) -> str:

@@ -36,6 +36,7 @@ class QatOptions:
     epochs: int
     lr: float = DEFAULT_QAT_LR
     seed: int = 0
+    weight_bits: int = 8
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -91,7 +92,7 @@ def finetune_quantized(
     student = copy.deepcopy(model).cpu().eval()
     for p in student.parameters():
         p.requires_grad_(True)
-    simulated = FakeQuantized(student)
+    simulated = FakeQuantized(student, options.weight_bits)
     optimizer = torch.optim.AdamW(student.parameters(), lr=options.lr, weight_decay=0.0)
     result = QatResult(student, options)
     for epoch in range(1, options.epochs + 1):

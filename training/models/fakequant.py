@@ -3,7 +3,8 @@
 It simulates what ``imgclf export --precision int8`` makes of the model
 (imgclf.training.onnx.quantize: ONNX Runtime's static QDQ quantisation):
 - **weights** of every Conv2d and Linear: signed 8 bits, symmetric, one scale per output
-  channel, scale = max|w| / 127 (ONNX Runtime's QInt8 per-channel weights, range [-127, 127]).
+  channel, scale = max|w| / 127 (ONNX Runtime's QInt8 per-channel weights, range [-127, 127];
+  with 7-bit weights max|w| / 64, range [-64, 64]).
   Batch normalisation that ONNX Runtime later folds into a convolution scales each output
   channel, and per-channel symmetric rounding commutes with that scaling, so rounding the
   unfolded weights is rounding the folded ones, as long as the batch-norm statistics stay
@@ -31,8 +32,9 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-WEIGHT_QMAX = 127
-"""Signed weights in [-127, 127] (ONNX Runtime's symmetric QInt8)."""
+WEIGHT_QMAX = {8: 127, 7: 64}
+"""Signed weights in [-127, 127] (ONNX Runtime's symmetric QInt8), or [-64, 64] in 7 bits
+(its reduce_range)."""
 ACTIVATION_QMIN, ACTIVATION_QMAX = 0, 255
 """Unsigned activations (QUInt8)."""
 QUANTIZED_LAYERS = (nn.Conv2d, nn.Linear)
@@ -44,16 +46,18 @@ QUANTIZED_INPUTS = (
 
 
 class PerChannelWeights(nn.Module):
-    """A parametrisation rounding a weight to signed 8 bits per output channel (axis 0)."""
+    """A parametrisation rounding a weight to signed 8 (or 7) bits per output channel (axis 0)."""
+
+    def __init__(self, bits: int = 8) -> None:
+        super().__init__()
+        self.qmax = WEIGHT_QMAX[bits]
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         dims = tuple(range(1, weight.ndim))
         absmax = weight.detach().abs().amax(dim=dims).float()
-        scale = torch.where(absmax > 0, absmax / WEIGHT_QMAX, torch.ones_like(absmax))
+        scale = torch.where(absmax > 0, absmax / self.qmax, torch.ones_like(absmax))
         zero = torch.zeros(len(scale), dtype=torch.int32, device=weight.device)
-        return torch.fake_quantize_per_channel_affine(
-            weight, scale, zero, 0, -WEIGHT_QMAX, WEIGHT_QMAX
-        )
+        return torch.fake_quantize_per_channel_affine(weight, scale, zero, 0, -self.qmax, self.qmax)
 
 
 class ActivationQuantizer:
@@ -107,7 +111,7 @@ class FakeQuantized:
     """The simulation attached to a model: weights round at once, activations after
     ``observe`` has seen calibration batches."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, weight_bits: int = 8) -> None:
         self.model = model
         self.layers = [m for m in model.modules() if isinstance(m, QUANTIZED_LAYERS)]
         if not self.layers:
@@ -122,7 +126,7 @@ class FakeQuantized:
                 self.activations.append(q := ActivationQuantizer())
                 self.handles.append(module.register_forward_hook(q.output_hook))
         for layer in self.layers:
-            parametrize.register_parametrization(layer, "weight", PerChannelWeights())
+            parametrize.register_parametrization(layer, "weight", PerChannelWeights(weight_bits))
 
     @contextmanager
     def observing(self) -> Iterator[None]:

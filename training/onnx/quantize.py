@@ -54,6 +54,11 @@ padding of timm's tf_* models: Shape -> Sub/Div/Ceil/Mul -> Pad amounts), which 
 corrupts: on EfficientNet-Lite0, top-1 agreement with FP32 on the evaluation photos is 77.8 %
 (every operator) against 88.9 % (these), with exact integer kernels."""
 QUANTIZATION = "static QDQ, QUInt8 activations, QInt8 per-channel weights"
+WEIGHT_BITS = (8, 7)
+"""Signed weight range: 8 bits ([-127, 127]), or 7 ([-64, 64], ONNX Runtime's reduce_range),
+which x86 CPUs without VNNI multiply exactly at full speed: there ONNX Runtime's fast U8S8
+kernels add pairs of u8 x s8 products in 16 bits, which 255 x 64 x 2 = 32640 fits and
+255 x 127 x 2 does not (imgclf.runtime.options)."""
 
 
 @dataclass(frozen=True)
@@ -63,10 +68,14 @@ class Calibration:
     """Percentile method only: the activation percentile kept in range."""
     keep_float: tuple[str, ...] = ()
     """Node names left unquantised."""
+    weight_bits: int = 8
+    """8, or 7 (WEIGHT_BITS)."""
 
     def __post_init__(self) -> None:
         if self.method not in CALIBRATION_METHODS:
             raise ValueError(f"calibration method must be one of {CALIBRATION_METHODS}")
+        if self.weight_bits not in WEIGHT_BITS:
+            raise ValueError(f"weight bits must be one of {WEIGHT_BITS}, got {self.weight_bits}")
         if not 0.0 < self.percentile <= 100.0:
             raise ValueError(f"percentile must be in (0, 100], got {self.percentile}")
 
@@ -172,7 +181,7 @@ def quantize_int8(
         ArrayReader(_input_name(prepared), calibration_inputs, calibration_batch(method_name, n)),
         quant_format=QuantFormat.QDQ,
         per_channel=True,
-        reduce_range=False,
+        reduce_range=calibration.weight_bits == 7,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         calibrate_method=method,
@@ -292,6 +301,13 @@ class QuantizeResult:
     """After a failure: the layers whose INT8 weights alone cost the output most."""
 
 
+def quantization(weight_bits: int) -> str:
+    """The recipe, as the INT8 model's metadata says it."""
+    if weight_bits == 8:
+        return QUANTIZATION
+    return f"{QUANTIZATION} in {weight_bits} bits (exact at full speed without VNNI)"
+
+
 def int8_props(
     float_props: dict[str, str],
     calibration: Calibration,
@@ -306,11 +322,14 @@ def int8_props(
         cal["percentile"] = calibration.percentile
     if calibration.keep_float:
         cal["keep_float"] = list(calibration.keep_float)
+    if calibration.weight_bits != 8:
+        cal["weight_bits"] = calibration.weight_bits
     gate_record = {**gate.to_dict(), "images_from": gate_source}
     return {
         **float_props,
         "precision": json.dumps("int8"),
-        "quantization": json.dumps(QUANTIZATION),
+        "quantization": json.dumps(quantization(calibration.weight_bits)),
+        "weight_bits": json.dumps(calibration.weight_bits),
         "calibration": json.dumps(cal),
         "accuracy_gate": json.dumps(gate_record),
     }

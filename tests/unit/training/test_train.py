@@ -234,6 +234,7 @@ def test_export_precision_int8_writes_a_gated_variant_or_nothing(
     out = captured.out + captured.err
     assert "failed the accuracy gate, nothing written" in out and "dB of SQNR" in out
     assert "INT8 weights alone leave" in out  # the layers ranked by their weights, too
+    assert "--qat-epochs N" in out  # and the way that usually passes
     assert not repo.exists() or not any(repo.iterdir())  # no version, no staging folder left
 
     assert export.main([*argv, "--gate-min-agreement", "80"]) == 0

@@ -128,3 +128,26 @@ def test_the_bundled_digits_int8_variant_loads_and_logs_its_gate(tmp_path, caplo
         f"model digits version 1 int8: calibrated minmax on 300 images (seed 0), gate on "
         f"{gate['images']} images: top-1 agreement {gate['agreement']:.2f} %"
     ) in caplog.text
+
+
+def test_auto_serves_a_7_bit_int8_file_on_an_avx2_cpu_without_vnni(tmp_path):
+    import onnx
+
+    make_repo(tmp_path)
+    folder = tmp_path / "tiny" / "1"
+    rng = np.random.default_rng(0)
+    calibration = rng.uniform(-2, 2, size=(8, 3, TINY_SIZE, TINY_SIZE)).astype(np.float32)
+    int8 = quantize_int8(
+        folder / MODEL_FILE, calibration, Calibration("minmax", weight_bits=7), folder / INT8_FILE
+    )
+    assert choose_variant(folder, "auto", CPU, AVX2).variant == "float"  # says nothing yet
+    proto = onnx.load(str(int8))
+    onnx.helper.set_model_props(proto, {"weight_bits": "7"})  # what imgclf export writes
+    onnx.save(proto, str(int8))
+    choice = choose_variant(folder, "auto", CPU, AVX2)
+    assert (choice.variant, choice.reason) == (
+        "int8", "7-bit INT8 weights: exact at full speed on this CPU without VNNI"
+    )  # fmt: skip
+    assert choose_variant(folder, "auto", CPU, frozenset({"neon", "asimd"})).variant == "float"
+    assert choose_variant(folder, "auto", "CUDAExecutionProvider", AVX2).variant == "float"
+    assert choose_variant(folder, "float", CPU, AVX2).variant == "float"  # config.json wins

@@ -131,14 +131,10 @@ def test_the_bundled_digits_int8_variant_passes_the_gate_measured_again(digits_d
     assert report.int8_accuracy == pytest.approx(props["accuracy_gate"]["int8_accuracy"])
 
 
-def test_the_gate_runs_int8_products_that_overflow_16_bits_exactly(tmp_path):
-    """A 1x1 convolution of 64 channels of ones by weights of ones: INT8 activations 255,
-    weights 127. ORT's default U8S8 kernels on an x86 CPU without VNNI add such products in
-    pairs with 16-bit saturation (255 * 127 * 2 > 32767) and return about 32 instead of 64;
-    the gate (and the server) must run the exact arithmetic a CPU with VNNI runs."""
+def ones_convolution(folder: Path, channels: int = 64) -> Path:
+    """A 1x1 convolution of `channels` input channels by weights of ones."""
     from onnx import TensorProto, helper, numpy_helper
 
-    channels = 64
     weights = numpy_helper.from_array(np.ones((4, channels, 1, 1), np.float32), "w")
     graph = helper.make_graph(
         [helper.make_node("Conv", ["input", "w"], ["logits"])], "ones",
@@ -148,9 +144,41 @@ def test_the_gate_runs_int8_products_that_overflow_16_bits_exactly(tmp_path):
     )  # fmt: skip
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    onnx.save(model, str(tmp_path / "float.onnx"))
-    ones = np.ones((2, channels, 4, 4), np.float32)
-    prepared = preprocess_for_quantization(tmp_path / "float.onnx", tmp_path / "prepared.onnx")
+    onnx.save(model, str(folder / "float.onnx"))
+    return preprocess_for_quantization(folder / "float.onnx", folder / "prepared.onnx")
+
+
+def test_the_gate_runs_int8_products_that_overflow_16_bits_exactly(tmp_path):
+    """A 1x1 convolution of 64 channels of ones by weights of ones: INT8 activations 255,
+    weights 127. ORT's default U8S8 kernels on an x86 CPU without VNNI add such products in
+    pairs with 16-bit saturation (255 * 127 * 2 > 32767) and return about 32 instead of 64;
+    the gate (and the server) must run the exact arithmetic a CPU with VNNI runs."""
+    ones = np.ones((2, 64, 4, 4), np.float32)
+    prepared = ones_convolution(tmp_path)
     int8 = quantize_int8(prepared, ones, Calibration("minmax"), tmp_path / "int8.onnx")
     got = run_probabilities(int8, ones, output="logits-raw").reshape(-1)
-    assert got == pytest.approx(np.full_like(got, channels), rel=0.02)
+    assert got == pytest.approx(np.full_like(got, 64), rel=0.02)
+
+
+def test_7_bit_weights_are_exact_in_onnxruntimes_default_kernels(tmp_path):
+    """The same convolution with 7-bit weights (64): 255 * 64 * 2 fits 16 bits, so ONNX
+    Runtime's default kernels (the fast ones, no exact-products option) compute it exactly on
+    any CPU, and give what the exact kernels give."""
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    ones = np.ones((2, 64, 4, 4), np.float32)
+    prepared = ones_convolution(tmp_path)
+    int8 = quantize_int8(prepared, ones, Calibration("minmax", weight_bits=7), tmp_path / "q.onnx")
+    weights = [
+        numpy_helper.to_array(i) for i in onnx.load(str(int8)).graph.initializer
+        if numpy_helper.to_array(i).dtype == np.int8
+    ]  # fmt: skip
+    assert weights and max(int(np.abs(w).max()) for w in weights) == 64
+    default = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])
+    fast = default.run(None, {"input": ones})[0].reshape(-1)
+    exact = run_probabilities(int8, ones, output="logits-raw").reshape(-1)
+    assert fast == pytest.approx(np.full_like(fast, 64), rel=0.02)
+    assert np.array_equal(fast, exact)
+    with pytest.raises(ValueError, match="weight bits"):
+        Calibration(weight_bits=6)
