@@ -132,20 +132,24 @@ def weight_pairs(prepared: Path, qdq: Path) -> list[tuple[np.ndarray, np.ndarray
     return pairs
 
 
-def quantized_by_onnxruntime(model: nn.Module, tmp: Path, cal: torch.Tensor) -> tuple[Path, Path]:
+def quantized_by_onnxruntime(
+    model: nn.Module, tmp: Path, cal: torch.Tensor, bits: int = 8
+) -> tuple[Path, Path]:
     prepared = preprocess_for_quantization(export(model, tmp / "float.onnx"), tmp / "prep.onnx")
-    return prepared, quantize_int8(prepared, cal.numpy(), Calibration("minmax"), tmp / "int8.onnx")
+    calibration = Calibration("minmax", weight_bits=bits)
+    return prepared, quantize_int8(prepared, cal.numpy(), calibration, tmp / "int8.onnx")
 
 
-def test_a_finished_model_is_on_the_grid_onnxruntime_rounds_to(tmp_path: Path) -> None:
+@pytest.mark.parametrize("bits", [8, 7])
+def test_a_finished_model_is_on_the_grid_onnxruntime_rounds_to(tmp_path: Path, bits: int) -> None:
     cal = inputs(32, 1)
     for name, finish in (("plain", False), ("simulated", True)):
         folder = tmp_path / name
         folder.mkdir()
         model = small_cnn()
         if finish:
-            FakeQuantized(model).finish()
-        prepared, int8 = quantized_by_onnxruntime(model, folder, cal)
+            FakeQuantized(model, bits).finish()
+        prepared, int8 = quantized_by_onnxruntime(model, folder, cal, bits)
         pairs = weight_pairs(prepared, int8)
         assert len(pairs) == 3  # two convolutions (batch norm folded in) and the linear layer
         worst = max(float(np.abs(f - q).max() / np.abs(f).max()) for f, q in pairs)
@@ -155,19 +159,20 @@ def test_a_finished_model_is_on_the_grid_onnxruntime_rounds_to(tmp_path: Path) -
             assert worst > 1e-3
 
 
+@pytest.mark.parametrize("bits", [8, 7])
 @pytest.mark.parametrize("build", [small_cnn, residual_cnn])
-def test_the_simulation_is_onnxruntimes_int8_arithmetic(tmp_path: Path, build) -> None:
+def test_the_simulation_is_onnxruntimes_int8_arithmetic(tmp_path: Path, build, bits: int) -> None:
     cal, test = inputs(64, 2), inputs(64, 3)
     model = build()
     with torch.no_grad():
         floats = model(test).numpy()
-    simulated = FakeQuantized(model)
+    simulated = FakeQuantized(model, bits)
     with simulated.observing(), torch.no_grad():
         model(cal)
     with torch.no_grad():
         predicted = model(test).numpy()
     simulated.finish()
-    _, int8 = quantized_by_onnxruntime(model, tmp_path, cal)
+    _, int8 = quantized_by_onnxruntime(model, tmp_path, cal, bits)
     measured = run_probabilities(int8, test.numpy(), output="probabilities")
     # ONNX Runtime also rounds the logits to 8 bits (their range on the calibration images),
     # which the simulation leaves alone: round the prediction as it does
