@@ -116,8 +116,11 @@ def describe_gate(provenance: dict) -> str:
     gate, calibration = provenance.get("accuracy_gate"), provenance.get("calibration")
     if not isinstance(gate, dict) or not isinstance(calibration, dict):
         return ""
+    qat = calibration.get("quantization_aware_training")
     text = (
-        f"calibrated {calibration.get('method')} on {calibration.get('images')} images "
+        f"{calibration.get('weight_bits', 8)}-bit weights, "
+        + (f"fine-tuned quantisation-aware {qat.get('epochs')} epochs, " if qat else "")
+        + f"calibrated {calibration.get('method')} on {calibration.get('images')} images "
         f"(seed {calibration.get('seed')}), gate on {gate.get('images')} images: "
         f"top-1 agreement {gate.get('agreement', float('nan')):.2f} %"
     )

@@ -46,7 +46,7 @@ def test_every_door_says_int8(server) -> None:
     assert config.default_model_filename == "model.int8.onnx"
     log = server.log()
     assert "precision int8 (model.int8.onnx: int8 forced by config.json)" in log
-    assert "model digits version 1 int8: calibrated minmax on 300 images" in log
+    assert "model digits version 1 int8: 8-bit weights, calibrated minmax on 300 images" in log
 
 
 def test_the_int8_model_classifies_the_held_out_digits(server) -> None:

@@ -125,7 +125,8 @@ def test_the_bundled_digits_int8_variant_loads_and_logs_its_gate(tmp_path, caplo
     gate = model.metadata.provenance["accuracy_gate"]
     assert gate["passed"] and model.metadata.provenance["calibration"]["method"] == "minmax"
     assert (
-        f"model digits version 1 int8: calibrated minmax on 300 images (seed 0), gate on "
+        f"model digits version 1 int8: 8-bit weights, calibrated minmax on 300 images (seed 0), "
+        f"gate on "
         f"{gate['images']} images: top-1 agreement {gate['agreement']:.2f} %"
     ) in caplog.text
 
@@ -151,3 +152,16 @@ def test_auto_serves_a_7_bit_int8_file_on_an_avx2_cpu_without_vnni(tmp_path):
     assert choose_variant(folder, "auto", CPU, frozenset({"neon", "asimd"})).variant == "float"
     assert choose_variant(folder, "auto", "CUDAExecutionProvider", AVX2).variant == "float"
     assert choose_variant(folder, "float", CPU, AVX2).variant == "float"  # config.json wins
+
+
+def test_the_load_log_says_the_weight_bits_and_the_fine_tuning():
+    from imgclf.models.variants import describe_gate
+
+    calibration = {"method": "minmax", "images": 300, "seed": 1, "weight_bits": 7,
+                   "quantization_aware_training": {"epochs": 3, "lr": 1e-05}}  # fmt: skip
+    gate = {"images": 360, "agreement": 99.72, "float_accuracy": 98.06, "int8_accuracy": 97.78}
+    assert describe_gate({"calibration": calibration, "accuracy_gate": gate}) == (
+        "7-bit weights, fine-tuned quantisation-aware 3 epochs, calibrated minmax on 300 images "
+        "(seed 1), gate on 360 images: top-1 agreement 99.72 %, top-1 98.06 % float -> 97.78 % int8"
+    )
+    assert describe_gate({"calibration": calibration}) == ""
