@@ -61,7 +61,8 @@ class PerChannelWeights(nn.Module):
 
 
 class ActivationQuantizer:
-    """Observes the range of a layer's input, then rounds the input to unsigned 8 bits."""
+    """Observes the range of one tensor (a layer's input or output), then rounds it to
+    unsigned 8 bits."""
 
     def __init__(self) -> None:
         self.low = float("inf")
@@ -108,8 +109,8 @@ def rounds_output(module: nn.Module) -> bool:
 
 
 class FakeQuantized:
-    """The simulation attached to a model: weights round at once, activations after
-    ``observe`` has seen calibration batches."""
+    """The simulation attached to a model: weights round at once, activations once
+    ``observing`` has seen calibration batches."""
 
     def __init__(self, model: nn.Module, weight_bits: int = 8) -> None:
         self.model = model
