@@ -118,8 +118,8 @@ def finetune_quantized(
         result.history.append(row)
         log(
             f"qat epoch {epoch}/{options.epochs}: distillation loss {row['loss']:.5f}, "
-            f"top-1 agreement with float {row['agreement']:.2f} % (training batches, 8-bit "
-            f"simulated) | {time.perf_counter() - started:.1f}s"
+            f"top-1 agreement with float {row['agreement']:.2f} % (training batches, "
+            f"{options.weight_bits}-bit weights simulated) | {time.perf_counter() - started:.1f}s"
         )
     simulated.finish()
     student.eval()
