@@ -218,7 +218,7 @@ def export_checkpoint(args: argparse.Namespace) -> list[ExportResult]:
                 ckpt, float_result.path, metadata, args, model, options
             )
             if quantized.path is None:
-                raise gate_failure(quantized)
+                raise gate_failure(quantized, suggest_qat=not args.qat_epochs)
             publish(out_dirs[FP32], final_dir, args.force)
         finally:
             shutil.rmtree(out_dirs[FP32], ignore_errors=True)

@@ -98,7 +98,8 @@ class ModelConfig(BaseModel):
     """CUDA: capture and replay a CUDA graph per batch size bucket (unset: --cuda-graphs)."""
     precision: Literal["auto", "float", "int8"] = "auto"
     """Which variant of a version folder to serve: model.onnx (float) or model.int8.onnx;
-    auto: INT8 on a CPU with VNNI, the float model elsewhere (imgclf.models.variants)."""
+    auto: INT8 on a CPU with VNNI, or with AVX2 when the INT8 file's weights are 7-bit, the
+    float model elsewhere (imgclf.models.variants)."""
     explain: bool = True
     """Class activation maps on request, for a model whose head is global pooling + one
     linear layer (its session then also returns the feature tensor; plain requests do not

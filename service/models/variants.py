@@ -24,6 +24,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from google.protobuf.message import DecodeError
+
 from imgclf.onnxgraph import metadata_props
 from imgclf.repolayout import INT8_FILE
 from imgclf.repolayout import MODEL_FILE as FLOAT_FILE
@@ -100,8 +102,8 @@ def weight_bits(int8_file: Path) -> int:
     """The bits of an INT8 file's weights (its ``weight_bits`` metadata; 8 if it says none)."""
     try:
         return int(json.loads(metadata_props(int8_file).get("weight_bits", "8")))
-    except (OSError, ValueError, TypeError):
-        return 8
+    except (OSError, ValueError, TypeError, DecodeError):
+        return 8  # unreadable here: loading the file says why
 
 
 def variant_precision(choice: Choice, input_type: str) -> str:
@@ -117,6 +119,7 @@ def describe_gate(provenance: dict) -> str:
     if not isinstance(gate, dict) or not isinstance(calibration, dict):
         return ""
     qat = calibration.get("quantization_aware_training")
+    qat = qat if isinstance(qat, dict) else None
     text = (
         f"{calibration.get('weight_bits', 8)}-bit weights, "
         + (f"fine-tuned quantisation-aware {qat.get('epochs')} epochs, " if qat else "")

@@ -48,7 +48,7 @@ class QatOptions:
 @dataclass
 class QatResult:
     model: nn.Module
-    """The fine-tuned float model, every Conv2d and Linear weight on its 8-bit grid."""
+    """The fine-tuned float model, every Conv2d and Linear weight on its INT8 grid."""
     options: QatOptions
     history: list[dict[str, float]] = field(default_factory=list)
     """Per epoch: the distillation loss and the student's top-1 agreement with the teacher on

@@ -15,8 +15,13 @@ It simulates what ``imgclf export --precision int8`` makes of the model
   timm's BatchNormAct2d (a convolution's output with its batch norm folded in and its
   activation fused, as ONNX Runtime quantises it, including the last convolution of a
   residual block before its Add); and leaving a residual block (its Add: modules with a true
-  ``has_skip``, timm, or ``use_res_connect``, torchvision). Other residual Adds (inside
-  ResNet's blocks, say) are not simulated, nor are the logits, which ONNX Runtime also rounds.
+  ``has_skip``, timm, or ``use_res_connect``, torchvision). Not simulated: a convolution's
+  output before an activation other than ReLU/ReLU6 (SiLU, Hardswish: ONNX Runtime rounds it
+  before the activation, the simulation after), the convolution before a residual Add
+  outside timm's blocks (torchvision's inverted residuals round only the Add's output), other
+  residual Adds (ResNet's blocks), Conv1d/Conv3d/ConvTranspose weights, and the logits, which
+  ONNX Runtime also rounds. The simulation is exact for what it covers; for the rest it is
+  an approximation, and the accuracy gate measures the real INT8 model either way.
 
 Both round in the forward pass and pass gradients straight through (the straight-through
 estimator). ``finish`` removes the simulation and leaves each weight on its 8-bit grid, so
@@ -31,6 +36,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
+from torch.utils.hooks import RemovableHandle
 
 WEIGHT_QMAX = {8: 127, 7: 64}
 """Signed weights in [-127, 127] (ONNX Runtime's symmetric QInt8), or [-64, 64] in 7 bits
@@ -118,7 +124,7 @@ class FakeQuantized:
         if not self.layers:
             raise ValueError("the model has no Conv2d or Linear layer to quantise")
         self.activations: list[ActivationQuantizer] = []
-        self.handles = []
+        self.handles: list[RemovableHandle] = []
         for module in model.modules():
             if isinstance(module, QUANTIZED_INPUTS):
                 self.activations.append(q := ActivationQuantizer())
@@ -142,7 +148,7 @@ class FakeQuantized:
                 q.observing = False
 
     def finish(self) -> nn.Module:
-        """Remove the simulation; each weight stays on its 8-bit grid. Returns the model."""
+        """Remove the simulation; each weight stays on its INT8 grid. Returns the model."""
         for handle in self.handles:
             handle.remove()
         for layer in self.layers:

@@ -62,6 +62,20 @@ class GateError(ExportError):
     """The INT8 variant failed the accuracy gate; nothing was written."""
 
 
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
 def add_int8_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("INT8 (--precision int8)")
     group.add_argument(
@@ -89,11 +103,11 @@ def add_int8_arguments(parser: argparse.ArgumentParser) -> None:
         help="validation images the gate measures on, class-stratified (0: all)",
     )  # fmt: skip
     group.add_argument(
-        "--qat-epochs", type=int, default=0,
-        help="epochs of quantisation-aware fine-tuning (distilled from the float model) "
-        "before calibration; 0: none",
+        "--qat-epochs", type=non_negative_int, default=0,
+        help="epochs of quantisation-aware fine-tuning (distilled from the float model, on the "
+        "CPU) before calibration; it simulates MinMax ranges; 0: none",
     )  # fmt: skip
-    group.add_argument("--qat-lr", type=float, default=DEFAULT_QAT_LR,
+    group.add_argument("--qat-lr", type=positive_float, default=DEFAULT_QAT_LR,
                        help="its AdamW learning rate")  # fmt: skip
     group.add_argument("--gate-max-top1-drop", type=float, default=MAX_TOP1_DROP,
                        help="points of top-1 accuracy INT8 may lose")  # fmt: skip
@@ -140,15 +154,16 @@ def quantize_checkpoint_model(
     With ``args.qat_epochs``, `model` (the checkpoint's float model, `float_model`'s source)
     is fine-tuned under simulated 8-bit arithmetic first."""
     run = ckpt["args"]
-    finetune = None
+    finetune: Finetune | None = None
     if args.qat_epochs:
         if model is None:
             raise ValueError("quantisation-aware training needs the checkpoint's model")
-        options = export_options
+        qat_source = model
 
-        def finetune(split: SplitData, cal: np.ndarray, scratch: Path) -> tuple[Path, dict]:
-            return qat_model(model, run, metadata, args, options, split, cal, scratch)
+        def fine_tuned(split: SplitData, cal: np.ndarray, scratch: Path) -> tuple[Path, dict]:
+            return qat_model(qat_source, run, metadata, args, export_options, split, cal, scratch)
 
+        finetune = fine_tuned
     return quantize_on_split(
         float_model, metadata, args, run["dataset"], run.get("data_path"),
         run["val_fraction"], run["split_seed"], finetune,
@@ -171,16 +186,13 @@ def qat_model(
     from torch.utils.data import DataLoader
 
     from imgclf.training.data.datasets import ImageDataset
-    from imgclf.training.data.presets import TrainPreset
+    from imgclf.training.data.presets import TrainPreset, default_augmentation
     from imgclf.training.loop.qat import QatOptions, finetune_quantized
     from imgclf.training.onnx.variants import export_model
 
-    if split.shards is not None or not split.train_samples:
-        raise ValueError("quantisation-aware training reads image files or arrays, not shards")
+    augmentation = run.get("augmentation") or default_augmentation(run["dataset"])
     dataset = ImageDataset(
-        split.train_samples,
-        split.train_labels,
-        TrainPreset(metadata.preprocessing, run.get("augmentation") or "none"),
+        split.train_samples, split.train_labels, TrainPreset(metadata.preprocessing, augmentation)
     )
     workers = min(2, int(run.get("workers") or 0))
     loader = DataLoader(
@@ -213,6 +225,11 @@ def quantize_on_split(
     add_int8_arguments); ``model.int8.onnx`` is written beside it only if it passed.
     `finetune`: what is quantised instead of `float_model` (gated against `float_model`)."""
     split = load_split(dataset, data_path, val_fraction, split_seed)
+    if split.shards is not None:
+        raise ValueError(
+            "INT8 calibration reads the run's images one by one, which tar shards do not offer: "
+            "export a run trained on an image folder or a built-in dataset"
+        )
     cal_idx = stratified_sample(split.train_labels, args.calibration_images, args.calibration_seed)
     gate_idx = np.arange(len(split.val_labels))
     if args.gate_images:
@@ -271,12 +288,19 @@ def publish(staging: Path, out_dir: Path, force: bool) -> list[Path]:
     return moved
 
 
-def gate_failure(result: QuantizeResult) -> GateError:
+def gate_failure(result: QuantizeResult, suggest_qat: bool = False) -> GateError:
+    """The error of a gate that refused every attempt; `suggest_qat`: name --qat-epochs
+    (an export from a checkpoint that did not fine-tune)."""
     tried = "; ".join(f"{c.method}: {r}" for c, r in result.attempts)
+    qat = (
+        "Fine-tuning quantisation-aware often passes where calibration alone cannot: "
+        "--qat-epochs N (docs/training.md).\n"
+        if suggest_qat
+        else ""
+    )
     return GateError(
         f"the INT8 variant failed the accuracy gate, nothing written ({tried}).\n"
-        f"Fine-tuning quantisation-aware usually passes where calibration cannot: "
-        f"--qat-epochs N (about 130 steps: 3 epochs of 1437 images, 10 of 400 passed).\n"
+        f"{qat}"
         f"Tensors whose quantisation hurt most (keep their nodes in float with --keep-float, "
         f"or try --calibration-method {' '.join(CALIBRATION_METHODS)}):\n"
         f"{describe_worst(result.worst)}\n"

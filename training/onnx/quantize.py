@@ -391,7 +391,13 @@ def quantize_gated(
                 staged.replace(out)
                 return QuantizeResult(out, cal, report, attempts)
         worst = worst_tensors(prepared, candidate, gate_inputs[:debug_images])
-        sensitive = weight_sensitivity(prepared, gate_inputs[:debug_images])
+        # a fine-tuned copy's weights are on the INT8 grid already: rank the reference's
+        sensitive = weight_sensitivity(
+            prepared
+            if reference is None
+            else preprocess_for_quantization(reference, Path(tmp) / "reference.onnx"),
+            gate_inputs[:debug_images],
+        )
     return QuantizeResult(None, attempts[-1][0], attempts[-1][1], attempts, worst, sensitive)
 
 
