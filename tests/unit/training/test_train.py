@@ -219,16 +219,21 @@ def test_export_then_evaluate_cli(runs: tuple[Path, Path], tmp_path: Path) -> No
     assert evaluate.main([*args, "--min-accuracy", "1.01"]) == 1
 
 
+def int8_argv(ckpt: str, repo: Path) -> list[str]:
+    """``imgclf export --precision int8`` of the faces run, with bars a 3-epoch model near
+    chance can meet (its near-ties flip; the digits model has the real bars,
+    tests/unit/training/onnx/test_quantize.py)."""
+    return [ckpt, "--name", "faces", "--model-repository", str(repo), "--num-samples", "4",
+            "--legacy-exporter", "--precision", "int8", "--calibration-images", "40",
+            "--gate-max-top1-drop", "20", "--gate-max-class-recall-drop", "40"]  # fmt: skip
+
+
 def test_export_precision_int8_writes_a_gated_variant_or_nothing(
     runs: tuple[Path, Path], tmp_path: Path, capsys
 ) -> None:
     repo = tmp_path / "models"
     ckpt = str(runs[0] / "checkpoint.pth")
-    argv = [ckpt, "--name", "faces", "--model-repository", str(repo), "--num-samples", "4",
-            "--legacy-exporter", "--precision", "int8", "--calibration-images", "40",
-            "--gate-max-top1-drop", "20", "--gate-max-class-recall-drop", "40"]  # fmt: skip
-    # (a 3-epoch model near chance: its near-ties flip; the digits model has the real bars,
-    # tests/unit/training/test_quantize.py)
+    argv = int8_argv(ckpt, repo)
     assert export.main([*argv, "--gate-min-agreement", "100.1"]) == 1  # an impossible bar
     captured = capsys.readouterr()  # the report of a failed command is on stderr
     out = captured.out + captured.err
@@ -260,10 +265,7 @@ def test_export_int8_after_quantisation_aware_training(
 
     repo = tmp_path / "models"
     ckpt = str(runs[0] / "checkpoint.pth")
-    argv = [ckpt, "--name", "faces", "--model-repository", str(repo), "--num-samples", "4",
-            "--legacy-exporter", "--precision", "int8", "--calibration-images", "40",
-            "--gate-max-top1-drop", "20", "--gate-max-class-recall-drop", "40",
-            "--gate-min-agreement", "80"]  # fmt: skip
+    argv = [*int8_argv(ckpt, repo), "--gate-min-agreement", "80"]
     assert export.main([*argv, "--version", "1"]) == 0  # post-training only
     assert export.main([*argv, "--version", "2", "--qat-epochs", "2", "--qat-lr", "1e-4"]) == 0
     out = capsys.readouterr().out
