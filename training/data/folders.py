@@ -29,6 +29,28 @@ def stratified_split(
     return np.sort(train_idx), np.sort(val_idx)
 
 
+def stratified_sample(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """Indices of `count` items (all if fewer), each class drawn in proportion to its share
+    (every class at least once when `count` allows), reproducibly from `seed`; sorted."""
+    labels = np.asarray(labels)
+    if count >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    picks: list[np.ndarray] = []
+    shares = {c: np.flatnonzero(labels == c) for c in classes}
+    quota = {c: max(1, round(count * len(i) / len(labels))) for c, i in shares.items()}
+    for c, idx in shares.items():
+        picks.append(rng.choice(idx, size=min(quota[c], len(idx)), replace=False))
+    chosen = np.concatenate(picks)
+    if len(chosen) > count:
+        chosen = rng.choice(chosen, size=count, replace=False)
+    elif len(chosen) < count:  # rounding left a few out: fill from the rest
+        rest = np.setdiff1d(np.arange(len(labels)), chosen)
+        chosen = np.concatenate([chosen, rng.choice(rest, size=count - len(chosen), replace=False)])
+    return np.sort(chosen)
+
+
 def find_classes(root: Path) -> list[str]:
     """The class names of a tree: its subfolder names, sorted."""
     root = Path(root)

@@ -26,6 +26,7 @@ from imgclf.imaging import preprocess_image
 from imgclf.modelmeta import ModelMetadata
 from imgclf.repolayout import INT8_FILE, MODEL_FILE
 from imgclf.training.data.datasets import SplitData, load_image, load_split
+from imgclf.training.data.folders import stratified_sample
 from imgclf.training.loop.qat import DEFAULT_QAT_LR
 from imgclf.training.onnx.accuracy_gate import (
     MAX_CLASS_RECALL_DROP,
@@ -42,11 +43,10 @@ from imgclf.training.onnx.quantize import (
     WEIGHT_BITS,
     Calibration,
     QuantizeResult,
-    describe_sensitive,
     describe_worst,
     quantize_gated,
-    stratified_sample,
 )
+from imgclf.training.onnx.sensitivity import describe_sensitive
 
 if TYPE_CHECKING:
     from torch import nn

@@ -80,28 +80,6 @@ class Calibration:
             raise ValueError(f"percentile must be in (0, 100], got {self.percentile}")
 
 
-def stratified_sample(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
-    """Indices of `count` items (all if fewer), each class drawn in proportion to its share
-    (every class at least once when `count` allows), reproducibly from `seed`; sorted."""
-    labels = np.asarray(labels)
-    if count >= len(labels):
-        return np.arange(len(labels))
-    rng = np.random.default_rng(seed)
-    classes = np.unique(labels)
-    picks: list[np.ndarray] = []
-    shares = {c: np.flatnonzero(labels == c) for c in classes}
-    quota = {c: max(1, round(count * len(i) / len(labels))) for c, i in shares.items()}
-    for c, idx in shares.items():
-        picks.append(rng.choice(idx, size=min(quota[c], len(idx)), replace=False))
-    chosen = np.concatenate(picks)
-    if len(chosen) > count:
-        chosen = rng.choice(chosen, size=count, replace=False)
-    elif len(chosen) < count:  # rounding left a few out: fill from the rest
-        rest = np.setdiff1d(np.arange(len(labels)), chosen)
-        chosen = np.concatenate([chosen, rng.choice(rest, size=count - len(chosen), replace=False)])
-    return np.sort(chosen)
-
-
 class ArrayReader:
     """An onnxruntime.quantization CalibrationDataReader over an array, in batches."""
 
@@ -408,12 +386,4 @@ def describe_worst(worst: Sequence[dict[str, Any]]) -> str:
         f"{w['sqnr_lost_db']:.1f} dB of SQNR (float vs int8 after it: "
         f"{w['float_vs_int8_sqnr_db']:.1f} dB)"
         for w in worst
-    )
-
-
-def describe_sensitive(sensitive: Sequence[dict[str, Any]]) -> str:
-    """The weight-sensitive layers as report lines."""
-    return "\n".join(
-        f"  {s['node']}: its INT8 weights alone leave {s['output_sqnr_db']:.1f} dB of output SQNR"
-        for s in sensitive
     )

@@ -11,6 +11,7 @@ other layer above 28 dB), which the local ranking does not list.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,3 +74,11 @@ def weight_sensitivity(float_model: Path, inputs: np.ndarray, top: int = 5) -> l
         rows.append({"node": node.name, "output_sqnr_db": 20.0 * float(np.log10(signal / noise))})
     rows.sort(key=lambda r: r["output_sqnr_db"])
     return rows[:top]
+
+
+def describe_sensitive(sensitive: Sequence[dict[str, Any]]) -> str:
+    """The weight-sensitive layers as report lines."""
+    return "\n".join(
+        f"  {s['node']}: its INT8 weights alone leave {s['output_sqnr_db']:.1f} dB of output SQNR"
+        for s in sensitive
+    )

@@ -15,6 +15,7 @@ import pytest
 from imgclf.imaging import preprocess_image
 from imgclf.modelmeta import ModelMetadata
 from imgclf.training.data.datasets import load_image, load_split
+from imgclf.training.data.folders import stratified_sample
 from imgclf.training.onnx.accuracy_gate import accuracy_gate
 from imgclf.training.onnx.quantize import (
     Calibration,
@@ -22,7 +23,6 @@ from imgclf.training.onnx.quantize import (
     quantize_gated,
     quantize_int8,
     run_probabilities,
-    stratified_sample,
 )
 
 DIGITS = Path(__file__).parents[4] / "models" / "digits" / "1" / "model.onnx"
@@ -105,16 +105,6 @@ def test_a_retry_with_another_method_is_written(digits_data, tmp_path):
     assert [r.ok for _, r in result.attempts] == [False, True]
     props = {p.key: json.loads(p.value) for p in onnx.load(str(out)).metadata_props}
     assert props["calibration"]["method"] == "entropy"
-
-
-def test_stratified_sample_keeps_class_shares_and_is_reproducible():
-    labels = np.array([0] * 80 + [1] * 20)
-    picked = stratified_sample(labels, 30, seed=3)
-    assert len(picked) == 30 and len(set(picked)) == 30
-    assert np.bincount(labels[picked]).tolist() == [24, 6]
-    assert np.array_equal(picked, stratified_sample(labels, 30, seed=3))
-    assert not np.array_equal(picked, stratified_sample(labels, 30, seed=4))
-    assert len(stratified_sample(labels, 500, 0)) == 100
 
 
 def test_the_bundled_digits_int8_variant_passes_the_gate_measured_again(digits_data):
