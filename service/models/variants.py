@@ -88,9 +88,9 @@ def choose_variant(
         ((variant, path),) = present.items()
         return Choice(path, variant, f"the only variant ({path.name})")
     cpu = provider == "CPUExecutionProvider"
+    flags = cpu_flags() if flags is None else flags
     if cpu and has_vnni(flags):
         return Choice(present["int8"], "int8", "CPU with VNNI: INT8 kernels pay")
-    flags = cpu_flags() if flags is None else flags
     if cpu and "avx2" in flags and weight_bits(present["int8"]) <= 7:
         reason = "7-bit INT8 weights: exact at full speed on this CPU without VNNI"
         return Choice(present["int8"], "int8", reason)
